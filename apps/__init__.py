@@ -1,0 +1,1 @@
+"""Runnable applications built on the public API; installed as vtlstack.apps."""

@@ -1,0 +1,35 @@
+"""The errors vtlstack raises when the machine, the input or the peer is not as needed.
+
+Each carries a message naming the cause and, where there is one, the fix; the CLI prints
+it as one line and exits non-zero.
+"""
+
+import os
+
+
+class VtlError(Exception):
+    """A failure the user can act on: the message says what went wrong and what to do."""
+
+
+class PrivilegeError(VtlError):
+    pass
+
+
+class KernelFeatureError(VtlError):
+    pass
+
+
+class InterfaceError(VtlError):
+    pass
+
+
+class XdpBusyError(VtlError):
+    pass
+
+
+def require_root(what: str) -> None:
+    """Raise PrivilegeError unless we can use namespaces, AF_XDP and BPF."""
+    if os.geteuid() != 0:
+        raise PrivilegeError(
+            f"{what} needs CAP_NET_ADMIN and CAP_BPF: run it as root (e.g. with sudo)"
+        )
