@@ -23,6 +23,7 @@ DATA_DIRS = ("parsers", "grafts")
 
 # One extension per hot domain; all link libxdp/libbpf so the xsk.h inlines resolve.
 EXTENSIONS = {
+    "_handoff": ["vtlstack/_handoff.pyx"],
     "_port": ["vtlstack/_port.pyx"],
     "_fastpath": ["vtlstack/_fastpath.pyx"],
     "_wire": ["vtlstack/_wire.pyx"],

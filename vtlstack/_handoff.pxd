@@ -1,0 +1,13 @@
+# The handoff between the network thread and the application thread: one Channel per
+# direction, each an SPSC ring of vtl_msg plus the eventfd its consumer sleeps on.
+from vtlstack._includes.spsc cimport spsc_ring, vtl_msg
+
+
+cdef class Channel:
+    cdef spsc_ring *ring
+    cdef readonly int efd
+    cdef readonly unsigned long long wakeups
+
+    cdef int send(self, const vtl_msg *m) noexcept nogil
+    cdef void wake_if_sleeping(self) noexcept nogil
+    cdef int wait(self, int timeout_ms) noexcept nogil
