@@ -2,6 +2,7 @@
 
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -93,3 +94,100 @@ def test_two_testbeds_coexist(testbed):
     assert not {h.netns for h in a.hosts.values()} & {h.netns for h in b.hosts.values()}
     for tb in (a, b):
         assert len(_replies(tb.ping("client", tb.host("server").iface.ip, count=3))) == 3
+
+
+# A UDP receiver: prints "ready" once bound, then the sequence numbers it got, once no
+# datagram came for 0.5 s (the sender is done) or after 20 s at most.
+_UDP_RECV = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 9000))
+print("ready", flush=True)
+got, deadline = [], time.monotonic() + 20
+s.settimeout(5)
+while time.monotonic() < deadline:
+    try:
+        got.append(struct.unpack("!I", s.recv(2048)[:4])[0])
+    except TimeoutError:
+        break
+    s.settimeout(0.5)
+print(" ".join(map(str, got)))
+"""
+
+# A paced UDP sender (5000 datagrams/s, below what a veth with XDP queues without drops).
+_UDP_SEND = r"""
+import socket, struct, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+dst, n = sys.argv[1], int(sys.argv[2])
+t0 = time.perf_counter()
+for i in range(n):
+    while time.perf_counter() < t0 + i / 5000:
+        pass
+    s.sendto(struct.pack("!I", i) + bytes(60), (dst, 9000))
+"""
+
+
+def _udp_seqs(tb, n):
+    """Send n numbered datagrams client -> server; the sequence numbers that arrived."""
+    recv = tb.popen("server", ["python3", "-c", _UDP_RECV], stdout=subprocess.PIPE, text=True)
+    assert recv.stdout.readline().strip() == "ready"
+    tb.exec("client", ["python3", "-c", _UDP_SEND, tb.host("server").iface.ip, str(n)],
+            check=True)
+    out, _ = recv.communicate(timeout=30)
+    return [int(x) for x in out.split()]
+
+
+def _bursts(seqs, n):
+    """Lengths of the runs of consecutive missing sequence numbers."""
+    got, runs, run = set(seqs), [], 0
+    for i in range(n):
+        if i in got:
+            if run:
+                runs.append(run)
+            run = 0
+        else:
+            run += 1
+    return runs + ([run] if run else [])
+
+
+@pytest.mark.parametrize("model", ["random", "bursty"])
+def test_loss(testbed, model):
+    n = 2000
+    tb = testbed(loss_pct=10, loss_model=model)
+    seqs = _udp_seqs(tb, n)
+    loss = 1 - len(seqs) / n
+    # Random: binomial sd is 0.7 points, so +-3 points never flakes. Bursty losses are
+    # correlated (bursts of ~4), so its sd is about twice that: allow +-5 points.
+    assert abs(loss - 0.10) < (0.03 if model == "random" else 0.05), loss
+    stats = tb.link_stats()["client->server"]
+    assert stats["dropped"] == n - len(seqs)
+    runs = _bursts(seqs, n)
+    mean_burst = sum(runs) / len(runs)
+    if model == "bursty":
+        assert mean_burst > 1.5, mean_burst
+    else:
+        assert mean_burst < 1.5, mean_burst
+
+
+def _wait_listening(tb, host, port):
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        out = tb.exec(host, ["ss", "-Hltn", f"sport = :{port}"], capture_output=True,
+                      text=True).stdout
+        if out.strip():
+            return
+        time.sleep(0.02)  # polling interval
+    raise AssertionError(f"nothing listens on {host}:{port}")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_rate(testbed, reverse):
+    tb = testbed(rate_mbit=50)
+    tb.popen("server", ["iperf3", "-s", "-1"], stdout=subprocess.DEVNULL)
+    _wait_listening(tb, "server", 5201)
+    argv = ["iperf3", "-c", tb.host("server").iface.ip, "-t", "2", "-J"]
+    out = tb.exec("client", argv + (["-R"] if reverse else []), capture_output=True,
+                  text=True, check=True).stdout
+    mbit = json.loads(out)["end"]["sum_received"]["bits_per_second"] / 1e6
+    # TCP goodput is ~96% of the L2 rate tbf enforces (headers).
+    assert 50 * 0.85 < mbit < 50 * 1.15, mbit

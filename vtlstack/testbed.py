@@ -30,6 +30,7 @@ from typing import Any
 from vtlstack.errors import VtlError, require_root
 
 TOPOLOGIES = ("pair", "chain")
+LOSS_MODELS = ("random", "bursty")
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 _NETNS_DIR = "/var/run/netns"
 
@@ -80,6 +81,179 @@ class Link:
     subnet: str
     mtu: int
     impair: dict[str, Any] = field(default_factory=dict)
+
+
+def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
+    from pyroute2 import NetNS
+
+    # Created directly in the namespaces: never visible in the root namespace.
+    with NetNS(ns_a) as ns:
+        ns.link("add", ifname=name_a, kind="veth", peer={"ifname": name_b, "net_ns_fd": ns_b})
+
+
+def _offloads_off(ns: str, ifname: str) -> None:
+    # Checksum offload off matters most: with it on, a kernel peer of an AF_XDP socket
+    # (copy mode) sends frames with partial checksums that the stack would reject.
+    _run(["ip", "netns", "exec", ns, "ethtool", "-K", ifname,
+          "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off"])
+
+
+def _impairment(rate_mbit: float | None, delay_ms: float, loss_pct: float, loss_model: str,
+                reorder_pct: float) -> dict[str, Any]:
+    """Validate the impairment arguments; the non-default ones, or {} for a bare link."""
+    if rate_mbit is not None and not 0.01 <= rate_mbit <= 100_000:
+        raise TestbedError(f"bad rate {rate_mbit} Mbit/s: use 0.01..100000")
+    if not 0 <= delay_ms <= 10_000:
+        raise TestbedError(f"bad delay {delay_ms} ms: use 0..10000")
+    if not 0 <= loss_pct <= 100:
+        raise TestbedError(f"bad loss {loss_pct}%: use 0..100")
+    if loss_model not in LOSS_MODELS:
+        raise TestbedError(f"unknown loss model {loss_model!r}: use one of "
+                           f"{', '.join(LOSS_MODELS)}")
+    if not 0 <= reorder_pct <= 100:
+        raise TestbedError(f"bad reorder {reorder_pct}%: use 0..100")
+    impair: dict[str, Any] = {}
+    if rate_mbit is not None:
+        impair["rate_mbit"] = rate_mbit
+    if delay_ms:
+        impair["delay_ms"] = delay_ms
+    if loss_pct:
+        impair["loss_pct"] = loss_pct
+        impair["loss_model"] = loss_model
+    if reorder_pct:
+        impair["reorder_pct"] = reorder_pct
+    return impair
+
+
+_ffi = None
+
+
+def _impair_ffi() -> Any:
+    """cffi view of bpf/include/impair.h, the one definition of the impairment maps."""
+    global _ffi
+    if _ffi is None:
+        import cffi
+
+        from vtlstack._resources import bpf_path
+
+        text = bpf_path("impair.h").read_text()
+        decls = "\n".join(ln for ln in text.splitlines() if not ln.lstrip().startswith("#"))
+        ffi = cffi.FFI()
+        ffi.cdef("typedef uint32_t __u32; typedef uint64_t __u64;\n" + decls)
+        # No library: dlopen(None) only gives access to the enum constants as ffi.lib.X.
+        ffi.lib = ffi.dlopen(None)
+        _ffi = ffi
+    return _ffi
+
+
+def _bpftool(*args: str) -> Any:
+    return json.loads(_run(["bpftool", "-j", *args]).stdout or "null")
+
+
+class _Wire:
+    """The hidden namespace in the middle of an impaired link, and what runs in it.
+
+    Frames entering ``a`` leave by ``b`` and vice versa. Loss: impair_xdp (XDP, native) on
+    both interfaces. Rate: tbf on both interfaces' egress (AF_XDP senders skip their own
+    qdisc, so the rate must be imposed here). Forwarding: the impair_fwd tc program.
+    """
+
+    _KEY = ["key", "hex", "00", "00", "00", "00"]
+
+    def __init__(self, netns: str, a: str, b: str, mtu: int, impair: dict[str, Any]) -> None:
+        self.netns, self.a, self.b, self.mtu, self.impair = netns, a, b, mtu, impair
+        # Direction name -> the interface that frames of that direction enter by.
+        self.directions: dict[str, str] = {}
+
+    def setup(self) -> None:
+        from vtlstack._resources import bpf_path
+
+        obj = str(bpf_path("impair"))
+        ns = self.netns
+        for ifname in (self.a, self.b):
+            # Promiscuous: the frames are addressed to the hosts, not to the wire.
+            _run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(self.mtu), "promisc", "on",
+                  "up"])
+            _offloads_off(ns, ifname)
+            _run(["ip", "-n", ns, "link", "set", "dev", ifname, "xdpdrv", "obj", obj,
+                  "sec", "xdp.frags"])
+            self._set_cfg(self._xdp_maps(ifname)["impair_cfg"], self._loss_cfg())
+        for src, dst in ((self.a, self.b), (self.b, self.a)):
+            _run(["tc", "-n", ns, "qdisc", "add", "dev", src, "clsact"])
+            _run(["tc", "-n", ns, "filter", "add", "dev", src, "ingress", "bpf",
+                  "direct-action", "obj", obj, "sec", "tc"])
+            cfg = _impair_ffi().new("struct impair_cfg *")
+            cfg.redirect_ifindex = self._ifindex(dst)
+            self._set_cfg(self._tc_maps(src)["impair_cfg"], cfg)
+        if "rate_mbit" in self.impair:
+            for ifname in (self.a, self.b):
+                self._tbf(ifname, self.impair["rate_mbit"])
+
+    def _tbf(self, ifname: str, mbit: float) -> None:
+        bytes_per_s = mbit * 1e6 / 8
+        # Bucket: a couple of milliseconds of traffic but at least two full frames, so the
+        # rate holds over short measurements; queue: 50 ms of traffic, so TCP is not starved.
+        burst = max(int(bytes_per_s * 0.002), 2 * (self.mtu + 14))
+        limit = max(int(bytes_per_s * 0.05), 4 * (self.mtu + 14))
+        _run(["tc", "-n", self.netns, "qdisc", "add", "dev", ifname, "root", "tbf",
+              "rate", f"{int(mbit * 1000)}kbit", "burst", str(burst), "limit", str(limit)])
+
+    def _loss_cfg(self) -> Any:
+        cfg = _impair_ffi().new("struct impair_cfg *")
+        loss = self.impair.get("loss_pct", 0) / 100
+        if self.impair.get("loss_model") == "bursty":
+            # Gilbert-Elliott with every frame lost in the bad state: long-run loss is
+            # g2b / (g2b + b2g) and a burst lasts 1 / b2g frames on average. Bursts average
+            # 4 frames unless the loss is so high that they must be longer.
+            b2g = min(0.25, (1 - loss) / loss) if loss < 1 else 0.0
+            g2b = loss * b2g / (1 - loss) if loss < 1 else 1.0
+            cfg.model = _impair_ffi().lib.IMPAIR_BURSTY
+            cfg.good_to_bad_ppm = round(g2b * 1e6)
+            cfg.bad_to_good_ppm = round(b2g * 1e6)
+        else:
+            cfg.model = _impair_ffi().lib.IMPAIR_RANDOM
+            cfg.loss_ppm = round(loss * 1e6)
+        return cfg
+
+    def _ifindex(self, ifname: str) -> int:
+        return json.loads(_run(["ip", "-n", self.netns, "-j", "link", "show", ifname]).stdout)[0][
+            "ifindex"]
+
+    def _xdp_maps(self, ifname: str) -> dict[str, int]:
+        link = json.loads(_run(["ip", "-n", self.netns, "-j", "-d", "link", "show", ifname]).stdout)
+        return self._maps_of(link[0]["xdp"]["prog"]["id"])
+
+    def _tc_maps(self, ifname: str) -> dict[str, int]:
+        filters = json.loads(_run(["tc", "-n", self.netns, "-j", "filter", "show", "dev",
+                                   ifname, "ingress"]).stdout)
+        prog = next(f["options"]["prog"]["id"] for f in filters if "options" in f)
+        return self._maps_of(prog)
+
+    @staticmethod
+    def _maps_of(prog_id: int) -> dict[str, int]:
+        # Map ids are global, so the maps can be read and written from any namespace.
+        ids = _bpftool("prog", "show", "id", str(prog_id))["map_ids"]
+        return {_bpftool("map", "show", "id", str(m))["name"]: m for m in ids}
+
+    def _set_cfg(self, map_id: int, cfg: Any) -> None:
+        value = [f"{b:02x}" for b in bytes(_impair_ffi().buffer(cfg))]
+        _run(["bpftool", "map", "update", "id", str(map_id), *self._KEY, "value", "hex", *value])
+
+    def _read_stats(self, map_id: int) -> Any:
+        raw = bytes(int(b, 16) for b in _bpftool("map", "lookup", "id", str(map_id),
+                                                 *self._KEY)["value"])
+        ffi = _impair_ffi()
+        return ffi.new("struct impair_stats *", ffi.from_buffer("struct impair_stats *", raw)[0])
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for src, dst in ((self.a, self.b), (self.b, self.a)):
+            xdp = self._read_stats(self._xdp_maps(src)["impair_stats"])
+            tc = self._read_stats(self._tc_maps(src)["impair_stats"])
+            out[f"{src[2:]}->{dst[2:]}"] = {
+                "passed": xdp.passed, "dropped": xdp.dropped, "forwarded": tc.redirected,
+            }
+        return out
 
 
 # A raw-socket ICMP echo client (run as a child inside a namespace by Testbed.ping). It
@@ -157,7 +331,7 @@ class Testbed:
         self.prefix = prefix
         self.hosts: dict[str, Host] = {}
         self.links: list[Link] = []
-        self._namespaces: list[str] = []
+        self._wire: _Wire | None = None
         self._procs: list[subprocess.Popen] = []
         self._down = False
 
@@ -190,8 +364,7 @@ class Testbed:
             raise TestbedError(f"unknown topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
         if not 68 <= mtu <= 65535:
             raise TestbedError(f"bad MTU {mtu}: use 68..65535")
-        if rate_mbit or delay_ms or loss_pct or reorder_pct:
-            raise TestbedError("link impairment is not implemented yet: use a bare link")
+        impair = _impairment(rate_mbit, delay_ms, loss_pct, loss_model, reorder_pct)
         taken = [ns for ns in _netns_list() if ns.startswith(f"{prefix}-{name}-")]
         if taken:
             raise TestbedExistsError(
@@ -200,7 +373,7 @@ class Testbed:
             )
         tb = cls(name, topology, prefix)
         try:
-            tb._build(mtu, offloads)
+            tb._build(mtu, offloads, impair)
         except BaseException:
             tb.down()
             raise
@@ -209,14 +382,16 @@ class Testbed:
     def _ns(self, role: str) -> str:
         return f"{self.prefix}-{self.name}-{role}"
 
-    def _add_host(self, role: str) -> Host:
+    def _add_netns(self, role: str) -> str:
         ns = self._ns(role)
         _run(["ip", "netns", "add", ns])
-        self._namespaces.append(ns)
         self._sysctl(ns, "net.ipv6.conf.all.disable_ipv6", 1)
         self._sysctl(ns, "net.ipv6.conf.default.disable_ipv6", 1)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
-        host = Host(name=role, netns=ns)
+        return ns
+
+    def _add_host(self, role: str) -> Host:
+        host = Host(name=role, netns=self._add_netns(role))
         self.hosts[role] = host
         return host
 
@@ -224,28 +399,40 @@ class Testbed:
     def _sysctl(ns: str, key: str, value: int) -> None:
         _run(["ip", "netns", "exec", ns, "sysctl", "-q", "-w", f"{key}={value}"])
 
-    def _build(self, mtu: int, offloads: bool) -> None:
+    def _build(self, mtu: int, offloads: bool, impair: dict[str, Any]) -> None:
         roles = ["client", "server"] if self.topology == "pair" else ["client", "middle", "server"]
         for role in roles:
             self._add_host(role)
         base = _subnet_base(self.name)
-        for i, (a, b) in enumerate(zip(roles, roles[1:], strict=False)):
-            self._add_link(self.hosts[a], self.hosts[b], f"10.213.{base + i}", mtu, offloads)
+        pairs = list(zip(roles, roles[1:], strict=False))
+        for i, (a, b) in enumerate(pairs):
+            # Impairments go on the last link: the only one of pair, middle-server of chain.
+            link_impair = impair if i == len(pairs) - 1 else {}
+            self._add_link(self.hosts[a], self.hosts[b], f"10.213.{base + i}", mtu, offloads,
+                           link_impair)
         if self.topology == "chain":
             self._sysctl(self.hosts["middle"].netns, "net.ipv4.ip_forward", 1)
             client, middle, server = (self.hosts[r] for r in roles)
             self._route(client, self.links[1].subnet, middle.ifaces[0].ip)
             self._route(server, self.links[0].subnet, middle.ifaces[1].ip)
 
-    def _add_link(self, ha: Host, hb: Host, net: str, mtu: int, offloads: bool) -> None:
-        from pyroute2 import NetNS
-
+    def _add_link(self, ha: Host, hb: Host, net: str, mtu: int, offloads: bool,
+                  impair: dict[str, Any]) -> None:
         # Interface names: role + index within the host, unique in the testbed (<= 15 chars).
         na, nb = f"{ha.name}{len(ha.ifaces)}", f"{hb.name}{len(hb.ifaces)}"
-        with NetNS(ha.netns) as ns:
-            ns.link("add", ifname=na, kind="veth",
-                    peer={"ifname": nb, "net_ns_fd": hb.netns})
+        if impair:
+            # A hidden wire namespace in the middle: the hosts still share one L2 segment.
+            wire_ns = self._add_netns("wire")
+            wa, wb = f"w-{ha.name}", f"w-{hb.name}"
+            _veth(ha.netns, na, wire_ns, wa)
+            _veth(wire_ns, wb, hb.netns, nb)
+            self._wire = _Wire(wire_ns, wa, wb, mtu, impair)
+            self._wire.setup()
+        else:
+            _veth(ha.netns, na, hb.netns, nb)
         ends = []
+        from pyroute2 import NetNS
+
         for host, ifname, octet in ((ha, na, 1), (hb, nb, 2)):
             with NetNS(host.netns) as ns:
                 idx = ns.link_lookup(ifname=ifname)[0]
@@ -254,20 +441,14 @@ class Testbed:
                 ns.link("set", index=idx, state="up")
                 mac = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
             if not offloads:
-                self._offloads_off(host.netns, ifname)
+                _offloads_off(host.netns, ifname)
             ends.append(Iface(ifname, mac, f"{net}.{octet}", 24, "", "", host.name))
         ea, eb = ends
         ea.peer_ip, ea.peer_mac, eb.peer_ip, eb.peer_mac = eb.ip, eb.mac, ea.ip, ea.mac
         ha.ifaces.append(ea)
         hb.ifaces.append(eb)
-        self.links.append(Link(ha.name, hb.name, f"{net}.0/24", mtu))
-
-    @staticmethod
-    def _offloads_off(ns: str, ifname: str) -> None:
-        # Checksum offload off matters most: with it on, a kernel peer of an AF_XDP socket
-        # (copy mode) sends frames with partial checksums that the stack would reject.
-        _run(["ip", "netns", "exec", ns, "ethtool", "-K", ifname,
-              "gro", "off", "gso", "off", "tso", "off", "tx", "off", "rx", "off"])
+        shown = dict(impair, wire_netns=self._wire.netns) if impair else {}
+        self.links.append(Link(ha.name, hb.name, f"{net}.0/24", mtu, shown))
 
     @staticmethod
     def _route(host: Host, dst: str, gateway: str) -> None:
@@ -317,6 +498,13 @@ class Testbed:
         if proc.returncode != 0:
             raise TestbedError(f"ping from {host} to {dst} failed: {proc.stderr.strip()}")
         return [None if v == "-" else float(v) for v in proc.stdout.split()]
+
+    def link_stats(self) -> dict[str, dict[str, int]]:
+        """Counters of the impaired link per direction ("client->server", ...): frames
+        passed and dropped by the loss program, and forwarded by the kernel redirect."""
+        if self._wire is None:
+            raise TestbedError(f"testbed {self.name!r} has no impaired link: nothing to count")
+        return self._wire.stats()
 
     def describe(self) -> dict[str, Any]:
         """Everything a user needs to address the testbed, as JSON-able data."""
