@@ -15,11 +15,13 @@ solicitations or DAD frames show up on the links while AF_XDP code is being test
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import re
 import secrets
+import select
 import signal
 import subprocess
 import sys
@@ -31,6 +33,8 @@ from vtlstack.errors import VtlError, require_root
 
 TOPOLOGIES = ("pair", "chain")
 LOSS_MODELS = ("random", "bursty")
+# How much longer a reordered frame is held than the others: later frames overtake it.
+REORDER_EXTRA_MS = 2.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 _NETNS_DIR = "/var/run/netns"
 
@@ -160,10 +164,14 @@ class _Wire:
 
     _KEY = ["key", "hex", "00", "00", "00", "00"]
 
-    def __init__(self, netns: str, a: str, b: str, mtu: int, impair: dict[str, Any]) -> None:
+    def __init__(self, netns: str, a: str, b: str, mtu: int, offloads: bool,
+                 impair: dict[str, Any]) -> None:
         self.netns, self.a, self.b, self.mtu, self.impair = netns, a, b, mtu, impair
-        # Direction name -> the interface that frames of that direction enter by.
-        self.directions: dict[str, str] = {}
+        # With offloads on, hosts may send GSO frames of up to 64 KiB through the wire.
+        self.frame_size = 65536 + 18 if offloads else mtu + 18
+        self.delayed = bool(impair.get("delay_ms") or impair.get("reorder_pct"))
+        self.stats_path = f"/dev/shm/{netns}.stats"
+        self.forwarder: subprocess.Popen | None = None
 
     def setup(self) -> None:
         from vtlstack._resources import bpf_path
@@ -178,7 +186,9 @@ class _Wire:
             _run(["ip", "-n", ns, "link", "set", "dev", ifname, "xdpdrv", "obj", obj,
                   "sec", "xdp.frags"])
             self._set_cfg(self._xdp_maps(ifname)["impair_cfg"], self._loss_cfg())
-        for src, dst in ((self.a, self.b), (self.b, self.a)):
+        if self.delayed:
+            self._start_forwarder()
+        for src, dst in ((self.a, self.b), (self.b, self.a)) if not self.delayed else ():
             _run(["tc", "-n", ns, "qdisc", "add", "dev", src, "clsact"])
             _run(["tc", "-n", ns, "filter", "add", "dev", src, "ingress", "bpf",
                   "direct-action", "obj", obj, "sec", "tc"])
@@ -188,6 +198,29 @@ class _Wire:
         if "rate_mbit" in self.impair:
             for ifname in (self.a, self.b):
                 self._tbf(ifname, self.impair["rate_mbit"])
+
+    def _start_forwarder(self) -> None:
+        # The wire has no addresses and ip_forward=0, so only the forwarder moves frames.
+        queue = max(64, min(4096, (32 << 20) // self.frame_size))
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vtlstack.wire",
+                "--a", self.a, "--b", self.b,
+                "--delay-ms", str(self.impair.get("delay_ms", 0)),
+                "--reorder-pct", str(self.impair.get("reorder_pct", 0)),
+                "--reorder-extra-ms", str(REORDER_EXTRA_MS),
+                "--frame-size", str(self.frame_size), "--queue-frames", str(queue),
+                "--stats", self.stats_path]
+        # Own session: a Ctrl-C meant for `vtl testbed up` must not take the wire down.
+        self.forwarder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          text=True, start_new_session=True)
+        ready, _, _ = select.select([self.forwarder.stdout], [], [], 10)
+        line = self.forwarder.stdout.readline() if ready else ""
+        if line.strip() != "ready":
+            _stop(self.forwarder)
+            err = self.forwarder.stderr.read().strip()
+            raise TestbedError(f"the wire forwarder did not start: {err or 'no answer in 10 s'}")
+        # Nothing more is read from it; closing our ends keeps no pipe buffers pending.
+        self.forwarder.stdout.close()
+        self.forwarder.stderr.close()
 
     def _tbf(self, ifname: str, mbit: float) -> None:
         bytes_per_s = mbit * 1e6 / 8
@@ -247,12 +280,21 @@ class _Wire:
 
     def stats(self) -> dict[str, dict[str, int]]:
         out = {}
-        for src, dst in ((self.a, self.b), (self.b, self.a)):
+        if self.delayed:
+            from vtlstack._wire import COUNTERS
+            from vtlstack.wire import counters_view
+
+            fwd = [int(v) for v in counters_view(self.stats_path)]
+        for d, (src, dst) in enumerate(((self.a, self.b), (self.b, self.a))):
             xdp = self._read_stats(self._xdp_maps(src)["impair_stats"])
-            tc = self._read_stats(self._tc_maps(src)["impair_stats"])
-            out[f"{src[2:]}->{dst[2:]}"] = {
-                "passed": xdp.passed, "dropped": xdp.dropped, "forwarded": tc.redirected,
-            }
+            row = {"passed": xdp.passed, "dropped": xdp.dropped}
+            if self.delayed:
+                row.update(zip(COUNTERS, fwd[d * len(COUNTERS):(d + 1) * len(COUNTERS)],
+                               strict=True))
+                row["forwarded"] = row["sent"]
+            else:
+                row["forwarded"] = self._read_stats(self._tc_maps(src)["impair_stats"]).redirected
+            out[f"{src[2:]}->{dst[2:]}"] = row
         return out
 
 
@@ -426,8 +468,12 @@ class Testbed:
             wa, wb = f"w-{ha.name}", f"w-{hb.name}"
             _veth(ha.netns, na, wire_ns, wa)
             _veth(wire_ns, wb, hb.netns, nb)
-            self._wire = _Wire(wire_ns, wa, wb, mtu, impair)
-            self._wire.setup()
+            self._wire = _Wire(wire_ns, wa, wb, mtu, offloads, impair)
+            try:
+                self._wire.setup()
+            finally:
+                if self._wire.forwarder is not None:
+                    self._procs.append(self._wire.forwarder)
         else:
             _veth(ha.netns, na, hb.netns, nb)
         ends = []
@@ -602,6 +648,10 @@ def _kill_pids(ns: str, grace: float = 2.0) -> None:
 def _remove_namespaces(namespaces: list[str]) -> None:
     errors = []
     for ns in namespaces:
+        # The forwarder's counters file, if this was a wire namespace.
+        if ns.endswith("-wire"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(f"/dev/shm/{ns}.stats")
         try:
             _kill_pids(ns)
         except TestbedError as exc:

@@ -1,0 +1,70 @@
+"""Entry point of the testbed's delay/reorder forwarder: ``python -m vtlstack.wire``.
+
+Run by vtlstack.testbed inside a wire namespace; it prints ``ready`` once both sockets are
+bound, then forwards until it is killed or an interface goes away.
+"""
+
+import argparse
+import mmap
+import os
+import socket
+import sys
+
+import numpy as np
+
+from vtlstack._wire import COUNTERS, run
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_IGNORE_OUTGOING = 23  # linux/if_packet.h
+SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may exceed net.core.*mem_max
+
+
+def _socket(ifname: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    # Our own transmissions on an interface would otherwise come back as receptions.
+    sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    # Room for a delay's worth of bursts: drops belong in our rings, where they are counted.
+    sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
+    sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20)
+    sock.bind((ifname, ETH_P_ALL))
+    return sock
+
+
+def counters_view(path: str, create: bool = False) -> np.ndarray:
+    """The forwarder's counters (2 directions x COUNTERS, uint64) mapped from a file."""
+    size = 2 * len(COUNTERS) * 8
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
+    try:
+        if create:
+            os.ftruncate(fd, size)
+        return np.frombuffer(mmap.mmap(fd, size), dtype=np.uint64)
+    finally:
+        os.close(fd)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m vtlstack.wire")
+    p.add_argument("--a", required=True, help="first wire interface")
+    p.add_argument("--b", required=True, help="second wire interface")
+    p.add_argument("--delay-ms", type=float, default=0.0)
+    p.add_argument("--reorder-pct", type=float, default=0.0)
+    p.add_argument("--reorder-extra-ms", type=float, default=2.0)
+    p.add_argument("--frame-size", type=int, default=1518)
+    p.add_argument("--queue-frames", type=int, default=4096)
+    p.add_argument("--stats", required=True, help="counters file (created)")
+    args = p.parse_args(argv)
+    counters = counters_view(args.stats, create=True)
+    sa, sb = _socket(args.a), _socket(args.b)
+    print("ready", flush=True)
+    try:
+        run(sa.fileno(), sb.fileno(), args.delay_ms, args.reorder_pct, args.reorder_extra_ms,
+            args.frame_size, args.queue_frames, counters)
+    except OSError as exc:
+        print(f"vtlstack.wire: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
