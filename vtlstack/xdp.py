@@ -1,0 +1,425 @@
+"""Load and attach the XDP steering program (bpf/steer.bpf.c) through libxdp.
+
+``Steering`` mirrors a libbpf skeleton's lifecycle (open, attach, configure, one cleanup
+path) as a context manager. The map key/value layout comes from ``steer.h``, the same
+header the eBPF side is compiled with, read here through cffi (ABI mode, no compiler).
+
+bpffs: libxdp's multiprog dispatcher (which lets several XDP programs share an interface)
+pins its state in bpffs. If ``/sys/fs/bpf`` is not a bpffs we mount one only when this
+process is in a private mount namespace (``ip netns exec`` gives one), where the mount
+disappears with the namespace; in the machine's own mount namespace we do not change the
+system and let libxdp attach the program directly (legacy mode). ``attach_info`` says which
+way it went and why.
+"""
+
+from __future__ import annotations
+
+import atexit
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import signal
+import socket
+import threading
+import weakref
+
+from cffi import FFI
+
+from vtlstack._resources import bpf_path
+from vtlstack.errors import (
+    InterfaceError,
+    KernelFeatureError,
+    PrivilegeError,
+    VtlError,
+    XdpBusyError,
+    require_root,
+)
+
+__all__ = ["Steering", "attached_programs"]
+
+log = logging.getLogger(__name__)
+
+# Map and program names in steer.bpf.c (the layout of their keys and values is steer.h's).
+PROG_NAME = "vtl_steer"
+MAP_XSKS = "xsks_map"
+MAP_OWNED = "owned_ports"
+MAP_COUNTERS = "steer_counters"
+
+BPFFS = "/sys/fs/bpf"
+BPF_FS_MAGIC = 0xCAFE4A11
+
+_MODES = {"auto": 0, "drv": 1, "skb": 2}  # enum xdp_attach_mode: UNSPEC, NATIVE, SKB
+_MODE_NAMES = {0: "none", 1: "drv", 2: "skb", 3: "hw"}
+
+_CDEF = """
+typedef uint8_t __u8;
+typedef uint16_t __u16;
+typedef uint32_t __u32;
+typedef uint64_t __u64;
+
+struct xdp_program;
+struct xdp_multiprog;
+struct bpf_object;
+struct bpf_map;
+
+long libxdp_get_error(const void *ptr);
+int libxdp_strerror(int err, char *buf, size_t size);
+struct xdp_program *xdp_program__open_file(const char *filename, const char *section_name,
+                                           void *opts);
+void xdp_program__close(struct xdp_program *xdp_prog);
+int xdp_program__attach(struct xdp_program *prog, int ifindex, int mode, unsigned int flags);
+int xdp_program__detach(struct xdp_program *prog, int ifindex, int mode, unsigned int flags);
+int xdp_program__is_attached(const struct xdp_program *xdp_prog, int ifindex);
+const char *xdp_program__name(const struct xdp_program *xdp_prog);
+uint32_t xdp_program__id(const struct xdp_program *xdp_prog);
+struct bpf_object *xdp_program__bpf_obj(struct xdp_program *xdp_prog);
+struct xdp_multiprog *xdp_multiprog__get_from_ifindex(int ifindex);
+struct xdp_program *xdp_multiprog__next_prog(const struct xdp_program *prog,
+                                             const struct xdp_multiprog *mp);
+void xdp_multiprog__close(struct xdp_multiprog *mp);
+int xdp_multiprog__attach_mode(const struct xdp_multiprog *mp);
+struct xdp_program *xdp_multiprog__main_prog(const struct xdp_multiprog *mp);
+bool xdp_multiprog__is_legacy(const struct xdp_multiprog *mp);
+
+struct bpf_map *bpf_object__find_map_by_name(const struct bpf_object *obj, const char *name);
+int bpf_map__fd(const struct bpf_map *map);
+int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t flags);
+int bpf_map_lookup_elem(int fd, const void *key, void *value);
+int bpf_map_delete_elem(int fd, const void *key);
+int libbpf_num_possible_cpus(void);
+"""
+
+_ffi = None
+_xdp = None
+_bpf = None
+_lib_lock = threading.Lock()
+
+
+def _steer_cdef() -> str:
+    """steer.h without its preprocessor lines: the layout, as cffi can parse it."""
+    text = bpf_path("steer.h").read_text()
+    return "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+
+
+def _libs():
+    global _ffi, _xdp, _bpf
+    with _lib_lock:
+        if _ffi is None:
+            ffi = FFI()
+            ffi.cdef(_CDEF)
+            ffi.cdef(_steer_cdef())
+            try:
+                xdp = ffi.dlopen("libxdp.so.1")
+                bpf = ffi.dlopen("libbpf.so.1")
+            except OSError as e:
+                raise KernelFeatureError(
+                    f"cannot load libxdp/libbpf ({e}): apt-get install libxdp1 libbpf1"
+                ) from e
+            _ffi, _xdp, _bpf = ffi, xdp, bpf
+    return _ffi, _xdp, _bpf
+
+
+def _strerror(err: int) -> str:
+    ffi, xdp, _ = _libs()
+    buf = ffi.new("char[]", 256)
+    xdp.libxdp_strerror(err, buf, 256)
+    return ffi.string(buf).decode(errors="replace")
+
+
+def _ifindex(ifname: str) -> int:
+    try:
+        return socket.if_nametoindex(ifname)
+    except OSError as e:
+        raise InterfaceError(
+            f"no interface {ifname!r} in this network namespace: check the name with "
+            f"`ip link` and run inside the right netns"
+        ) from e
+
+
+def attached_programs(ifname: str) -> list[str]:
+    """Names of the XDP programs attached to ifname (empty if none)."""
+    ffi, xdp, _ = _libs()
+    mp = xdp.xdp_multiprog__get_from_ifindex(_ifindex(ifname))
+    if mp == ffi.NULL or xdp.libxdp_get_error(mp):
+        return []
+    try:
+        names = []
+        if xdp.xdp_multiprog__is_legacy(mp):
+            main = xdp.xdp_multiprog__main_prog(mp)
+            if main != ffi.NULL:
+                names.append(ffi.string(xdp.xdp_program__name(main)).decode())
+        else:
+            prog = xdp.xdp_multiprog__next_prog(ffi.NULL, mp)
+            while prog != ffi.NULL:
+                names.append(ffi.string(xdp.xdp_program__name(prog)).decode())
+                prog = xdp.xdp_multiprog__next_prog(prog, mp)
+            names = names or ["xdp_dispatcher"]
+        return names
+    finally:
+        xdp.xdp_multiprog__close(mp)
+
+
+def _is_legacy(ifindex: int) -> bool:
+    ffi, xdp, _ = _libs()
+    mp = xdp.xdp_multiprog__get_from_ifindex(ifindex)
+    if mp == ffi.NULL or xdp.libxdp_get_error(mp):
+        return False
+    try:
+        return bool(xdp.xdp_multiprog__is_legacy(mp))
+    finally:
+        xdp.xdp_multiprog__close(mp)
+
+
+def _is_bpffs(path: str) -> bool:
+    with open("/proc/self/mounts") as f:
+        return any(
+            parts[1] == path and parts[2] == "bpf"
+            for parts in (line.split() for line in f)
+            if len(parts) > 2
+        )
+
+
+def _private_mount_ns() -> bool:
+    """True if this process has a mount namespace of its own, where a mount we add is
+    seen by nobody else and goes away with the namespace (as under ``ip netns exec``)."""
+    me = os.readlink("/proc/self/ns/mnt")
+    try:
+        return os.readlink("/proc/1/ns/mnt") != me
+    except OSError:
+        pass  # sandboxes may hide pid 1's namespaces even from root
+    try:
+        if os.readlink(f"/proc/{os.getppid()}/ns/mnt") != me:
+            return True
+    except OSError:
+        pass
+    # `ip netns exec NS` unshares the mount namespace and mounts a sysfs named NS on /sys.
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            if len(fields) > 9 and fields[4] == "/sys":
+                src = fields[fields.index("-") + 2]
+                return src != "sysfs" and os.path.exists(f"/run/netns/{src}")
+    return False
+
+
+def _mount_bpffs(path: str) -> None:
+    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+    if libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
+        err = ctypes.get_errno()
+        raise VtlError(f"cannot mount bpffs on {path} ({os.strerror(err)})")
+
+
+def _prepare_bpffs() -> str:
+    """Make libxdp's dispatcher usable if we may; return how the program will attach."""
+    if os.environ.get("LIBXDP_BPFFS"):
+        return f"dispatcher (bpffs from LIBXDP_BPFFS={os.environ['LIBXDP_BPFFS']})"
+    if _is_bpffs(BPFFS):
+        return f"dispatcher (bpffs at {BPFFS})"
+    if _private_mount_ns() and os.path.isdir(BPFFS):
+        _mount_bpffs(BPFFS)
+        return f"dispatcher (mounted bpffs at {BPFFS} in this private mount namespace)"
+    return (
+        f"direct (legacy) attach: {BPFFS} is not a bpffs and this is the machine's own "
+        f"mount namespace, which we do not change (mount -t bpf bpf {BPFFS} to share the "
+        f"interface with other libxdp programs)"
+    )
+
+
+_live: weakref.WeakSet = weakref.WeakSet()
+_hooks_installed = False
+
+
+def _close_all() -> None:
+    for steering in list(_live):
+        steering.close()
+
+
+def _install_exit_hooks() -> None:
+    """Detach on interpreter exit, and turn a default SIGTERM into SystemExit so `with`
+    blocks and atexit run (only if nobody installed a SIGTERM handler of their own)."""
+    global _hooks_installed
+    if _hooks_installed:
+        return
+    _hooks_installed = True
+    atexit.register(_close_all)
+    if threading.current_thread() is threading.main_thread():
+        if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            def _term(signum, frame):
+                raise SystemExit(128 + signum)
+
+            signal.signal(signal.SIGTERM, _term)
+
+
+class Steering:
+    """The steering program attached to one interface, with its maps.
+
+    >>> with Steering("veth0") as st:
+    ...     st.own(socket.IPPROTO_UDP, 9000)
+    ...     port = XskPort("veth0", xsks_map_fd=st.xsks_map_fd)
+    """
+
+    def __init__(self, ifname: str, mode: str = "auto") -> None:
+        if mode not in _MODES:
+            raise ValueError(f"mode {mode!r}: use 'auto', 'skb' or 'drv'")
+        require_root("attaching an XDP program")
+        self.ifname = ifname
+        self.mode = mode
+        self._prog = None
+        self._attached = _MODES[mode]
+        self._ifindex = _ifindex(ifname)
+        ffi, xdp, bpf = _libs()
+        self._ffi, self._xdp, self._bpf = ffi, xdp, bpf
+
+        # Never clobber: an XDP program someone else attached stays, and we say so.
+        others = attached_programs(ifname)
+        if others:
+            raise XdpBusyError(
+                f"{ifname} already has an XDP program ({', '.join(others)}): remove it with "
+                f"`ip link set dev {ifname} xdp off` or `xdp-loader unload {ifname} --all` "
+                f"if it is a leftover"
+            )
+
+        self.attach_info = _prepare_bpffs()
+        path = str(bpf_path("steer"))
+        prog = xdp.xdp_program__open_file(path.encode(), b"xdp", ffi.NULL)
+        err = xdp.libxdp_get_error(prog)
+        if err or prog == ffi.NULL:
+            raise VtlError(f"cannot open {path} ({_strerror(err)}): rebuild with setup.py")
+        self._prog = prog
+        try:
+            ret = xdp.xdp_program__attach(prog, self._ifindex, _MODES[mode], 0)
+            if ret:
+                raise self._attach_error(ret)
+            obj = xdp.xdp_program__bpf_obj(prog)
+            self.xsks_map_fd = self._map_fd(obj, MAP_XSKS)
+            self._owned_fd = self._map_fd(obj, MAP_OWNED)
+            self._counters_fd = self._map_fd(obj, MAP_COUNTERS)
+        except BaseException:
+            self.close()
+            raise
+        self._attached = xdp.xdp_program__is_attached(prog, self._ifindex)
+        if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
+            # libxdp tries its dispatcher and silently falls back when the kernel refuses it
+            # (its freplace compatibility check); say what actually happened.
+            self.attach_info = ("direct (legacy) attach: libxdp's dispatcher was refused by "
+                                "this kernel (see libxdp's message above), so libxdp attached "
+                                "the program alone")
+        self.attached_mode = _MODE_NAMES.get(self._attached, "?")
+        self._ncpus = bpf.libbpf_num_possible_cpus()
+        self._owned: set[tuple[int, int]] = set()
+        _live.add(self)
+        _install_exit_hooks()
+        log.info("steering on %s: %s, mode %s", ifname, self.attach_info, self.attached_mode)
+
+    def _attach_error(self, ret: int) -> VtlError:
+        err = -ret
+        why = _strerror(ret)
+        if err in (errno.EEXIST, errno.EBUSY):
+            return XdpBusyError(
+                f"{self.ifname} already has an XDP program ({why}): remove it with "
+                f"`ip link set dev {self.ifname} xdp off` or `xdp-loader unload "
+                f"{self.ifname} --all` if it is a leftover"
+            )
+        if err == errno.EOPNOTSUPP:
+            return KernelFeatureError(
+                f"{self.ifname} cannot attach XDP in mode {self.mode!r} ({why}): "
+                f"use mode='skb' (generic XDP works on every driver)"
+            )
+        if err == errno.EPERM:
+            return PrivilegeError(f"attaching XDP to {self.ifname} was refused ({why}): "
+                                  f"run as root with CAP_BPF and CAP_NET_ADMIN")
+        return VtlError(f"cannot attach the steering program to {self.ifname} ({why})")
+
+    def _map_fd(self, obj, name: str) -> int:
+        m = self._bpf.bpf_object__find_map_by_name(obj, name.encode())
+        fd = self._bpf.bpf_map__fd(m) if m != self._ffi.NULL else -1
+        if fd < 0:
+            raise VtlError(f"steering object has no map {name!r}: rebuild with setup.py")
+        return fd
+
+    def _key(self, proto: int, port: int):
+        if not 0 < port < 65536:
+            raise ValueError(f"port {port} out of range 1..65535")
+        if proto not in (self._xdp.STEER_PROTO_TCP, self._xdp.STEER_PROTO_UDP,
+                         self._xdp.STEER_PROTO_VTL):
+            raise ValueError(f"protocol {proto}: steering handles TCP (6), UDP (17) and "
+                             f"VTL (253)")
+        key = self._ffi.new("struct steer_key *")  # zeroed, so pad is 0 for the hash
+        key.port = port
+        key.proto = proto
+        return key
+
+    def _check_open(self) -> None:
+        if self._prog is None:
+            raise VtlError(f"steering on {self.ifname} is closed")
+
+    def own(self, proto: int, port: int) -> None:
+        """Send (proto, dst port) to the AF_XDP sockets from now on."""
+        self._check_open()
+        val = self._ffi.new("struct steer_val *", {"flags": 1})
+        if self._bpf.bpf_map_update_elem(self._owned_fd, self._key(proto, port), val, 0):
+            err = self._ffi.errno
+            raise VtlError(f"cannot own {proto}/{port} on {self.ifname} "
+                           f"({os.strerror(err)}): at most STEER_MAX_PORTS entries")
+        self._owned.add((proto, port))
+
+    def disown(self, proto: int, port: int) -> None:
+        """Give (proto, dst port) back to the kernel (no error if it was not owned)."""
+        self._check_open()
+        self._bpf.bpf_map_delete_elem(self._owned_fd, self._key(proto, port))
+        self._owned.discard((proto, port))
+
+    @property
+    def owned(self) -> set[tuple[int, int]]:
+        return set(self._owned)
+
+    def counters(self) -> dict[str, int]:
+        """The steering counters summed over CPUs."""
+        self._check_open()
+        ffi = self._ffi
+        names = {
+            "redirected": self._xdp.STEER_REDIRECTED,
+            "passed": self._xdp.STEER_PASSED,
+            "malformed": self._xdp.STEER_MALFORMED,
+            "no_socket": self._xdp.STEER_NO_SOCKET,
+        }
+        key = ffi.new("uint32_t *")
+        vals = ffi.new("uint64_t[]", self._ncpus)  # per-CPU values are 8-byte slots
+        out = {}
+        for name, idx in names.items():
+            key[0] = idx
+            if self._bpf.bpf_map_lookup_elem(self._counters_fd, key, vals):
+                raise VtlError(f"cannot read steering counters ({os.strerror(ffi.errno)})")
+            out[name] = sum(vals[i] for i in range(self._ncpus))
+        return out
+
+    def close(self) -> None:
+        """Detach and release the program (idempotent; called on every exit path)."""
+        prog, self._prog = self._prog, None
+        if prog is None:
+            return
+        _live.discard(self)
+        xdp = self._xdp
+        try:
+            if xdp.xdp_program__is_attached(prog, self._ifindex):
+                ret = xdp.xdp_program__detach(prog, self._ifindex, self._attached, 0)
+                if ret and xdp.xdp_program__is_attached(prog, self._ifindex):
+                    log.warning("detaching steering from %s failed: %s (remove it with "
+                                "`ip link set dev %s xdp off`)",
+                                self.ifname, _strerror(ret), self.ifname)
+        finally:
+            xdp.xdp_program__close(prog)
+
+    def __enter__(self) -> Steering:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - never raise from a finalizer
+            pass
