@@ -17,6 +17,20 @@ cdef extern from "<sys/eventfd.h>" nogil:
     int EFD_CLOEXEC
 
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline double _now() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return ts.tv_sec + ts.tv_nsec * 1e-9
+
+
 cdef extern from "<poll.h>" nogil:
     struct pollfd:
         int fd
@@ -71,8 +85,10 @@ cdef class Channel:
         pfd.events = POLLIN
         pfd.revents = 0
         poll(&pfd, 1, timeout_ms)
-        read(self.efd, &drained, sizeof(drained))
+        # Clear the flag first: a producer that still saw it set has written the eventfd
+        # by the time we drain it, so fewer stale wakeups are left for the next sleep.
         spsc_end_sleep(self.ring)
+        read(self.efd, &drained, sizeof(drained))
         return spsc_count(self.ring) > 0
 
     @property
@@ -112,34 +128,45 @@ cdef class Channel:
         return bool(ready)
 
     def produce_seq(self, uint64_t n, double timeout=10.0) -> int:
-        """Test helper: push 0..n-1 without the GIL, waiting while the ring is full."""
+        """Test helper: push 0..n-1 without the GIL, spinning while the ring is full.
+        Gives up after `timeout` seconds without progress; returns how many were pushed."""
         cdef vtl_msg m
         cdef uint64_t i = 0
         cdef uint64_t spins = 0
-        cdef uint64_t max_spins = <uint64_t>(timeout * 2e8)
+        cdef double last = _now()
         m.kind = 1
         with nogil:
-            while i < n and spins < max_spins:
+            while i < n:
                 m.addr = i
                 if self.send(&m):
                     i += 1
-                else:
-                    spins += 1
+                    spins = 0
+                    continue
+                spins += 1
+                if spins & 0xFFFF == 0:
+                    if _now() - last > timeout:
+                        break
+                elif spins == 1:
+                    last = _now()
         return i
 
     def consume_seq(self, uint64_t n, double timeout=10.0) -> int:
-        """Test helper: pop n messages without the GIL; returns how many came in order."""
+        """Test helper: pop n messages without the GIL, sleeping when the ring is empty.
+        Returns how many came in order; gives up after `timeout` seconds without progress."""
         cdef vtl_msg m
         cdef uint64_t expect = 0
         cdef uint64_t in_order = 0
-        cdef int idle = 0
-        cdef int max_idle = <int>(timeout * 10)
+        cdef double last = _now()
         with nogil:
-            while expect < n and idle < max_idle:
+            while expect < n:
                 if spsc_pop(self.ring, &m):
                     if m.addr == expect:
                         in_order += 1
                     expect += 1
-                elif not self.wait(100):
-                    idle += 1
+                    last = 0
+                    continue
+                if last == 0:
+                    last = _now()
+                if not self.wait(100) and _now() - last > timeout:
+                    break
         return in_order
