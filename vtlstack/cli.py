@@ -8,7 +8,7 @@ import sys
 from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
-_APPS = ("demo", "testbed", "echo", "bench")
+_APPS = ("demo", "testbed", "echo", "udpload")
 
 
 class Terminated(SystemExit):

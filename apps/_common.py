@@ -1,0 +1,45 @@
+"""Small helpers shared by the apps: JSON lines out, and running until a signal or deadline."""
+
+import json
+import signal
+import sys
+import threading
+import time
+from typing import Any
+
+
+def emit(obj: dict[str, Any]) -> None:
+    """One JSON object per line on stdout, flushed (other processes wait on these lines)."""
+    sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+class RunUntil:
+    """True until SIGINT/SIGTERM arrives or `duration` seconds (None: no limit) pass.
+
+    Used as a context manager so the previous signal handlers come back afterwards.
+    """
+
+    def __init__(self, duration: float | None) -> None:
+        self._deadline = None if duration is None else time.monotonic() + duration
+        self._stop = threading.Event()
+        self._previous: dict[int, Any] = {}
+
+    def __enter__(self) -> "RunUntil":
+        for s in (signal.SIGINT, signal.SIGTERM):
+            self._previous[s] = signal.signal(s, lambda *_: self._stop.set())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+    def __bool__(self) -> bool:
+        if self._stop.is_set():
+            return False
+        return self._deadline is None or time.monotonic() < self._deadline
+
+    def wait(self) -> None:
+        """Block until stopped."""
+        left = None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+        self._stop.wait(left)
