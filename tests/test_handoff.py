@@ -3,7 +3,6 @@
 import threading
 
 import pytest
-
 from vtlstack._handoff import Channel
 
 
