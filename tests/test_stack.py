@@ -127,6 +127,19 @@ def test_echo_answers_a_linux_client(tb, path):
     assert not xdp_attached(tb, "server"), "SIGTERM must detach the XDP program"
 
 
+def test_app_path_routes_through_a_gateway():
+    # On a chain the client is off-link for the server: replies must go to the middle
+    # host's MAC, found through the kernel's route and neighbour tables.
+    with Testbed.up(topology="chain") as chain:
+        proc = start_echo(chain, "--app")
+        try:
+            assert run_client(chain, 50) == {"bad": 0}
+        finally:
+            stats = stop_echo(proc)
+        assert stats["net"]["sent"] >= 50 and stats["net"]["tx_no_neigh"] == 0
+        assert_frames_home(stats["port"])
+
+
 def test_the_kernel_keeps_arp_icmp_and_other_ports(tb):
     proc = start_echo(tb)
     try:

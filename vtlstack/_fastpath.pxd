@@ -21,6 +21,11 @@ cpdef enum MsgKind:
     MSG_GRANT = 21      # addr: a free frame, now the app's
 
 
+cdef enum:
+    NEIGH_BITS = 8
+    NEIGH_SLOTS = 1 << NEIGH_BITS
+
+
 cdef struct net_counters:
     uint64_t rx_packets
     uint64_t tx_packets
@@ -35,6 +40,7 @@ cdef struct net_counters:
     uint64_t no_listener
     uint64_t app_ring_full
     uint64_t tx_no_neigh
+    uint64_t neigh_evicted
     uint64_t tx_ring_full
     uint64_t polls
     uint64_t loops
@@ -48,10 +54,10 @@ cdef class NetThread:
     cdef uint8_t mac[6]
     cdef uint32_t ip
     cdef uint16_t ip_id
-    cdef uint32_t neigh_ip[64]
-    cdef uint8_t neigh_mac[64][6]
+    cdef uint32_t neigh_ip[256]
+    cdef uint8_t neigh_mac[256][6]
     cdef uint32_t batch
-    cdef int spin
+    cdef uint64_t busy_poll_ns
     cdef volatile int stopping
     cdef readonly int tid
     cdef net_counters c

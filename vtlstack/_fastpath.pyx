@@ -35,6 +35,20 @@ cdef extern from "<poll.h>" nogil:
     short POLLIN
 
 
+cdef extern from "<time.h>" nogil:
+    struct timespec:
+        long tv_sec
+        long tv_nsec
+    int clock_gettime(int clk, timespec *ts)
+    int CLOCK_MONOTONIC
+
+
+cdef inline uint64_t now_ns() noexcept nogil:
+    cdef timespec ts
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
+
+
 cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
     ssize_t read(int fd, void *buf, size_t count)
@@ -149,7 +163,7 @@ cdef class NetThread:
     """The network thread of one port. `start()` runs it; `stop()` joins it."""
 
     def __cinit__(self, XskPort port, bytes mac not None, uint32_t ip, uint32_t batch=64,
-                  int spin=128, uint32_t channel_size=4096):
+                  uint32_t busy_poll_us=100, uint32_t channel_size=4096):
         if len(mac) != 6:
             raise ValueError("mac must be 6 bytes")
         if not 1 <= batch <= MAX_BATCH:
@@ -163,7 +177,7 @@ cdef class NetThread:
         memcpy(self.mac, <const char *>mac, 6)
         self.ip = ip
         self.batch = batch
-        self.spin = spin
+        self.busy_poll_ns = <uint64_t>busy_poll_us * 1000
         self.stopping = 0
         self.tid = 0
         self._thread = None
@@ -201,7 +215,7 @@ cdef class NetThread:
         cdef vtl_desc rx[MAX_BATCH]
         cdef vtl_desc tx[MAX_BATCH]
         cdef uint32_t n, i, ntx, work
-        cdef int idle = 0
+        cdef uint64_t last_work = now_ns()
         cdef uint64_t drained
         cdef pollfd pfds[2]
         self.tid = <int>syscall(SYS_gettid)
@@ -222,14 +236,18 @@ cdef class NetThread:
             self.port.complete()
             self.port.refill()
             if work:
-                idle = 0
+                last_work = 0
                 continue
-            idle += 1
-            if idle < self.spin:
+            # Idle. Keep polling the rings for a short window first (as SO_BUSY_POLL does):
+            # a request/response peer answers within it, and waking from poll() costs tens
+            # of microseconds. Then sleep in poll() until a frame or a request arrives; the
+            # channel's prepare/recheck protocol means no request is missed.
+            if last_work == 0:
+                last_work = now_ns()
                 continue
-            # Idle: sleep in poll() until a frame arrives or the app hands us something.
-            # The prepare/recheck protocol of the channel means no message is missed.
-            idle = 0
+            if now_ns() - last_work < self.busy_poll_ns:
+                continue
+            last_work = 0
             if spsc_prepare_sleep(self.to_net.ring):
                 self.c.polls += 1
                 poll(pfds, 2, 1 if self.port.pool.count[<int>FRAME_TX] else IDLE_POLL_MS)
@@ -346,16 +364,34 @@ cdef class NetThread:
             self.c.tx_ring_full += 1
             self.port.free_frame(tx[i].addr)
 
-    # A tiny neighbour table (IPv4 -> MAC) filled by the app from the kernel's (pyroute2).
+    # A small neighbour table (IPv4 -> MAC), open addressing with linear probing, filled
+    # by the app from the kernel's routes and neighbours (pyroute2). When every slot is
+    # taken the home slot is overwritten and counted; the app then resolves again.
     cdef void neigh_set(self, uint32_t ip, uint64_t packed) noexcept nogil:
-        cdef int slot = (ip ^ (ip >> 16)) & 63
-        cdef int i
+        cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
+        cdef uint32_t slot = home
+        cdef int i, k
+        for k in range(NEIGH_SLOTS):
+            slot = (home + k) & (NEIGH_SLOTS - 1)
+            if self.neigh_ip[slot] == 0 or self.neigh_ip[slot] == ip:
+                break
+        else:
+            slot = home
+            self.c.neigh_evicted += 1
         for i in range(6):
             self.neigh_mac[slot][i] = (packed >> (8 * i)) & 0xFF
         self.neigh_ip[slot] = ip
 
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil:
-        cdef int slot = (ip ^ (ip >> 16)) & 63
-        if self.neigh_ip[slot] != ip or ip == 0:
+        cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
+        cdef uint32_t slot
+        cdef int k
+        if ip == 0:
             return NULL
-        return self.neigh_mac[slot]
+        for k in range(NEIGH_SLOTS):
+            slot = (home + k) & (NEIGH_SLOTS - 1)
+            if self.neigh_ip[slot] == ip:
+                return self.neigh_mac[slot]
+            if self.neigh_ip[slot] == 0:
+                return NULL
+        return NULL

@@ -60,10 +60,13 @@ class Stack:
     """A userspace transport stack on one interface (AF_XDP port + network thread).
 
     Use as a context manager; `close()` detaches everything, also after an error.
+    `busy_poll_us`: how long the idle network thread keeps polling before it sleeps in
+    poll() (0: sleep at once; lower CPU, higher latency for request/response traffic).
     """
 
     def __init__(self, iface: str, *, mode: str = "auto", queue: int = 0,
-                 frame_count: int = 4096, frame_size: int = 2048, batch: int = 64) -> None:
+                 frame_count: int = 4096, frame_size: int = 2048, batch: int = 64,
+                 busy_poll_us: int = 100) -> None:
         require_root("vtlstack.Stack")
         self.iface = iface
         self.mac, self.ip, self.mtu = _iface_addresses(iface)
@@ -82,7 +85,7 @@ class Stack:
                                  frame_size=frame_size, batch=batch, mode=mode,
                                  xsks_map_fd=self._steering.xsks_map_fd)
             self._net = _fastpath.NetThread(self._port, self.mac, _ip_to_net(self.ip),
-                                            batch=batch)
+                                            batch=batch, busy_poll_us=busy_poll_us)
             self._net.start()
         except BaseException:
             self.close()
@@ -283,25 +286,43 @@ class UdpSocket:
         self.close()
 
 
+def next_hop(ip: str, ifname: str) -> str:
+    """The address to find on the link for `ip`: itself, or its gateway (kernel routes)."""
+    from pyroute2 import IPRoute
+
+    with IPRoute() as ipr:
+        try:
+            routes = ipr.route("get", dst=ip)
+        except Exception as exc:  # pyroute2 raises NetlinkError: no route
+            raise OSError(errno.ENETUNREACH, f"no route to {ip}: {exc}") from None
+        route = routes[0]
+        out_index = route.get_attr("RTA_OIF")
+        if out_index not in ipr.link_lookup(ifname=ifname):
+            raise OSError(errno.ENETUNREACH, f"the kernel routes {ip} through another "
+                                             f"interface than {ifname}")
+        return route.get_attr("RTA_GATEWAY") or ip
+
+
 def resolve_neighbour(ip: str, ifname: str, timeout: float = 2.0) -> bytes:
-    """The MAC of `ip` on the link, from the kernel's neighbour table (pyroute2).
+    """The MAC to send to for `ip` on the link, from the kernel's routes and neighbours.
 
     The kernel keeps doing ARP for the shared address; if it has no entry yet, a zero-length
     datagram from a kernel socket to the discard port makes it resolve one.
     """
     from pyroute2 import IPRoute
 
+    hop = next_hop(ip, ifname)
     deadline = time.monotonic() + timeout
     kicked = False
     with IPRoute() as ipr:
         index = ipr.link_lookup(ifname=ifname)[0]
         while True:
-            for entry in ipr.get_neighbours(dst=ip, ifindex=index):
+            for entry in ipr.get_neighbours(dst=hop, ifindex=index):
                 lladdr = entry.get_attr("NDA_LLADDR")
                 if lladdr and entry["state"] not in (0x01, 0x20):  # INCOMPLETE, FAILED
                     return bytes.fromhex(lladdr.replace(":", ""))
             if time.monotonic() > deadline:
-                raise OSError(errno.EHOSTUNREACH, f"no ARP answer from {ip} on {ifname}")
+                raise OSError(errno.EHOSTUNREACH, f"no ARP answer from {hop} on {ifname}")
             if not kicked:
                 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
                     s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
