@@ -87,12 +87,16 @@ class Link:
     impair: dict[str, Any] = field(default_factory=dict)
 
 
-def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str) -> None:
-    from pyroute2 import NetNS
+# Links, addresses and routes are made with `ip -n`, not pyroute2: pyroute2 reaches a
+# namespace by forking the calling process and stopping the child with SIGTERM, and under the
+# vtl CLI (whose SIGTERM handler raises SystemExit) that child would unwind through our
+# clean-up code and delete the testbed being built.
 
+
+def _veth(ns_a: str, name_a: str, ns_b: str, name_b: str, mtu: int) -> None:
     # Created directly in the namespaces: never visible in the root namespace.
-    with NetNS(ns_a) as ns:
-        ns.link("add", ifname=name_a, kind="veth", peer={"ifname": name_b, "net_ns_fd": ns_b})
+    _run(["ip", "-n", ns_a, "link", "add", name_a, "mtu", str(mtu), "type", "veth",
+          "peer", "name", name_b, "mtu", str(mtu), "netns", ns_b])
 
 
 def _offloads_off(ns: str, ifname: str) -> None:
@@ -180,8 +184,7 @@ class _Wire:
         ns = self.netns
         for ifname in (self.a, self.b):
             # Promiscuous: the frames are addressed to the hosts, not to the wire.
-            _run(["ip", "-n", ns, "link", "set", ifname, "mtu", str(self.mtu), "promisc", "on",
-                  "up"])
+            _run(["ip", "-n", ns, "link", "set", ifname, "promisc", "on", "up"])
             _offloads_off(ns, ifname)
             _run(["ip", "-n", ns, "link", "set", "dev", ifname, "xdpdrv", "obj", obj,
                   "sec", "xdp.frags"])
@@ -374,6 +377,7 @@ class Testbed:
         self.hosts: dict[str, Host] = {}
         self.links: list[Link] = []
         self._wire: _Wire | None = None
+        self._namespaces: list[str] = []  # only these are ours to delete
         self._procs: list[subprocess.Popen] = []
         self._down = False
 
@@ -427,6 +431,7 @@ class Testbed:
     def _add_netns(self, role: str) -> str:
         ns = self._ns(role)
         _run(["ip", "netns", "add", ns])
+        self._namespaces.append(ns)
         self._sysctl(ns, "net.ipv6.conf.all.disable_ipv6", 1)
         self._sysctl(ns, "net.ipv6.conf.default.disable_ipv6", 1)
         _run(["ip", "-n", ns, "link", "set", "lo", "up"])
@@ -466,8 +471,8 @@ class Testbed:
             # A hidden wire namespace in the middle: the hosts still share one L2 segment.
             wire_ns = self._add_netns("wire")
             wa, wb = f"w-{ha.name}", f"w-{hb.name}"
-            _veth(ha.netns, na, wire_ns, wa)
-            _veth(wire_ns, wb, hb.netns, nb)
+            _veth(ha.netns, na, wire_ns, wa, mtu)
+            _veth(wire_ns, wb, hb.netns, nb, mtu)
             self._wire = _Wire(wire_ns, wa, wb, mtu, offloads, impair)
             try:
                 self._wire.setup()
@@ -475,17 +480,13 @@ class Testbed:
                 if self._wire.forwarder is not None:
                     self._procs.append(self._wire.forwarder)
         else:
-            _veth(ha.netns, na, hb.netns, nb)
+            _veth(ha.netns, na, hb.netns, nb, mtu)
         ends = []
-        from pyroute2 import NetNS
-
         for host, ifname, octet in ((ha, na, 1), (hb, nb, 2)):
-            with NetNS(host.netns) as ns:
-                idx = ns.link_lookup(ifname=ifname)[0]
-                ns.link("set", index=idx, mtu=mtu)
-                ns.addr("add", index=idx, address=f"{net}.{octet}", prefixlen=24)
-                ns.link("set", index=idx, state="up")
-                mac = ns.get_links(idx)[0].get_attr("IFLA_ADDRESS")
+            _run(["ip", "-n", host.netns, "addr", "add", f"{net}.{octet}/24", "dev", ifname])
+            _run(["ip", "-n", host.netns, "link", "set", ifname, "up"])
+            mac = json.loads(_run(["ip", "-n", host.netns, "-j", "link", "show", ifname])
+                             .stdout)[0]["address"]
             if not offloads:
                 _offloads_off(host.netns, ifname)
             ends.append(Iface(ifname, mac, f"{net}.{octet}", 24, "", "", host.name))
@@ -498,10 +499,7 @@ class Testbed:
 
     @staticmethod
     def _route(host: Host, dst: str, gateway: str) -> None:
-        from pyroute2 import NetNS
-
-        with NetNS(host.netns) as ns:
-            ns.route("add", dst=dst, gateway=gateway)
+        _run(["ip", "-n", host.netns, "route", "add", dst, "via", gateway])
 
     # -- use ------------------------------------------------------------------------------
 
@@ -546,8 +544,12 @@ class Testbed:
         return [None if v == "-" else float(v) for v in proc.stdout.split()]
 
     def link_stats(self) -> dict[str, dict[str, int]]:
-        """Counters of the impaired link per direction ("client->server", ...): frames
-        passed and dropped by the loss program, and forwarded by the kernel redirect."""
+        """Counters of the impaired link per direction ("client->server", ...).
+
+        ``passed``/``dropped``: the loss program; ``forwarded``: frames sent on, by the
+        kernel redirect or, with delay or reordering, by the forwarder (whose own counters,
+        vtlstack._wire.COUNTERS, are included then).
+        """
         if self._wire is None:
             raise TestbedError(f"testbed {self.name!r} has no impaired link: nothing to count")
         return self._wire.stats()
@@ -584,9 +586,7 @@ class Testbed:
         self._down = True
         for proc in self._procs:
             _stop(proc)
-        _remove_namespaces(
-            [ns for ns in _netns_list() if ns.startswith(f"{self.prefix}-{self.name}-")]
-        )
+        _remove_namespaces(self._namespaces)
 
     def __enter__(self) -> Testbed:
         return self
