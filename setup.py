@@ -27,6 +27,7 @@ EXTENSIONS = {
     "_port": ["vtlstack/_port.pyx"],
     "_fastpath": ["vtlstack/_fastpath.pyx"],
     "_wire": ["vtlstack/_wire.pyx"],
+    "_tcp": ["vtlstack/_tcp.pyx"],
 }
 
 
