@@ -30,7 +30,6 @@ PORT, SPORT = 9000, 9001
 def loop_main(kind: str, ifname: str, seconds: float, batch: int) -> None:
     """Runs in the server namespace: the Cython port's own benchmark loop."""
     from vtlstack._port import XskPort
-
     from vtlstack.xdp import Steering
 
     with Steering(ifname) as st:

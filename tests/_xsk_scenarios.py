@@ -14,7 +14,6 @@ import sys
 import time
 
 from vtlstack._port import XskPort
-
 from vtlstack.xdp import Steering, attached_programs
 
 UDP = socket.IPPROTO_UDP

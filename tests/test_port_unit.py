@@ -1,8 +1,8 @@
 """FramePool accounting without a socket: every transition the port makes, driven by hand."""
 
 import pytest
-from vtlstack._port import FramePool
 
+from vtlstack._port import FramePool
 from vtlstack.errors import VtlError
 
 STATES = ("free", "in_fill", "in_rx_processing", "in_tx", "held")

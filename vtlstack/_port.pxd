@@ -84,6 +84,7 @@ cdef class XskPort:
     cdef bint closed
     cdef uint64_t rx_dropped_app   # frames the benchmark loops had to drop (TX ring full)
 
+    cdef void _release(self)
     cdef uint32_t rx_burst(self, vtl_desc *out, uint32_t max_n) noexcept nogil
     cdef uint32_t tx_burst(self, const vtl_desc *descs, uint32_t n) noexcept nogil
     cdef void kick_tx(self) noexcept nogil

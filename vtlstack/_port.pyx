@@ -367,7 +367,12 @@ cdef class XskPort:
     """One AF_XDP socket bound to (ifname, queue_id), with its own UMEM and FramePool.
 
     The steering program (vtlstack.xdp.Steering) decides what reaches this socket: pass its
-    `xsks_map_fd` so the socket is inserted into the XSKMAP at `queue_id`.
+    `xsks_map_fd` so the socket is inserted into the XSKMAP at `queue_id`. The socket binds
+    in copy mode (XDP_COPY) unless zerocopy=True; `mode` is handed to libxdp as the XDP
+    attach flags, which only matter if libxdp loads a program, and it never does here
+    (INHIBIT_PROG_LOAD): the attach mode that counts is Steering's.
+
+    One thread drives a port (the network thread): nothing here is locked.
     """
 
     def __cinit__(self, str ifname, uint32_t queue_id=0, *, int xsks_map_fd=-1,
@@ -463,7 +468,7 @@ cdef class XskPort:
     def __dealloc__(self):
         self._release()
 
-    def _release(self):
+    cdef void _release(self):
         if self.closed:
             return
         self.closed = True
