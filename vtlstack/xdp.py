@@ -89,7 +89,16 @@ int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t fla
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_delete_elem(int fd, const void *key);
 int libbpf_num_possible_cpus(void);
+
+/* Print hooks. va_list is declared as a pointer: on x86-64 it is an array type and is passed
+ * as a pointer, so the callback can hand it on to vsnprintf (_route_logs checks the arch). */
+typedef int (*vtl_print_fn)(int level, const char *fmt, void *ap);
+vtl_print_fn libxdp_set_print(vtl_print_fn fn);
+vtl_print_fn libbpf_set_print(vtl_print_fn fn);
 """
+
+_LIBC_CDEF = "int vsnprintf(char *buf, size_t size, const char *fmt, void *ap);"
+
 
 _ffi = None
 _xdp = None
@@ -118,7 +127,49 @@ def _libs():
                     f"cannot load libxdp/libbpf ({e}): apt-get install libxdp1 libbpf1"
                 ) from e
             _ffi, _xdp, _bpf = ffi, xdp, bpf
+            _route_logs(ffi, xdp, bpf)
     return _ffi, _xdp, _bpf
+
+
+# Warnings that are normal on these machines (see attach_info): logged at INFO only.
+_EXPECTED = (
+    "skipping unrecognized data section",
+    "No bpffs found",
+    "dispatcher",
+    "xdp-dispatcher.o",
+    "Falling back to loading single prog",
+    "prog 'xdp_pass'",
+    "permission error while running as root",
+)
+
+_print_cb = None  # keeps the cffi callback alive for as long as the libraries may call it
+
+
+def _route_logs(ffi, xdp, bpf) -> None:
+    """Send libxdp/libbpf messages to the `vtlstack.xdp` logger instead of stderr: their
+    fallbacks (no bpffs, dispatcher refused) are expected here and summed up in
+    Steering.attach_info; warnings stay visible at WARNING, chatter goes to DEBUG."""
+    global _print_cb
+    if os.uname().machine != "x86_64":
+        return  # va_list is not a plain pointer elsewhere: keep the libraries' printing
+    ffi.cdef(_LIBC_CDEF)
+    libc = ffi.dlopen(None)
+    levels = {0: logging.WARNING, 1: logging.DEBUG, 2: logging.DEBUG}  # WARN, INFO, DEBUG
+
+    @ffi.callback("vtl_print_fn")
+    def _print(level, fmt, ap):
+        buf = ffi.new("char[]", 1024)
+        libc.vsnprintf(buf, 1024, fmt, ap)
+        msg = ffi.string(buf).decode(errors="replace").rstrip()
+        lvl = levels.get(level, logging.DEBUG)
+        if lvl == logging.WARNING and any(e in msg for e in _EXPECTED):
+            lvl = logging.INFO
+        log.log(lvl, "%s", msg)
+        return 0
+
+    _print_cb = _print
+    xdp.libxdp_set_print(_print)
+    bpf.libbpf_set_print(_print)
 
 
 def _strerror(err: int) -> str:
@@ -303,9 +354,9 @@ class Steering:
         if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
             # libxdp tries its dispatcher and silently falls back when the kernel refuses it
             # (its freplace compatibility check); say what actually happened.
-            self.attach_info = ("direct (legacy) attach: libxdp's dispatcher was refused by "
-                                "this kernel (see libxdp's message above), so libxdp attached "
-                                "the program alone")
+            self.attach_info = ("direct (legacy) attach: this kernel refused libxdp's "
+                                "dispatcher (the vtlstack.xdp logger has libxdp's reason), "
+                                "so libxdp attached the program alone")
         self.attached_mode = _MODE_NAMES.get(self._attached, "?")
         self._ncpus = bpf.libbpf_num_possible_cpus()
         self._owned: set[tuple[int, int]] = set()
