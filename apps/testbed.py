@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--loss-model", choices=("random", "bursty"), default="random")
     up.add_argument("--reorder", type=float, default=0, metavar="PCT",
                     help="share of frames held back so that later ones overtake them")
+    up.add_argument("--reorder-hold", type=_positive, default=2.0, metavar="MS",
+                    help="how much longer a reordered frame is held (default 2 ms)")
     up.add_argument("--prefix", default="vtl", help="namespace prefix (default vtl)")
     up.set_defaults(func=_up)
 
@@ -59,7 +61,7 @@ def _up(args: argparse.Namespace) -> int:
     tb = Testbed.up(name=args.name, topology=args.topology, mtu=args.mtu,
                     offloads=args.offloads, rate_mbit=args.rate, delay_ms=args.delay,
                     loss_pct=args.loss, loss_model=args.loss_model, reorder_pct=args.reorder,
-                    prefix=args.prefix)
+                    prefix=args.prefix, reorder_extra_ms=args.reorder_hold)
     json.dump(tb.describe(), sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -118,7 +118,7 @@ got, deadline = [], time.monotonic() + 20
 s.settimeout(5)
 while time.monotonic() < deadline:
     try:
-        got.append(struct.unpack("!I", s.recv(2048)[:4])[0])
+        got.append(struct.unpack("!I", s.recv(65536)[:4])[0])
     except TimeoutError:
         break
     s.settimeout(0.5)
@@ -129,21 +129,21 @@ print(" ".join(map(str, got)))
 _UDP_SEND = r"""
 import socket, struct, sys, time
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-dst, n = sys.argv[1], int(sys.argv[2])
+dst, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 t0 = time.perf_counter()
 for i in range(n):
     while time.perf_counter() < t0 + i / 5000:
         pass
-    s.sendto(struct.pack("!I", i) + bytes(60), (dst, 9000))
+    s.sendto(struct.pack("!I", i) + bytes(size - 4), (dst, 9000))
 """
 
 
-def _udp_seqs(tb, n):
+def _udp_seqs(tb, n, size=64):
     """Send n numbered datagrams client -> server; the sequence numbers that arrived."""
     recv = tb.popen("server", ["python3", "-c", _UDP_RECV], stdout=subprocess.PIPE, text=True)
     assert recv.stdout.readline().strip() == "ready"
-    tb.exec("client", ["python3", "-c", _UDP_SEND, tb.host("server").iface.ip, str(n)],
-            check=True)
+    tb.exec("client", ["python3", "-c", _UDP_SEND, tb.host("server").iface.ip, str(n),
+                       str(size)], check=True)
     out, _ = recv.communicate(timeout=30)
     return [int(x) for x in out.split()]
 
@@ -227,6 +227,13 @@ def test_chain_impairs_middle_server_link(testbed):
     to_server = min(_replies(tb.ping("client", server, count=10)))
     assert to_middle < 1 and abs(to_server - 10) <= 1
     assert set(tb.link_stats()) == {"middle->server", "server->middle"}
+
+
+@pytest.mark.parametrize("impair", [{"rate_mbit": 500}, {"delay_ms": 1}])
+def test_big_mtu_through_the_wire(testbed, impair):
+    # Both wire paths (kernel redirect, forwarder) carry full 9000-byte frames.
+    tb = testbed(mtu=9000, **impair)
+    assert _udp_seqs(tb, 20, size=9000 - 28) == list(range(20))
 
 
 def test_reordering(testbed):

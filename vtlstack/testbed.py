@@ -33,8 +33,6 @@ from vtlstack.errors import VtlError, require_root
 
 TOPOLOGIES = ("pair", "chain")
 LOSS_MODELS = ("random", "bursty")
-# How much longer a reordered frame is held than the others: later frames overtake it.
-REORDER_EXTRA_MS = 2.0
 _NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
 _NETNS_DIR = "/var/run/netns"
 
@@ -107,7 +105,7 @@ def _offloads_off(ns: str, ifname: str) -> None:
 
 
 def _impairment(rate_mbit: float | None, delay_ms: float, loss_pct: float, loss_model: str,
-                reorder_pct: float) -> dict[str, Any]:
+                reorder_pct: float, reorder_extra_ms: float) -> dict[str, Any]:
     """Validate the impairment arguments; the non-default ones, or {} for a bare link."""
     if rate_mbit is not None and not 0.01 <= rate_mbit <= 100_000:
         raise TestbedError(f"bad rate {rate_mbit} Mbit/s: use 0.01..100000")
@@ -120,6 +118,8 @@ def _impairment(rate_mbit: float | None, delay_ms: float, loss_pct: float, loss_
                            f"{', '.join(LOSS_MODELS)}")
     if not 0 <= reorder_pct <= 100:
         raise TestbedError(f"bad reorder {reorder_pct}%: use 0..100")
+    if not 0 < reorder_extra_ms <= 10_000:
+        raise TestbedError(f"bad reorder hold {reorder_extra_ms} ms: use 0..10000, not 0")
     impair: dict[str, Any] = {}
     if rate_mbit is not None:
         impair["rate_mbit"] = rate_mbit
@@ -130,6 +130,7 @@ def _impairment(rate_mbit: float | None, delay_ms: float, loss_pct: float, loss_
         impair["loss_model"] = loss_model
     if reorder_pct:
         impair["reorder_pct"] = reorder_pct
+        impair["reorder_extra_ms"] = reorder_extra_ms
     return impair
 
 
@@ -209,7 +210,7 @@ class _Wire:
                 "--a", self.a, "--b", self.b,
                 "--delay-ms", str(self.impair.get("delay_ms", 0)),
                 "--reorder-pct", str(self.impair.get("reorder_pct", 0)),
-                "--reorder-extra-ms", str(REORDER_EXTRA_MS),
+                "--reorder-extra-ms", str(self.impair.get("reorder_extra_ms", 0)),
                 "--frame-size", str(self.frame_size), "--queue-frames", str(queue),
                 "--stats", self.stats_path]
         # Own session: a Ctrl-C meant for `vtl testbed up` must not take the wire down.
@@ -396,11 +397,14 @@ class Testbed:
         loss_model: str = "random",
         reorder_pct: float = 0,
         prefix: str = "vtl",
+        reorder_extra_ms: float = 2.0,
     ) -> Testbed:
         """Build a testbed and return it; on any failure everything built so far is removed.
 
         Impairments (rate, delay, loss, reorder) apply to the single link of ``pair`` and to
-        the middle-server link of ``chain``.
+        the middle-server link of ``chain``. ``delay_ms`` is added one way, in each direction.
+        A reordered frame is held ``reorder_extra_ms`` longer than the others, so the frames
+        that arrive in that time overtake it.
         """
         require_root("vtl testbed")
         name = name or secrets.token_hex(3)
@@ -410,7 +414,8 @@ class Testbed:
             raise TestbedError(f"unknown topology {topology!r}: use one of {', '.join(TOPOLOGIES)}")
         if not 68 <= mtu <= 65535:
             raise TestbedError(f"bad MTU {mtu}: use 68..65535")
-        impair = _impairment(rate_mbit, delay_ms, loss_pct, loss_model, reorder_pct)
+        impair = _impairment(rate_mbit, delay_ms, loss_pct, loss_model, reorder_pct,
+                             reorder_extra_ms)
         taken = [ns for ns in _netns_list() if ns.startswith(f"{prefix}-{name}-")]
         if taken:
             raise TestbedExistsError(
@@ -681,6 +686,13 @@ def down_all(prefix: str = "vtl") -> list[str]:
     namespaces = [ns for names in _by_name(prefix).values() for ns in names]
     removed = list(namespaces)
     _remove_namespaces(namespaces)
+    # Counters files of wire forwarders whose namespace is already gone.
+    for entry in os.listdir("/dev/shm"):
+        ns = entry.removesuffix(".stats")
+        if ns != entry and ns.startswith(f"{prefix}-") and ns.endswith("-wire") \
+                and not os.path.exists(os.path.join(_NETNS_DIR, ns)):
+            os.unlink(f"/dev/shm/{entry}")
+            removed.append(f"/dev/shm/{entry}")
     # The testbed never creates links in the root namespace, but older or foreign runs using
     # the same prefix might have; only links whose name starts with the prefix are touched.
     links = json.loads(_run(["ip", "-d", "-j", "link", "show", "type", "veth"]).stdout or "[]")
