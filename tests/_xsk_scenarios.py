@@ -86,6 +86,27 @@ def steer_split(ifname: str, count: str) -> None:
     )
 
 
+def disown(ifname: str) -> None:
+    """Owned: the XSK gets the datagram. Disowned: the kernel socket on that port does."""
+    kernel = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    kernel.bind(("0.0.0.0", PORT))
+    kernel.settimeout(5)
+    with Steering(ifname) as st:
+        st.own(UDP, PORT)
+        with XskPort(ifname, xsks_map_fd=st.xsks_map_fd) as port:
+            ready()
+            frames = recv_until(port, lambda fs: any(udp_dport(f) == PORT for f in fs), 5.0)
+            st.disown(UDP, PORT)
+            ready()
+            try:
+                kdata = kernel.recv(2048).decode()
+            except TimeoutError:
+                kdata = None
+            late = port.recv(0.2)
+    done(xsk=[f[42:].decode(errors="replace") for f in frames], kernel=kdata,
+         late=len(late), owned=sorted(st.owned))
+
+
 def send_frames(ifname: str, frame_hex: str, count: str) -> None:
     """XskPort.send of a given frame, count times; the client's kernel socket reads it."""
     frame = bytes.fromhex(frame_hex)

@@ -140,6 +140,19 @@ def test_owned_port_to_xsk_everything_else_to_kernel(tb):
     assert res["left"] == []
 
 
+def test_disown_gives_the_port_back_to_the_kernel(tb):
+    srv = tb.host("server").iface
+    server = Server(tb, "disown")
+    server.wait_ready()
+    client_py(tb, UDP_SEND, srv.ip, str(PORT), "owned")
+    server.wait_ready()  # disowned now
+    client_py(tb, UDP_SEND, srv.ip, str(PORT), "disowned")
+    res = server.finish()
+    assert res["xsk"] == ["owned"]
+    assert res["kernel"] == "disowned"
+    assert res["late"] == 0 and res["owned"] == []
+
+
 def test_send_reaches_client_kernel_socket(tb):
     srv, cli = tb.host("server").iface, tb.host("client").iface
     frame = udp_frame(srv.mac, cli.mac, srv.ip, cli.ip, PORT, 7000, b"from-xsk")

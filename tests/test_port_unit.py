@@ -152,3 +152,26 @@ def test_refcount_saturates_instead_of_wrapping():
 def test_bad_geometry_is_refused(kw):
     with pytest.raises(ValueError):
         FramePool(**kw)
+
+
+def test_without_root_the_port_and_steering_say_so(monkeypatch):
+    import vtlstack.errors
+    from vtlstack._port import XskPort
+    from vtlstack.errors import PrivilegeError
+    from vtlstack.xdp import Steering
+
+    monkeypatch.setattr(vtlstack.errors.os, "geteuid", lambda: 1000)
+    with pytest.raises(PrivilegeError, match="root"):
+        XskPort("lo")
+    with pytest.raises(PrivilegeError, match="root"):
+        Steering("lo")
+
+
+def test_steer_header_is_the_layout_python_uses():
+    from vtlstack.xdp import _libs
+
+    ffi, xdp, _ = _libs()
+    # struct steer_key is hashed whole by the kernel: 4 bytes, no hidden padding.
+    assert ffi.sizeof("struct steer_key") == 4
+    assert ffi.offsetof("struct steer_key", "proto") == 2
+    assert xdp.STEER_NCOUNTERS == 4

@@ -37,7 +37,7 @@ from vtlstack.errors import (
     require_root,
 )
 
-__all__ = ["Steering", "attached_programs"]
+__all__ = ["Steering", "attached_programs", "dry_run"]
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,26 @@ int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t fla
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_delete_elem(int fd, const void *key);
 int libbpf_num_possible_cpus(void);
+
+struct bpf_test_run_opts {
+    size_t sz;
+    const void *data_in;
+    void *data_out;
+    uint32_t data_size_in;
+    uint32_t data_size_out;
+    const void *ctx_in;
+    void *ctx_out;
+    uint32_t ctx_size_in;
+    uint32_t ctx_size_out;
+    uint32_t retval;
+    int repeat;
+    uint32_t duration;
+    uint32_t flags;
+    uint32_t cpu;
+    uint32_t batch_size;
+};
+int xdp_program__test_run(struct xdp_program *xdp_prog, struct bpf_test_run_opts *opts,
+                          unsigned int flags);
 
 /* Print hooks. va_list is declared as a pointer: on x86-64 it is an array type and is passed
  * as a pointer, so the callback can hand it on to vsnprintf (_route_logs checks the arch). */
@@ -278,6 +298,89 @@ def _prepare_bpffs() -> str:
     )
 
 
+_COUNTER_NAMES = ("redirected", "passed", "malformed", "no_socket")
+
+
+def _key(proto: int, port: int):
+    ffi, xdp, _ = _libs()
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range 1..65535")
+    if proto not in (xdp.STEER_PROTO_TCP, xdp.STEER_PROTO_UDP, xdp.STEER_PROTO_VTL):
+        raise ValueError(f"protocol {proto}: steering handles TCP (6), UDP (17) and VTL (253)")
+    key = ffi.new("struct steer_key *")  # zeroed, so pad is 0 for the hash
+    key.port = port
+    key.proto = proto
+    return key
+
+
+def _own(owned_fd: int, proto: int, port: int) -> None:
+    ffi, _, bpf = _libs()
+    val = ffi.new("struct steer_val *", {"flags": 1})
+    if bpf.bpf_map_update_elem(owned_fd, _key(proto, port), val, 0):
+        raise VtlError(f"cannot own {proto}/{port} ({os.strerror(ffi.errno)}): at most "
+                       f"STEER_MAX_PORTS entries")
+
+
+def _read_counters(counters_fd: int, ncpus: int) -> dict[str, int]:
+    ffi, xdp, bpf = _libs()
+    key = ffi.new("uint32_t *")
+    vals = ffi.new("uint64_t[]", ncpus)  # per-CPU values are 8-byte slots
+    out = {}
+    for name in _COUNTER_NAMES:
+        key[0] = getattr(xdp, f"STEER_{name.upper()}")
+        if bpf.bpf_map_lookup_elem(counters_fd, key, vals):
+            raise VtlError(f"cannot read steering counters ({os.strerror(ffi.errno)})")
+        out[name] = sum(vals[i] for i in range(ncpus))
+    return out
+
+
+def dry_run(frames: list[bytes], owned: set[tuple[int, int]]) -> list[str]:
+    """Run the steering program, unattached, on each frame (BPF_PROG_TEST_RUN) with
+    `owned` as its (proto, port) set; return for each frame the counter it bumped:
+    "no_socket" for a frame it would redirect (no socket exists here), "passed",
+    "malformed". For tests of the program itself and for checking a rule set."""
+    require_root("running an XDP program")
+    ffi, xdp, bpf = _libs()
+    path = str(bpf_path("steer"))
+    prog = xdp.xdp_program__open_file(path.encode(), b"xdp", ffi.NULL)
+    err = xdp.libxdp_get_error(prog)
+    if err or prog == ffi.NULL:
+        raise VtlError(f"cannot open {path} ({_strerror(err)}): rebuild with setup.py")
+    try:
+        def run(frame: bytes) -> None:
+            # Fresh options each time: the kernel writes sizes back into them.
+            opts = ffi.new("struct bpf_test_run_opts *")
+            opts.sz = ffi.sizeof("struct bpf_test_run_opts")
+            buf = ffi.new("char[]", frame or b"\0")
+            opts.data_in = buf
+            opts.data_size_in = len(frame)
+            ret = xdp.xdp_program__test_run(prog, opts, 0)
+            if ret:
+                raise VtlError(f"BPF_PROG_TEST_RUN failed ({_strerror(ret)})")
+
+        run(bytes(64))  # the first run loads the program and creates its maps
+        obj = xdp.xdp_program__bpf_obj(prog)
+        maps = {}
+        for name in (MAP_OWNED, MAP_COUNTERS):
+            m = bpf.bpf_object__find_map_by_name(obj, name.encode())
+            maps[name] = bpf.bpf_map__fd(m) if m != ffi.NULL else -1
+            if maps[name] < 0:
+                raise VtlError(f"steering object has no map {name!r}: rebuild with setup.py")
+        for proto, port in owned:
+            _own(maps[MAP_OWNED], proto, port)
+        ncpus = bpf.libbpf_num_possible_cpus()
+        out = []
+        for frame in frames:
+            before = _read_counters(maps[MAP_COUNTERS], ncpus)
+            run(frame)
+            after = _read_counters(maps[MAP_COUNTERS], ncpus)
+            bumped = [n for n in _COUNTER_NAMES if after[n] != before[n]]
+            out.append(bumped[0] if len(bumped) == 1 else ",".join(bumped) or "none")
+        return out
+    finally:
+        xdp.xdp_program__close(prog)
+
+
 _live: weakref.WeakSet = weakref.WeakSet()
 _hooks_installed = False
 
@@ -390,18 +493,6 @@ class Steering:
             raise VtlError(f"steering object has no map {name!r}: rebuild with setup.py")
         return fd
 
-    def _key(self, proto: int, port: int):
-        if not 0 < port < 65536:
-            raise ValueError(f"port {port} out of range 1..65535")
-        if proto not in (self._xdp.STEER_PROTO_TCP, self._xdp.STEER_PROTO_UDP,
-                         self._xdp.STEER_PROTO_VTL):
-            raise ValueError(f"protocol {proto}: steering handles TCP (6), UDP (17) and "
-                             f"VTL (253)")
-        key = self._ffi.new("struct steer_key *")  # zeroed, so pad is 0 for the hash
-        key.port = port
-        key.proto = proto
-        return key
-
     def _check_open(self) -> None:
         if self._prog is None:
             raise VtlError(f"steering on {self.ifname} is closed")
@@ -409,17 +500,13 @@ class Steering:
     def own(self, proto: int, port: int) -> None:
         """Send (proto, dst port) to the AF_XDP sockets from now on."""
         self._check_open()
-        val = self._ffi.new("struct steer_val *", {"flags": 1})
-        if self._bpf.bpf_map_update_elem(self._owned_fd, self._key(proto, port), val, 0):
-            err = self._ffi.errno
-            raise VtlError(f"cannot own {proto}/{port} on {self.ifname} "
-                           f"({os.strerror(err)}): at most STEER_MAX_PORTS entries")
+        _own(self._owned_fd, proto, port)
         self._owned.add((proto, port))
 
     def disown(self, proto: int, port: int) -> None:
         """Give (proto, dst port) back to the kernel (no error if it was not owned)."""
         self._check_open()
-        self._bpf.bpf_map_delete_elem(self._owned_fd, self._key(proto, port))
+        self._bpf.bpf_map_delete_elem(self._owned_fd, _key(proto, port))
         self._owned.discard((proto, port))
 
     @property
@@ -429,22 +516,7 @@ class Steering:
     def counters(self) -> dict[str, int]:
         """The steering counters summed over CPUs."""
         self._check_open()
-        ffi = self._ffi
-        names = {
-            "redirected": self._xdp.STEER_REDIRECTED,
-            "passed": self._xdp.STEER_PASSED,
-            "malformed": self._xdp.STEER_MALFORMED,
-            "no_socket": self._xdp.STEER_NO_SOCKET,
-        }
-        key = ffi.new("uint32_t *")
-        vals = ffi.new("uint64_t[]", self._ncpus)  # per-CPU values are 8-byte slots
-        out = {}
-        for name, idx in names.items():
-            key[0] = idx
-            if self._bpf.bpf_map_lookup_elem(self._counters_fd, key, vals):
-                raise VtlError(f"cannot read steering counters ({os.strerror(ffi.errno)})")
-            out[name] = sum(vals[i] for i in range(self._ncpus))
-        return out
+        return _read_counters(self._counters_fd, self._ncpus)
 
     def close(self) -> None:
         """Detach and release the program (idempotent; called on every exit path)."""
