@@ -8,6 +8,15 @@ import time
 from typing import Any
 
 
+def vtl_argv(*args: str) -> list[str]:
+    """argv that runs `vtl ARGS` with this interpreter, e.g. inside `ip netns exec`.
+
+    -P keeps the working directory off sys.path: run from a source checkout, `-m` would
+    otherwise import the uncompiled source tree instead of the installed package.
+    """
+    return [sys.executable, "-P", "-m", "vtlstack.cli", *args]
+
+
 def emit(obj: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed (other processes wait on these lines)."""
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")

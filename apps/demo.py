@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 
+from vtlstack.apps._common import vtl_argv
+
 from vtlstack.errors import VtlError, require_root
 
 PORT = 7777
@@ -27,10 +29,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, default=32, help="datagrams in flight")
     p.add_argument("--json", action="store_true", help="print one JSON object, not a table")
     p.set_defaults(func=run)
-
-
-def _vtl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vtlstack.cli", *args]
 
 
 def _wait_ready(proc: subprocess.Popen, timeout: float = 20.0) -> dict:
@@ -53,12 +51,12 @@ def _wait_ready(proc: subprocess.Popen, timeout: float = 20.0) -> dict:
 def _measure(tb, path: str, args: argparse.Namespace) -> dict:
     server = tb.host("server")
     extra = ["--kernel"] if path == "kernel" else []
-    echo = tb.popen("server", _vtl("echo", "--iface", server.iface.name, "--port", str(PORT),
+    echo = tb.popen("server", vtl_argv("echo", "--iface", server.iface.name, "--port", str(PORT),
                                    *extra),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _wait_ready(echo)
-        out = tb.exec("client", _vtl("udpload", "--to", f"{server.iface.ip}:{PORT}",
+        out = tb.exec("client", vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
                                      "--seconds", str(args.seconds), "--size", str(args.size),
                                      "--window", str(args.window)),
                       capture_output=True, text=True, check=True)

@@ -11,6 +11,7 @@ import sys
 import time
 
 import pytest
+from vtlstack.apps._common import vtl_argv
 
 from vtlstack.testbed import Testbed
 
@@ -52,10 +53,6 @@ print(len(frames))
 """
 
 
-def vtl(*args: str) -> list[str]:
-    return [sys.executable, "-m", "vtlstack.cli", *args]
-
-
 def read_event(proc: subprocess.Popen, name: str, timeout: float = 20.0) -> dict:
     """The next JSON line with event == name from a process we started (bounded wait)."""
     deadline = time.monotonic() + timeout
@@ -85,7 +82,7 @@ def tb():
 
 
 def start_echo(tb: Testbed, *extra: str) -> subprocess.Popen:
-    proc = tb.popen("server", vtl("echo", "--iface", tb.host("server").iface.name,
+    proc = tb.popen("server", vtl_argv("echo", "--iface", tb.host("server").iface.name,
                                   "--port", str(PORT), *extra),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     read_event(proc, "ready")
@@ -183,7 +180,7 @@ def test_malformed_frames_are_counted_and_survived(tb):
 
 
 def test_network_thread_sleeps_when_idle(tb):
-    proc = tb.popen("server", vtl("echo", "--iface", tb.host("server").iface.name,
+    proc = tb.popen("server", vtl_argv("echo", "--iface", tb.host("server").iface.name,
                                   "--port", str(PORT), "--duration", "3"),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     read_event(proc, "ready")
@@ -200,7 +197,7 @@ def test_sigkill_leaves_a_program_that_is_reported_not_clobbered(tb):
     proc.kill()
     proc.wait(10)
     assert xdp_attached(tb, "server"), "the kernel keeps an XDP program after SIGKILL"
-    out = tb.exec("server", vtl("echo", "--iface", server, "--port", str(PORT),
+    out = tb.exec("server", vtl_argv("echo", "--iface", server, "--port", str(PORT),
                                 "--duration", "1"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     err = out.stderr.strip().splitlines()
@@ -209,7 +206,7 @@ def test_sigkill_leaves_a_program_that_is_reported_not_clobbered(tb):
 
 
 def test_missing_interface_is_one_clear_line(tb):
-    out = tb.exec("server", vtl("echo", "--iface", "nosuch0", "--port", str(PORT)),
+    out = tb.exec("server", vtl_argv("echo", "--iface", "nosuch0", "--port", str(PORT)),
                   capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     err = out.stderr.strip().splitlines()
@@ -218,7 +215,7 @@ def test_missing_interface_is_one_clear_line(tb):
 
 def test_not_root_is_one_clear_line(tb):
     out = tb.exec("server", ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
-                             "--inh-caps=-all", *vtl("echo", "--iface",
+                             "--inh-caps=-all", *vtl_argv("echo", "--iface",
                                                      tb.host("server").iface.name)],
                   capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": "/"})
     assert out.returncode == 1
