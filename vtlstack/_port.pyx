@@ -8,6 +8,7 @@
 # is `cdef ... noexcept nogil`: C only, no Python objects, callable from other extensions
 # through _port.pxd. The Python methods (recv, send, stats...) copy and exist for tests
 # and the control plane.
+cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAFNOSUPPORT, EAGAIN, EBUSY, EINVAL, ENODEV, ENOMEM, ENOBUFS, ENXIO
 from libc.errno cimport EOPNOTSUPP, EPERM, EPROTONOSUPPORT
@@ -43,6 +44,7 @@ cdef inline double now_s() noexcept nogil:
     return ts.tv_sec + ts.tv_nsec * 1e-9
 
 
+@cython.final
 cdef class FramePool:
     """The frames of one UMEM: a stack of free frame addresses, a refcount and a state per
     frame, and a count per state. Usable alone (no socket) so the accounting is testable.
@@ -363,6 +365,7 @@ def _err(int ret):
     return os.strerror(-ret) if ret < 0 else os.strerror(ret)
 
 
+@cython.final
 cdef class XskPort:
     """One AF_XDP socket bound to (ifname, queue_id), with its own UMEM and FramePool.
 
@@ -419,7 +422,8 @@ cdef class XskPort:
             if -ret in (ENOMEM, ENOBUFS):
                 raise VtlError(f"cannot register a {self.pool.area_size >> 20} MiB UMEM "
                                f"({_err(ret)}): lower frame_count or raise `ulimit -l`")
-            raise VtlError(f"cannot create the UMEM ({_err(ret)})")
+            raise VtlError(f"cannot create the UMEM ({_err(ret)}): frame_size must be 2048 or "
+                           f"4096 (at most a page), rings powers of two")
 
         scfg.rx_size = rx_size
         scfg.tx_size = tx_size
