@@ -154,7 +154,9 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
     fds[1] = fd_b
     cdef int64_t delay = <int64_t>(delay_ms * 1e6)
     cdef int64_t extra = <int64_t>(reorder_extra_ms * 1e6)
-    cdef uint64_t reorder_thresh = <uint64_t>(reorder_pct / 100.0 * 18446744073709551615.0)
+    # 2^64 itself does not fit: 100% (and above) is the largest threshold instead.
+    cdef uint64_t reorder_thresh = 0xFFFFFFFFFFFFFFFF if reorder_pct >= 100 else \
+        <uint64_t>(reorder_pct / 100.0 * 18446744073709551616.0)
     cdef uint64_t rng = seed or 1
     cdef uint64_t *cnt = &counters[0]
     cdef Ring rings[4]          # [dir * 2 + 0] main, [dir * 2 + 1] held; dir 0 = a->b
