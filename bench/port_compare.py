@@ -15,6 +15,7 @@ import argparse
 import json
 import os
 import select
+import statistics
 import subprocess
 import sys
 import time
@@ -63,8 +64,11 @@ def wait_ready(proc: subprocess.Popen, timeout: float = 20) -> None:
 
 
 def one_run(tb, exe: Path, obj: Path, receiver: str, size: int, seconds: float,
-            batch: int) -> dict:
+            batch: int, pin: bool) -> dict:
     srv, cli = tb.host("server").iface, tb.host("client").iface
+    # Pinned, generator and receiver never share a core; the veth softirq work (XDP, the
+    # copy into the receiver's UMEM) runs on the sender's core either way.
+    gen_cpu, rx_cpu = (["taskset", "-c", "0"], ["taskset", "-c", "1"]) if pin else ([], [])
     rx_seconds = seconds + 4
     if receiver.startswith("cy-"):
         argv = [sys.executable, __file__, "--loop", receiver[3:], srv.name, str(rx_seconds),
@@ -75,13 +79,14 @@ def one_run(tb, exe: Path, obj: Path, receiver: str, size: int, seconds: float,
     else:
         argv = [str(exe), receiver, "-p", str(PORT), "-t", str(rx_seconds), "-b", str(batch)]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    proc = tb.popen("server", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                    env=env)
+    proc = tb.popen("server", rx_cpu + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True, env=env)
     try:
         wait_ready(proc)
-        gen = tb.exec("client", [str(exe), "gen", "-i", cli.name, "-o", str(obj), "-m", srv.mac,
-                                 "-D", srv.ip, "-s", cli.ip, "-p", str(PORT), "-P", str(SPORT),
-                                 "-S", str(size), "-t", str(seconds), "-b", str(batch)],
+        gen = tb.exec("client", [*gen_cpu, str(exe), "gen", "-i", cli.name, "-o", str(obj),
+                                 "-m", srv.mac, "-D", srv.ip, "-s", cli.ip, "-p", str(PORT),
+                                 "-P", str(SPORT), "-S", str(size), "-t", str(seconds),
+                                 "-b", str(batch)],
                       capture_output=True, text=True, timeout=seconds + 30)
         if gen.returncode:
             raise RuntimeError(f"gen failed: {gen.stderr}")
@@ -107,6 +112,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--sizes", default="64,1400")
     ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--no-pin", dest="pin", action="store_false",
+                    help="let the scheduler place generator and receiver")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (median reported)")
     ap.add_argument("--receivers", default="c-rxdrop,cy-rxdrop,kdrop,c-echo,cy-echo,kecho")
     ap.add_argument("--loop", nargs=4, metavar=("KIND", "IF", "SECONDS", "BATCH"),
                     help=argparse.SUPPRESS)
@@ -121,18 +129,24 @@ def main() -> None:
     from vtlstack.testbed import Testbed
 
     exe, obj = build(), steer_object()
-    rows = []
+    cells: dict[tuple[str, int], list[dict]] = {}
     with Testbed.up(topology="pair") as tb:
-        for size in (int(s) for s in args.sizes.split(",")):
-            for receiver in args.receivers.split(","):
-                row = one_run(tb, exe, obj, receiver, size, args.seconds, args.batch)
-                print(json.dumps(row), flush=True)
-                rows.append(row)
-    print(f"{'receiver':<10} {'size':>5} {'gen tx pps':>12} {'rx pps':>12} {'echo pps':>12}")
-    for r in rows:
-        echo = r["echoed_back_pps"]
-        print(f"{r['receiver']:<10} {r['size']:>5} {r['gen_tx_pps']:>12,} {r['rx_pps']:>12,} "
-              f"{'' if echo is None else format(echo, ','):>12}")
+        for _ in range(args.repeat):
+            for size in (int(s) for s in args.sizes.split(",")):
+                for receiver in args.receivers.split(","):
+                    row = one_run(tb, exe, obj, receiver, size, args.seconds, args.batch,
+                                  args.pin)
+                    print(json.dumps(row), flush=True)
+                    cells.setdefault((receiver, size), []).append(row)
+    print(f"{'receiver':<10} {'size':>5} {'gen tx pps':>12} {'rx pps':>12} {'echo pps':>12}"
+          f"  rx pps of each run")
+    for (receiver, size), rows in cells.items():
+        def med(key, rows=rows):
+            vals = [r[key] for r in rows if r[key] is not None]
+            return format(int(statistics.median(vals)), ",") if vals else ""
+        runs = " ".join(format(r["rx_pps"], ",") for r in rows)
+        print(f"{receiver:<10} {size:>5} {med('gen_tx_pps'):>12} {med('rx_pps'):>12} "
+              f"{med('echoed_back_pps'):>12}  {runs}")
 
 
 if __name__ == "__main__":
