@@ -7,7 +7,9 @@ the other once it is due. Per direction there are two FIFO rings of (due time, f
 the reordered share). Within a ring due times never decrease, so each ring only ever sends
 from its head, and frames in ``main`` overtake older ones sitting in ``held``. A full ring
 drops the frame and counts it. The loop runs without the GIL and sleeps in ppoll() until a
-frame arrives or the next one is due.
+frame arrives or the next one is due. The due time is an absolute timerfd deadline rather
+than a ppoll() timeout: poll timeouts get a slack of 0.1% of their length (50 us on a
+50 ms delay), a timerfd none.
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -45,6 +47,20 @@ cdef extern from "<sys/socket.h>" nogil:
     int sendmmsg(int fd, mmsghdr *vec, unsigned int n, int flags)
     int MSG_DONTWAIT
     int MSG_TRUNC
+
+cdef extern from "<sys/timerfd.h>" nogil:
+    struct itimerspec:
+        timespec it_interval
+        timespec it_value
+    int timerfd_create(int clockid, int flags)
+    int timerfd_settime(int fd, int flags, const itimerspec *new_value, itimerspec *old)
+    int TFD_NONBLOCK
+    int TFD_CLOEXEC
+    int TFD_TIMER_ABSTIME
+
+cdef extern from "<unistd.h>" nogil:
+    ssize_t read(int fd, void *buf, size_t count)
+    int close(int fd)
 
 cdef extern from "<sys/prctl.h>" nogil:
     int PR_SET_TIMERSLACK
@@ -163,9 +179,11 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
     cdef mmsghdr msgs[BATCH]
     cdef iovec iov[BATCH]
     cdef uint8_t *staging = <uint8_t *>calloc(BATCH, frame_size)
-    cdef pollfd pfd[2]
-    cdef timespec tmo
-    cdef int64_t now, due, wake, t
+    cdef pollfd pfd[3]
+    cdef itimerspec timer
+    cdef uint64_t expirations
+    cdef int tfd = -1
+    cdef int64_t now, due, wake
     cdef int d, i, k, got, blocked, err = 0
     cdef uint32_t held_slots = queue_frames // 4 if queue_frames >= 64 else 16
     cdef Ring *r
@@ -177,6 +195,11 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
     try:
         if staging == NULL:
             raise MemoryError()
+        tfd = timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK | TFD_CLOEXEC)
+        if tfd < 0:
+            raise OSError(errno, strerror(errno).decode())
+        timer.it_interval.tv_sec = 0
+        timer.it_interval.tv_nsec = 0
         for k in range(4):
             if ring_init(&rings[k], held_slots if k % 2 else queue_frames, frame_size) < 0:
                 raise MemoryError()
@@ -208,15 +231,16 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
                     pfd[d].fd = fds[d]
                     pfd[d].events = POLLIN
                     pfd[d].revents = 0
-                if wake >= 0:
-                    t = wake - now_ns()
-                    if t < 0:
-                        t = 0
-                    tmo.tv_sec = t // 1000000000
-                    tmo.tv_nsec = t % 1000000000
-                    got = ppoll(pfd, 2, &tmo, NULL)
-                else:
-                    got = ppoll(pfd, 2, NULL, NULL)
+                # Absolute deadline; all-zero disarms the timer when nothing is queued.
+                timer.it_value.tv_sec = wake // 1000000000 if wake > 0 else 0
+                timer.it_value.tv_nsec = wake % 1000000000 if wake > 0 else 0
+                timerfd_settime(tfd, TFD_TIMER_ABSTIME, &timer, NULL)
+                pfd[2].fd = tfd
+                pfd[2].events = POLLIN
+                pfd[2].revents = 0
+                got = ppoll(pfd, 3, NULL, NULL)
+                if pfd[2].revents & POLLIN:
+                    read(tfd, &expirations, sizeof(expirations))
                 if got < 0:
                     if errno == EINTR:
                         continue
@@ -261,6 +285,8 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
                         r.due[tail] = due
                         r.count += 1
     finally:
+        if tfd >= 0:
+            close(tfd)
         for k in range(4):
             ring_free(&rings[k])
         free(staging)
