@@ -23,14 +23,29 @@ def _replies(rtts):
     return [r for r in rtts if r is not None]
 
 
-def test_pair_up_down_leaves_nothing():
-    tb = Testbed.up(prefix="vtltest")
-    namespaces = [h.netns for h in tb.hosts.values()]
-    assert all(ns in _netns() for ns in namespaces)
+def _root_links():
+    out = subprocess.run(["ip", "-j", "link", "show"], capture_output=True, text=True).stdout
+    return sorted(link["ifname"] for link in json.loads(out))
+
+
+@pytest.mark.parametrize("impair", [{}, {"delay_ms": 1, "loss_pct": 1, "rate_mbit": 100}])
+def test_pair_up_down_leaves_nothing(impair):
+    tb = Testbed.up(prefix="vtltest", **impair)
+    # Compared by name, not as a whole: other runs may add root links meanwhile.
+    ours = {"client0", "server0", "w-client", "w-server"}
+    namespaces = Testbed.list("vtltest")[tb.name]
+    assert len(namespaces) == (3 if impair else 2)
+    pids = [p for ns in namespaces for p in subprocess.run(
+        ["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
+    assert len(pids) == (1 if impair else 0)  # the wire forwarder
+    assert not ours & set(_root_links())  # veths live only inside the namespaces
     tb.down()
     tb.down()  # idempotent
     assert not any(ns in _netns() for ns in namespaces)
     assert tb.name not in Testbed.list("vtltest")
+    assert not [p for p in pids if _running(p)]
+    assert not [f for f in os.listdir("/dev/shm") if tb.name in f]
+    assert not ours & set(_root_links())
 
 
 def _unique(base):

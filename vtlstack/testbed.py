@@ -474,7 +474,9 @@ class Testbed:
         na, nb = f"{ha.name}{len(ha.ifaces)}", f"{hb.name}{len(hb.ifaces)}"
         if impair:
             # A hidden wire namespace in the middle: the hosts still share one L2 segment.
+            # It must never route: only the tc redirect or the forwarder moves frames.
             wire_ns = self._add_netns("wire")
+            self._sysctl(wire_ns, "net.ipv4.ip_forward", 0)
             wa, wb = f"w-{ha.name}", f"w-{hb.name}"
             _veth(ha.netns, na, wire_ns, wa, mtu)
             _veth(wire_ns, wb, hb.netns, nb, mtu)
