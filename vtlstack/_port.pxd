@@ -23,7 +23,8 @@ ctypedef struct vtl_desc:
 cdef enum:
     FRAME_FREE = 0      # on the free stack
     FRAME_FILL = 1      # on the fill ring or in the kernel (includes RX ring not yet read)
-    FRAME_RX = 2        # read from the RX ring, not yet handed over (only inside rx_burst)
+    FRAME_RX = 2        # read from the RX ring, not handed over yet. rx_burst hands frames
+                        # over in the same call, so this is 0 between calls today
     FRAME_TX = 3        # on the TX ring, waiting for its completion
     FRAME_HELD = 4      # owned by the stack/app: refcount >= 1
     FRAME_NSTATES = 5

@@ -446,22 +446,23 @@ class Steering:
             ret = xdp.xdp_program__attach(prog, self._ifindex, _MODES[mode], 0)
             if ret:
                 raise self._attach_error(ret)
+            # The mode it really got ("auto" lets libxdp choose): detach needs it.
+            self._attached = xdp.xdp_program__is_attached(prog, self._ifindex)
             obj = xdp.xdp_program__bpf_obj(prog)
             self.xsks_map_fd = self._map_fd(obj, MAP_XSKS)
             self._owned_fd = self._map_fd(obj, MAP_OWNED)
             self._counters_fd = self._map_fd(obj, MAP_COUNTERS)
+            if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
+                # libxdp tries its dispatcher and quietly falls back when the kernel refuses
+                # it (its freplace compatibility check); say what actually happened.
+                self.attach_info = ("direct (legacy) attach: this kernel refused libxdp's "
+                                    "dispatcher (the vtlstack.xdp logger has libxdp's "
+                                    "reason), so libxdp attached the program alone")
+            self._ncpus = bpf.libbpf_num_possible_cpus()
         except BaseException:
-            self.close()
+            self.close()  # whatever failed after the attach, nothing stays attached
             raise
-        self._attached = xdp.xdp_program__is_attached(prog, self._ifindex)
-        if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
-            # libxdp tries its dispatcher and silently falls back when the kernel refuses it
-            # (its freplace compatibility check); say what actually happened.
-            self.attach_info = ("direct (legacy) attach: this kernel refused libxdp's "
-                                "dispatcher (the vtlstack.xdp logger has libxdp's reason), "
-                                "so libxdp attached the program alone")
         self.attached_mode = _MODE_NAMES.get(self._attached, "?")
-        self._ncpus = bpf.libbpf_num_possible_cpus()
         self._owned: set[tuple[int, int]] = set()
         _live.add(self)
         _install_exit_hooks()
