@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import select
 import statistics
 import subprocess
@@ -37,15 +38,23 @@ def loop_main(kind: str, ifname: str, seconds: float, batch: int) -> None:
         st.own(17, PORT)
         with XskPort(ifname, xsks_map_fd=st.xsks_map_fd, batch=batch) as port:
             print("ready", file=sys.stderr, flush=True)
+            cpu0 = _cpu_s()
             if kind == "rxdrop":
                 n = port.rxdrop_loop(seconds)
             else:
                 n = port.echo_loop(seconds)
+            cpu = _cpu_s() - cpu0
             stats = port.stats()
             port.check_frames()
     print(json.dumps({"mode": f"cy-{kind}", "rx": stats["rx_packets"], "tx": stats["tx_packets"],
                       "loop_count": n, "app_dropped": stats["app_dropped"],
-                      "k_rx_dropped": stats.get("k_rx_dropped")}), flush=True)
+                      "k_rx_dropped": stats.get("k_rx_dropped"), "cpu_s": round(cpu, 3)}),
+          flush=True)
+
+
+def _cpu_s() -> float:
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    return ru.ru_utime + ru.ru_stime
 
 
 def wait_ready(proc: subprocess.Popen, timeout: float = 20) -> None:
@@ -103,6 +112,9 @@ def one_run(tb, exe: Path, obj: Path, receiver: str, size: int, seconds: float,
         "receiver": receiver, "size": size,
         "gen_tx_pps": round(g["tx_pps"]), "rx_pps": round(r["rx"] / g["tx_s"]),
         "echoed_back_pps": round(g["rx"] / g["tx_s"]) if "echo" in receiver else None,
+        # The receiver's own CPU per packet (user + system; the veth softirq work runs on
+        # the generator's core): the cost of driving the rings, whatever the generator does.
+        "rx_cpu_ns_per_pkt": round(r["cpu_s"] * 1e9 / r["rx"]) if r["rx"] else None,
         "gen": g, "recv": r,
     }
 
@@ -139,14 +151,14 @@ def main() -> None:
                     print(json.dumps(row), flush=True)
                     cells.setdefault((receiver, size), []).append(row)
     print(f"{'receiver':<10} {'size':>5} {'gen tx pps':>12} {'rx pps':>12} {'echo pps':>12}"
-          f"  rx pps of each run")
+          f" {'rx cpu ns/pkt':>14}  rx pps of each run")
     for (receiver, size), rows in cells.items():
         def med(key, rows=rows):
             vals = [r[key] for r in rows if r[key] is not None]
             return format(int(statistics.median(vals)), ",") if vals else ""
         runs = " ".join(format(r["rx_pps"], ",") for r in rows)
         print(f"{receiver:<10} {size:>5} {med('gen_tx_pps'):>12} {med('rx_pps'):>12} "
-              f"{med('echoed_back_pps'):>12}  {runs}")
+              f"{med('echoed_back_pps'):>12} {med('rx_cpu_ns_per_pkt'):>14}  {runs}")
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -75,6 +76,16 @@ static double now(void)
 
 	clock_gettime(CLOCK_MONOTONIC, &ts);
 	return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* CPU seconds (user + system) this process has used: the receiver's cost per packet. */
+static double cpu_s(void)
+{
+	struct rusage ru;
+
+	getrusage(RUSAGE_SELF, &ru);
+	return ru.ru_utime.tv_sec + ru.ru_utime.tv_usec * 1e-6 + ru.ru_stime.tv_sec +
+	       ru.ru_stime.tv_usec * 1e-6;
 }
 
 static void detach(void)
@@ -509,7 +520,7 @@ int main(int argc, char **argv)
 	uint32_t size = 64, sip = 0, dip = 0;
 	uint8_t dmac[6] = {0}, smac[6];
 	enum xdp_attach_mode xmode = XDP_MODE_UNSPEC;
-	double seconds = 5, sent_s = 0, span;
+	double seconds = 5, sent_s = 0, span, cpu0 = 0, cpu = 0;
 	struct result r = {0};
 	static struct port p;
 	int opt, xsk;
@@ -553,6 +564,7 @@ int main(int argc, char **argv)
 			       !strcmp(mode, "gen") ? sport : port);
 		port_open(&p, ifname, map_fd);
 		fprintf(stderr, "ready\n");
+		cpu0 = cpu_s();
 		if (!strcmp(mode, "gen")) {
 			if (!dip || !sip)
 				usage();
@@ -561,11 +573,14 @@ int main(int argc, char **argv)
 		} else {
 			run_rx(&p, seconds, !strcmp(mode, "echo"), &r);
 		}
+		cpu = cpu_s() - cpu0;
 		port_close(&p);
 		detach();
 	} else if (!strcmp(mode, "kdrop") || !strcmp(mode, "kecho")) {
 		fprintf(stderr, "ready\n");
+		cpu0 = cpu_s();
 		run_kernel(port, seconds, !strcmp(mode, "kecho"), &r);
+		cpu = cpu_s() - cpu0;
 	} else {
 		usage();
 	}
@@ -573,9 +588,10 @@ int main(int argc, char **argv)
 	if (!sent_s)
 		sent_s = span;  /* echo: replies go out over the receiving span */
 	printf("{\"mode\": \"%s\", \"batch\": %u, \"size\": %u, \"rx\": %llu, \"tx\": %llu, "
-	       "\"active_s\": %.3f, \"rx_pps\": %.0f, \"tx_s\": %.3f, \"tx_pps\": %.0f}\n",
+	       "\"active_s\": %.3f, \"rx_pps\": %.0f, \"tx_s\": %.3f, \"tx_pps\": %.0f, "
+	       "\"cpu_s\": %.3f}\n",
 	       mode, batch, size, (unsigned long long)r.rx, (unsigned long long)r.tx, span,
 	       span > 0 ? (r.rx - 1) / span : 0.0, sent_s,
-	       sent_s > 0 ? r.tx / sent_s : 0.0);
+	       sent_s > 0 ? r.tx / sent_s : 0.0, cpu);
 	return 0;
 }
