@@ -16,7 +16,8 @@ from vtlstack._wire import COUNTERS, run
 
 ETH_P_ALL = 0x0003
 SOL_PACKET = 263
-PACKET_IGNORE_OUTGOING = 23  # linux/if_packet.h
+PACKET_VNET_HDR, PACKET_IGNORE_OUTGOING = 15, 23  # linux/if_packet.h
+VNET_HDR_LEN = 10  # struct virtio_net_hdr
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33  # root may exceed net.core.*mem_max
 
 
@@ -24,6 +25,10 @@ def _socket(ifname: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     # Our own transmissions on an interface would otherwise come back as receptions.
     sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    # Each frame comes with a virtio_net_hdr that is sent back out with it, so GSO frames
+    # (hosts with offloads on) and checksum-partial frames cross the wire intact; without
+    # it a 64 KiB GSO frame cannot be sent and a partial checksum would be lost.
+    sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     # Room for a delay's worth of bursts: drops belong in our rings, where they are counted.
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
     sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, 16 << 20)
@@ -50,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--delay-ms", type=float, default=0.0)
     p.add_argument("--reorder-pct", type=float, default=0.0)
     p.add_argument("--reorder-extra-ms", type=float, default=2.0)
-    p.add_argument("--frame-size", type=int, default=1518)
+    p.add_argument("--frame-size", type=int, default=1518, help="largest frame, bytes")
     p.add_argument("--queue-frames", type=int, default=4096)
     p.add_argument("--stats", required=True, help="counters file (created)")
     args = p.parse_args(argv)
@@ -59,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     try:
         run(sa.fileno(), sb.fileno(), args.delay_ms, args.reorder_pct, args.reorder_extra_ms,
-            args.frame_size, args.queue_frames, counters)
+            args.frame_size + VNET_HDR_LEN, args.queue_frames, counters)
     except OSError as exc:
         print(f"vtlstack.wire: {exc}", file=sys.stderr)
         return 1
