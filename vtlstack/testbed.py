@@ -11,6 +11,13 @@ collide and everything a crashed run left can be found by prefix (:func:`down_al
 are created directly inside the namespaces, never in the root namespace, so the machine's
 own interfaces are never touched. Hosts are IPv4 only (IPv6 is disabled so that no router
 solicitations or DAD frames show up on the links while AF_XDP code is being tested).
+
+Impairment (this kernel has no netem): an impaired link gets a hidden ``wire`` namespace
+between its two hosts, which still share one L2 segment (ARP crosses it). In the wire,
+bpf/impair.bpf.c drops frames at XDP (random or Gilbert-Elliott bursts; never ARP), tbf
+limits the rate on both egresses, and frames are moved across either by a tc redirect
+program or, with delay or reordering, by the forwarder of vtlstack._wire (started as
+``python -m vtlstack.wire`` in the wire namespace). See :meth:`Testbed.link_stats`.
 """
 
 from __future__ import annotations
