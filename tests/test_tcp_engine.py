@@ -1,0 +1,860 @@
+"""The sans-IO TCP engine driven by scapy-built IPv4+TCP segments and simulated time.
+
+A "peer" below is this test, speaking for host B with scapy; the engine is host A. Every
+test ends with every frame back in the pool (check_frames(expect_idle=True)).
+"""
+
+import itertools
+import random
+import socket
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from scapy.layers.inet import IP, TCP
+from scapy.packet import Raw
+
+from vtlstack._port import FramePool
+from vtlstack._tcp import TcpEngine, cc_trace
+
+A, B = "10.0.0.1", "10.0.0.2"
+APORT, BPORT = 80, 40000
+MS = 1_000_000
+T0 = 1_000_000_000
+BISS = 1_000_000
+
+
+def pkt(seq, ack=0, flags="A", win=65535, options=(), payload=b"", sport=BPORT, dport=APORT):
+    return bytes(IP(src=B, dst=A) / TCP(sport=sport, dport=dport, seq=seq & 0xFFFFFFFF,
+                                        ack=ack & 0xFFFFFFFF, flags=flags, window=win,
+                                        options=list(options)) / payload)
+
+
+def with_tcp_csum(tcp, src=B, dst=A):
+    """An IPv4 packet around raw TCP bytes whose checksum we compute (RFC 1071), so
+    crafted headers scapy would rewrite stay as they are."""
+    tcp = bytearray(tcp)
+    tcp[16:18] = b"\0\0"
+    pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + bytes([0, 6]) + \
+        len(tcp).to_bytes(2, "big")
+    data = pseudo + bytes(tcp) + (b"\0" if len(tcp) % 2 else b"")
+    s = sum(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+    while s >> 16:
+        s = (s & 0xFFFF) + (s >> 16)
+    tcp[16:18] = (~s & 0xFFFF).to_bytes(2, "big")
+    return bytes(IP(src=src, dst=dst, proto=6) / Raw(bytes(tcp)))
+
+
+def tcp_of(raw):
+    ip = IP(raw)
+    assert ip.proto == 6
+    t = ip[TCP]
+    # the checksums the engine wrote verify
+    assert IP(raw).chksum == IP(bytes(IP(raw))).chksum
+    assert TCP(bytes(t)).chksum == t.chksum
+    return t
+
+
+def opts(t):
+    return {k: v for k, v in t.options if k not in ("NOP", "EOL")}
+
+
+def payload(t):
+    return bytes(t.payload)
+
+
+class Peer:
+    """Host B: an engine on A, the test's scapy side on B, and a clock."""
+
+    def __init__(self, frames=256, **kw):
+        self.pool = FramePool(frames)
+        kw.setdefault("msl", 1.0)
+        kw.setdefault("seed", 7)
+        self.eng = TcpEngine(self.pool, 16, **kw)
+        self.now = T0
+        self.seq = BISS          # B's next sequence number
+        self.cid = None
+        self.a_seq = None        # A's next sequence number as B has seen it
+
+    def feed(self, raw):
+        return self.eng.feed(raw, self.now)
+
+    def out(self):
+        return [tcp_of(s) for s in self.eng.segments()]
+
+    def one(self):
+        segs = self.out()
+        assert len(segs) == 1, [s.summary() for s in segs]
+        return segs[0]
+
+    def send(self, data=b"", flags="A", seq=None, ack=None, win=65535, options=()):
+        seq = self.seq if seq is None else seq
+        ack = self.a_seq if ack is None else ack
+        ok = self.feed(pkt(seq, ack, flags, win, options, data))
+        return ok
+
+    def passive_open(self, options=(("MSS", 1460), ("SAckOK", b""), ("Timestamp", (5, 0)),
+                                     ("WScale", 7)), **listen_kw):
+        self.lid = self.eng.listen(A, APORT, **listen_kw)
+        self.feed(pkt(self.seq, 0, "S", 65535, options))
+        synack = self.one()
+        assert synack.flags == "SA" and synack.ack == self.seq + 1
+        self.seq += 1
+        self.a_seq = synack.seq + 1
+        self.send(options=[("Timestamp", (6, synack.options and opts(synack).get(
+            "Timestamp", (0, 0))[0]))] if "Timestamp" in dict(options) else ())
+        assert self.out() == []
+        self.cid = self.eng.accept(self.lid)
+        assert self.cid is not None
+        assert self.eng.state(self.cid) == "ESTABLISHED"
+        return synack
+
+    def plain_open(self, **kw):
+        """Passive open without options (no timestamps: segments stay simple)."""
+        return self.passive_open(options=(("MSS", 1460),), **kw)
+
+    def data(self, data, seq=None, flags="PA", **kw):
+        seq = self.seq if seq is None else seq
+        ok = self.send(data, flags, seq=seq, **kw)
+        return ok
+
+    def advance(self, dt):
+        self.now += dt
+        self.eng.on_timer_(self.now)
+
+    def until_deadline(self):
+        d = self.eng.deadline()
+        assert d is not None and d >= self.now
+        self.now = d
+        self.eng.on_timer_(self.now)
+        return d
+
+    def done(self):
+        """Release everything and check that every frame went back to the pool."""
+        for cid in range(16):
+            if self.eng.exists(cid):
+                self.eng.abort(cid, self.now)
+                if self.eng.exists(cid):
+                    self.eng.close(cid, self.now)
+        self.eng.segments()
+        self.pool.check_frames(expect_idle=True)
+        c = self.eng.counters()
+        assert c["bad_transitions"] == 0
+        assert self.pool.stats()["bad_ops"] == 0
+
+
+# -- handshake -------------------------------------------------------------------------------
+
+
+def test_passive_open_echoes_offered_options():
+    p = Peer()
+    synack = p.passive_open()
+    o = opts(synack)
+    assert o["MSS"] == 1460
+    assert "SAckOK" in o
+    assert o["Timestamp"][1] == 5                    # TSecr echoes the SYN's TSval
+    assert o["WScale"] == p.eng.info(p.cid)["rcv_wscale"] > 0
+    i = p.eng.info(p.cid)
+    assert i["ws_ok"] and i["ts_ok"] and i["sack_ok"]
+    assert i["snd_wscale"] == 7
+    assert i["snd_mss"] == 1460 - 12                 # timestamps take 12 bytes per segment
+    assert synack.window == 65535                    # RFC 7323: SYN windows are not scaled
+    assert p.eng.transition_counts() == {("CLOSED", "LISTEN"): 1,
+                                         ("CLOSED", "SYN-RECEIVED"): 1,
+                                         ("SYN-RECEIVED", "ESTABLISHED"): 1}
+    p.done()
+
+
+def test_passive_open_without_options_offers_none():
+    p = Peer()
+    p.lid = p.eng.listen(A, APORT)
+    p.feed(pkt(p.seq, 0, "S"))
+    o = opts(p.one())
+    assert set(o) == {"MSS"}                          # only what the peer offered (and MSS)
+    p.seq += 1
+    p.done()
+
+
+def test_passive_open_default_mss_without_option():
+    p = Peer()
+    p.lid = p.eng.listen(A, APORT)
+    p.feed(pkt(p.seq, 0, "S"))
+    synack = p.one()
+    p.seq += 1
+    p.a_seq = synack.seq + 1
+    p.send()
+    cid = p.eng.accept(p.lid)
+    assert p.eng.info(cid)["snd_mss"] == 536         # RFC 9293 3.7.1 default
+    p.done()
+
+
+def test_active_open_sends_options_and_completes():
+    p = Peer()
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    assert syn.flags == "S" and syn.sport == 5555
+    o = opts(syn)
+    assert o["MSS"] == 1460 and "SAckOK" in o and "WScale" in o and o["Timestamp"][1] == 0
+    p.feed(pkt(BISS, syn.seq + 1, "SA", 1000,
+               [("MSS", 1200), ("WScale", 2), ("Timestamp", (77, o["Timestamp"][0]))],
+               sport=BPORT, dport=5555))
+    ack = p.one()
+    assert ack.flags == "A" and ack.ack == BISS + 1 and ack.seq == syn.seq + 1
+    assert opts(ack)["Timestamp"][1] == 77
+    i = p.eng.info(cid)
+    assert i["state"] == "ESTABLISHED" and i["snd_mss"] == 1200 - 12
+    assert i["snd_wnd"] == 1000                      # SYN,ACK window not scaled
+    assert not i["sack_ok"]                          # the peer did not say SAckOK
+    assert (cid, {"connected", "writable"}) in p.eng.events()
+    p.done()
+
+
+def test_active_open_refused_by_rst():
+    p = Peer()
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    p.feed(pkt(0, syn.seq + 1, "RA", sport=BPORT, dport=5555))
+    assert (cid, {"reset"}) in p.eng.events()
+    assert p.eng.state(cid) == "CLOSED"
+    p.done()
+
+
+def test_syn_sent_bad_ack_gets_rst_and_no_state_change():
+    p = Peer()
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    p.feed(pkt(BISS, syn.seq + 1000, "SA", sport=BPORT, dport=5555))
+    rst = p.one()
+    assert rst.flags == "R" and rst.seq == syn.seq + 1000
+    assert p.eng.state(cid) == "SYN-SENT"
+    p.done()
+
+
+def test_simultaneous_open_scapy():
+    p = Peer(timestamps=False, sack=False, wscale=False)
+    cid = p.eng.connect(A, APORT, B, BPORT, p.now)
+    syn = p.one()
+    p.feed(pkt(BISS, 0, "S", options=[("MSS", 1000)]))        # crossing SYN
+    synack = p.one()
+    assert synack.flags == "SA" and synack.seq == syn.seq and synack.ack == BISS + 1
+    assert p.eng.state(cid) == "SYN-RECEIVED"
+    p.feed(pkt(BISS, syn.seq + 1, "SA", options=[("MSS", 1000)]))  # B's SYN,ACK
+    ack = p.one()
+    assert ack.flags == "A" and ack.ack == BISS + 1
+    assert p.eng.state(cid) == "ESTABLISHED"
+    t = p.eng.transition_counts()
+    assert t[("SYN-SENT", "SYN-RECEIVED")] == 1 and t[("SYN-RECEIVED", "ESTABLISHED")] == 1
+    assert p.eng.info(cid)["snd_mss"] == 1000
+    p.done()
+
+
+def test_syn_retransmitted_with_backoff_then_timeout():
+    p = Peer(syn_retries=2, rto_init=1.0)
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    start = p.now
+    times = []
+    for _ in range(2):
+        p.until_deadline()
+        again = p.one()
+        assert bytes(again)[:20] == bytes(syn)[:20] or (again.seq == syn.seq
+                                                        and again.flags == "S")
+        times.append(p.now - start)
+    assert times == [1000 * MS, 3000 * MS]             # 1 s, then 2 s more (RFC 6298 5.5)
+    p.until_deadline()
+    assert (cid, {"timed_out"}) in p.eng.events()
+    assert p.eng.state(cid) == "CLOSED"
+    p.done()
+
+
+def test_lost_synack_is_resent_when_syn_repeats():
+    p = Peer()
+    p.lid = p.eng.listen(A, APORT)
+    p.feed(pkt(BISS, 0, "S", options=[("MSS", 1460)]))
+    first = p.one()
+    p.feed(pkt(BISS, 0, "S", options=[("MSS", 1460)]))
+    again = p.one()
+    assert again.flags == "SA" and again.seq == first.seq and again.ack == BISS + 1
+    p.done()
+
+
+def test_ack_to_listener_gets_rst_and_closed_port_gets_rst():
+    p = Peer()
+    p.eng.listen(A, APORT)
+    p.feed(pkt(5, 1234, "A"))
+    rst = p.one()
+    assert rst.flags == "R" and rst.seq == 1234
+    p.feed(pkt(5, 0, "S", dport=81))
+    rst = p.one()
+    assert rst.flags == "RA" and rst.seq == 0 and rst.ack == 6
+    p.feed(pkt(5, 0, "R", dport=81))                        # a RST never gets a RST
+    assert p.out() == []
+    assert p.eng.counters()["no_conn_rst"] == 2
+    p.done()
+
+
+def test_syn_backlog_full_is_counted():
+    p = Peer()
+    p.eng.listen(A, APORT, backlog=2)
+    for port in (1, 2, 3):
+        p.feed(pkt(BISS, 0, "S", sport=port))
+    assert len(p.out()) == 2
+    assert p.eng.counters()["syn_backlog_full"] == 1
+    p.done()
+
+
+def test_connection_table_full_is_counted():
+    p = Peer()
+    p.eng.listen(A, APORT, backlog=100)
+    for port in range(1, 20):
+        p.feed(pkt(BISS, 0, "S", sport=port))
+    assert len(p.out()) == 15                               # 16 slots, one is the listener
+    assert p.eng.counters()["conn_table_full"] == 4
+    p.done()
+
+
+# -- receiving data --------------------------------------------------------------------------
+
+STREAM = bytes(range(256)) * 4
+
+
+def chunks(data, sizes):
+    out, off = [], 0
+    for n in sizes:
+        out.append((off, data[off:off + n]))
+        off += n
+    return out
+
+
+@pytest.mark.parametrize("order", list(itertools.permutations(range(4))))
+def test_every_order_of_four_segments_gives_the_same_stream(order):
+    p = Peer()
+    p.plain_open()
+    parts = chunks(STREAM, [100, 300, 200, 424])
+    for i in order:
+        off, data = parts[i]
+        p.data(data, seq=p.seq + off)
+        for s in p.out():
+            assert s.ack <= p.seq + len(STREAM)
+    assert p.eng.recv(p.cid, p.now) == STREAM
+    info = p.eng.info(p.cid)
+    assert info["rcv_nxt"] == (p.seq + len(STREAM)) & 0xFFFFFFFF
+    assert info["ooo_frags"] == 0
+    p.done()
+
+
+def test_zero_copy_fragments_reference_the_received_frames():
+    p = Peer()
+    p.plain_open()
+    p.data(b"hello ")
+    p.data(b"world", seq=p.seq + 6)
+    frags = p.eng.peek(p.cid)
+    assert [n for _, n in frags] == [6, 5]
+    assert all(p.pool.refcount(a) == 1 for a, _ in frags)   # only the engine holds them
+    assert b"".join(p.pool.read(a, n) for a, n in frags) == b"hello world"
+    p.eng.consume(p.cid, 3, p.now)
+    assert p.pool.read(*p.eng.peek(p.cid)[0]) == b"lo "
+    held = p.pool.stats()["held"]
+    p.eng.consume(p.cid, 3, p.now)                           # first frame fully consumed
+    assert p.pool.stats()["held"] == held - 1
+    p.done()
+
+
+def test_overlapping_retransmissions_are_trimmed_not_duplicated():
+    p = Peer()
+    p.plain_open()
+    base = p.seq
+    data = bytes(random.Random(1).randbytes(1000))
+    p.data(data[300:500], seq=base + 300)
+    p.data(data[400:700], seq=base + 400)     # overlaps the tail of the queued one
+    p.data(data[250:350], seq=base + 250)     # overlaps the head
+    p.data(data[300:500], seq=base + 300)     # exact duplicate
+    p.data(data[200:800], seq=base + 200)     # covers everything queued
+    info = p.eng.info(p.cid)
+    ooo = info["ooo"]
+    for (s1, n1), (s2, _) in zip(ooo, ooo[1:], strict=False):
+        assert s1 + n1 <= s2
+    assert sum(n for _, n in ooo) == info["ooo_bytes"] == 600
+    p.data(data[0:250], seq=base)             # fills the hole, overlaps the queue
+    p.data(data[700:1000], seq=base + 700)
+    assert p.eng.recv(p.cid, p.now) == data
+    p.done()
+
+
+def test_duplicate_segment_is_acked_but_not_delivered_twice():
+    p = Peer()
+    p.plain_open()
+    p.data(b"abc")
+    p.advance(50 * MS)                        # delayed ACK
+    assert p.one().ack == p.seq + 3
+    p.data(b"abc")                            # the same segment again
+    ack = p.one()                             # acknowledged at once
+    assert ack.ack == p.seq + 3
+    assert p.eng.recv(p.cid, p.now) == b"abc"
+    assert p.eng.counters()["dup_segments"] >= 1
+    p.done()
+
+
+def test_out_of_order_segment_gets_immediate_dup_ack_with_sack():
+    p = Peer()
+    p.passive_open()
+    p.data(b"x" * 100, seq=p.seq + 200)
+    ack = p.one()
+    assert ack.ack == p.seq
+    o = opts(ack)
+    assert o["SAck"] == (p.seq + 200, p.seq + 300)
+    p.data(b"y" * 100, seq=p.seq + 400)
+    o = opts(p.one())
+    assert o["SAck"][:2] == (p.seq + 400, p.seq + 500)      # the newest block first
+    assert o["SAck"][2:] == (p.seq + 200, p.seq + 300)
+    p.done()
+
+
+def test_delayed_ack_every_second_full_segment_or_timer():
+    p = Peer()
+    p.plain_open()
+    mss = p.eng.info(p.cid)["rcv_mss"]
+    p.data(b"a" * mss)
+    assert p.out() == []                       # first full segment: ACK is delayed
+    assert p.eng.deadline() == p.now + 40 * MS
+    p.data(b"b" * mss, seq=p.seq + mss)
+    assert p.one().ack == p.seq + 2 * mss      # second one: ACK now
+    p.data(b"c", seq=p.seq + 2 * mss)
+    assert p.out() == []
+    p.advance(40 * MS)
+    assert p.one().ack == p.seq + 2 * mss + 1
+    p.done()
+
+
+def test_window_shrinks_while_unconsumed_and_update_on_consume():
+    p = Peer(rcv_buf=4096, wscale=False)
+    p.plain_open()
+    for k in range(4):
+        p.data(b"z" * 1024, seq=p.seq + 1024 * k)
+    p.advance(40 * MS)                    # the delayed ACK for the last one
+    acks = p.out()
+    # an ACK after 2 * MSS worth (3 segments: 1024 left), then the delayed one (0 left)
+    assert [a.window for a in acks] == [1024, 0]
+    assert acks[-1].ack == p.seq + 4096 and acks[-1].window == 0
+    # beyond the (zero) window: not accepted, answered with an ACK
+    p.data(b"!", seq=p.seq + 4096)
+    ack = p.one()
+    assert ack.ack == p.seq + 4096 and ack.window == 0
+    assert p.eng.info(p.cid)["rq_bytes"] == 4096           # acknowledged data is kept
+    p.eng.consume(p.cid, 1000, p.now)
+    assert p.out() == []                 # 1000 < min(buf/2, mss): no update (receiver SWS)
+    p.eng.consume(p.cid, 1048, p.now)
+    upd = p.one()
+    assert upd.ack == p.seq + 4096 and upd.window == 2048
+    p.done()
+
+
+# -- closing ---------------------------------------------------------------------------------
+
+
+def test_active_close_through_time_wait():
+    p = Peer(msl=2.0)
+    p.plain_open()
+    p.eng.close(p.cid, p.now)
+    fin = p.one()
+    assert fin.flags == "FA" and fin.seq == p.a_seq
+    assert p.eng.state(p.cid) == "FIN-WAIT-1"
+    p.send(ack=p.a_seq + 1)
+    assert p.eng.state(p.cid) == "FIN-WAIT-2"
+    p.send(flags="FA", ack=p.a_seq + 1)
+    ack = p.one()
+    assert ack.ack == p.seq + 1
+    assert p.eng.state(p.cid) == "TIME-WAIT"
+    p.advance(3999 * MS)
+    assert p.eng.state(p.cid) == "TIME-WAIT"
+    # a retransmitted FIN in TIME-WAIT is acknowledged and restarts 2*MSL
+    p.send(flags="FA", ack=p.a_seq + 1)
+    assert p.one().ack == p.seq + 1
+    p.advance(3999 * MS)
+    assert p.eng.exists(p.cid)
+    p.advance(2 * MS)
+    assert not p.eng.exists(p.cid)            # closed and released: the slot is free
+    p.done()
+
+
+def test_passive_close_close_wait_last_ack():
+    p = Peer()
+    p.plain_open()
+    p.data(b"bye", flags="FPA")
+    assert p.one().ack == p.seq + 4            # data + FIN acknowledged at once
+    assert p.eng.state(p.cid) == "CLOSE-WAIT"
+    evs = dict(p.eng.events())
+    assert {"readable", "peer_closed"} <= evs[p.cid]
+    assert p.eng.recv(p.cid, p.now) == b"bye"
+    p.eng.send(p.cid, b"ok", p.now)
+    assert payload(p.one()) == b"ok"
+    p.eng.shutdown(p.cid, p.now)
+    fin = p.one()
+    assert fin.flags == "FA" and fin.seq == p.a_seq + 2
+    assert p.eng.state(p.cid) == "LAST-ACK"
+    p.seq += 4
+    p.send(ack=p.a_seq + 3)
+    assert p.eng.state(p.cid) == "CLOSED"
+    assert "closed" in dict(p.eng.events())[p.cid]
+    p.done()
+
+
+def test_simultaneous_close_through_closing():
+    p = Peer(msl=1.0)
+    p.plain_open()
+    p.eng.shutdown(p.cid, p.now)
+    fin = p.one()
+    p.send(flags="FA", ack=p.a_seq)           # B's FIN crosses ours
+    assert p.one().ack == p.seq + 1
+    assert p.eng.state(p.cid) == "CLOSING"
+    p.send(seq=p.seq + 1, ack=fin.seq + 1)
+    assert p.eng.state(p.cid) == "TIME-WAIT"
+    p.advance(2000 * MS)
+    assert p.eng.state(p.cid) == "CLOSED"
+    assert ("CLOSING", "TIME-WAIT") in p.eng.transition_counts()
+    p.done()
+
+
+def test_out_of_order_fin_waits_for_the_data():
+    p = Peer()
+    p.plain_open()
+    p.data(b"late", seq=p.seq + 3, flags="FA")
+    assert p.one().ack == p.seq                   # duplicate ACK for the gap
+    assert p.eng.state(p.cid) == "ESTABLISHED"
+    p.data(b"abc")
+    assert p.eng.state(p.cid) == "CLOSE-WAIT"
+    assert p.one().ack == p.seq + 8
+    assert p.eng.recv(p.cid, p.now) == b"abclate"
+    p.done()
+
+
+# -- RST and challenge ACKs (RFC 5961) -------------------------------------------------------
+
+
+def test_rst_exact_sequence_resets():
+    p = Peer()
+    p.plain_open()
+    p.send(flags="R")
+    assert (p.cid, {"reset"}) in p.eng.events()
+    assert p.eng.state(p.cid) == "CLOSED"
+    p.done()
+
+
+def test_rst_in_window_not_exact_gets_challenge_ack():
+    p = Peer()
+    p.plain_open()
+    p.send(flags="R", seq=p.seq + 100)
+    ack = p.one()
+    assert ack.flags == "A" and ack.ack == p.seq and ack.seq == p.a_seq
+    assert p.eng.state(p.cid) == "ESTABLISHED"
+    assert p.eng.counters()["challenge_acks"] == 1
+    p.done()
+
+
+def test_rst_out_of_window_is_dropped_silently():
+    p = Peer()
+    p.plain_open()
+    p.send(flags="R", seq=p.seq + 10_000_000)
+    p.send(flags="R", seq=p.seq - 5)
+    assert p.out() == []
+    assert p.eng.state(p.cid) == "ESTABLISHED"
+    p.done()
+
+
+def test_syn_in_established_gets_challenge_ack():
+    p = Peer()
+    p.plain_open()
+    p.send(flags="S", seq=p.seq + 5000)
+    ack = p.one()
+    assert ack.flags == "A" and ack.ack == p.seq
+    assert p.eng.state(p.cid) == "ESTABLISHED"
+    assert p.eng.counters()["challenge_acks"] == 1
+    p.done()
+
+
+def test_ack_of_unsent_data_is_answered_and_dropped():
+    p = Peer()
+    p.plain_open()
+    p.data(b"data", ack=p.a_seq + 5000)
+    assert p.one().ack == p.seq                   # data not taken
+    assert p.eng.info(p.cid)["rq_bytes"] == 0
+    p.done()
+
+
+# -- sending, retransmission, congestion control ---------------------------------------------
+
+
+def open_sender(**kw):
+    p = Peer(frames=512, **kw)
+    p.plain_open()
+    return p
+
+
+def test_rto_doubles_and_retransmits_identical_bytes():
+    p = open_sender(rto_init=1.0, rto_min=1.0, max_retries=3)
+    data = bytes(random.Random(2).randbytes(500))
+    p.eng.send(p.cid, data, p.now)
+    first = p.one()
+    assert payload(first) == data
+    gaps, last = [], p.now
+    for _ in range(3):
+        p.until_deadline()
+        again = p.one()
+        assert again.seq == first.seq and payload(again) == data
+        gaps.append(p.now - last)
+        last = p.now
+    assert gaps == [1000 * MS, 2000 * MS, 4000 * MS]
+    assert p.eng.info(p.cid)["retransmits"] == 3
+    p.until_deadline()
+    assert (p.cid, {"timed_out"}) in [(c, e - {"writable", "connected"})
+                                      for c, e in p.eng.events()]
+    p.done()
+
+
+def test_ack_stops_timer_and_rtt_sets_rto():
+    p = open_sender(rto_min=0.2)
+    p.eng.send(p.cid, b"q" * 100, p.now)
+    p.one()
+    p.now += 50 * MS
+    p.send(ack=p.a_seq + 100)
+    i = p.eng.info(p.cid)
+    # the handshake gave a first sample of 0 (SYN,ACK answered at once), so RFC 6298 2.3:
+    # SRTT = 7/8 * 0 + 1/8 * 50 ms; RTO = SRTT + 4 * RTTVAR = 6.25 + 50 -> rto_min 200 ms
+    assert i["srtt_ns"] == 50 * MS // 8 and i["rto_ns"] == 200 * MS
+    assert i["timers"]["rtx"] == 0 and i["sq_bytes"] == 0
+    p.done()
+
+
+def test_send_queue_limit_is_counted():
+    p = open_sender(snd_buf=3000)
+    assert p.eng.send(p.cid, b"x" * 5000, p.now) == 3000
+    assert p.eng.counters()["sq_full"] == 1
+    p.done()
+
+
+def test_newreno_fast_retransmit_after_three_dup_acks():
+    p = open_sender()
+    mss = p.eng.info(p.cid)["snd_mss"]
+    p.eng.send(p.cid, bytes(4 * mss), p.now)
+    segs = p.out()
+    assert len(segs) == 4                         # IW = 4 MSS at 1460 (RFC 5681: 4380 B)
+    p.send(ack=p.a_seq + mss)                     # first acked, second "lost"
+    p.eng.send(p.cid, bytes(6 * mss), p.now)
+    p.out()
+    before = p.eng.info(p.cid)
+    for _ in range(2):
+        p.send(ack=p.a_seq + mss)
+        assert p.out() == []
+    p.send(ack=p.a_seq + mss)                     # third duplicate
+    rtx = p.out()
+    assert rtx[0].seq == p.a_seq + mss and len(payload(rtx[0])) == mss
+    i = p.eng.info(p.cid)
+    flight = before["snd_max"] - before["snd_una"]
+    assert i["in_recovery"] and i["ssthresh"] == max(flight // 2, 2 * mss)
+    assert i["cwnd"] == i["ssthresh"] + 3 * mss
+    assert p.eng.counters()["fast_retransmits"] == 1
+    p.send(ack=i["snd_max"])                      # full acknowledgment
+    i = p.eng.info(p.cid)
+    assert not i["in_recovery"] and i["cwnd"] <= i["ssthresh"]
+    p.done()
+
+
+def test_zero_window_persist_probe_then_resume():
+    p = open_sender(rto_init=1.0, rto_min=1.0)
+    p.send(win=0)
+    p.eng.send(p.cid, b"w" * 100, p.now)
+    assert p.out() == []                          # nothing may go into a zero window
+    probe_at = p.eng.deadline()
+    assert probe_at == p.now + 1000 * MS
+    p.until_deadline()
+    probe = p.one()
+    assert probe.seq == p.a_seq - 1 and payload(probe) == b""
+    assert p.eng.deadline() == p.now + 2000 * MS  # backed off
+    p.send(win=1000)                              # the answer opens the window
+    data = p.one()
+    assert payload(data) == b"w" * 100 and data.seq == p.a_seq
+    assert p.eng.counters()["persist_probes"] == 1
+    p.done()
+
+
+def test_cubic_follows_rfc9438_window_curve():
+    mss, w0, rtt = 1000, 100.0, 0.1
+    r = cc_trace("cubic", mss, w0, rtt, 80)
+    beta, c = 0.7, 0.4
+    assert r["cwnd_after_loss"] == pytest.approx(w0 * beta, abs=1)
+    k = (w0 * (1 - beta) / c) ** (1 / 3)
+    assert r["w_max"] == pytest.approx(w0) and r["k"] == pytest.approx(k, rel=1e-6)
+
+    def w_cubic(t):
+        return c * (t - k) ** 3 + w0
+
+    # RFC 9438 4.3: the Reno-friendly estimate grows alpha segments per RTT, alpha
+    # 3(1-beta)/(1+beta) below W_max and 1 above; cwnd follows max(W_cubic, W_est)
+    w_est = w0 * beta
+    for t, cwnd in r["trace"]:
+        w_est += 1.0 if w_est >= w0 else 3 * (1 - beta) / (1 + beta)
+        assert cwnd <= max(w_cubic(t + rtt), w_est) + 1.5
+        if t > 1.0:
+            assert cwnd >= max(w_cubic(t), w_est) - 2.5
+    plateau = [cw for t, cw in r["trace"] if abs(t - k) < 0.5]
+    assert all(abs(cw - w0) < 3 for cw in plateau)
+    assert r["trace"][-1][1] > w0 + 10            # convex growth beyond W_max
+
+
+def test_newreno_avoidance_adds_one_mss_per_rtt():
+    r = cc_trace("newreno", 1000, 20, 0.1, 10, loss=False)
+    assert [round(cw) for _, cw in r["trace"]] == list(range(21, 31))
+
+
+# -- hostile input ---------------------------------------------------------------------------
+
+
+def test_bad_checksum_is_dropped_and_counted():
+    p = Peer()
+    p.plain_open()
+    raw = bytearray(pkt(p.seq, p.a_seq, "PA", payload=b"evil"))
+    raw[-1] ^= 0xFF
+    assert not p.feed(bytes(raw))
+    assert p.eng.counters()["bad_checksum"] == 1
+    assert p.eng.info(p.cid)["rq_bytes"] == 0 and p.out() == []
+    p.done()
+
+
+@pytest.mark.parametrize("raw_opts", [
+    b"\x02\x00\x05\xb4",                 # MSS with length 0
+    b"\x08\x01\x00\x00",                 # length 1
+    b"\x01\x01\x08\x0a\x00\x00\x00\x01",  # timestamps running past the header
+    b"\x01\x01\x01\x05",                 # kind with no room for a length
+])
+def test_malformed_options_rejected_without_crash(raw_opts):
+    p = Peer()
+    p.plain_open()
+    t = TCP(sport=BPORT, dport=APORT, seq=p.seq, ack=p.a_seq, flags="PA", window=100,
+            dataofs=5 + len(raw_opts) // 4)
+    raw = with_tcp_csum(bytes(t)[:20] + raw_opts + b"data")
+    assert p.feed(raw)            # passes the checksum/offset check ...
+    assert p.eng.counters()["bad_options"] == 1   # ... and is dropped for its options
+    assert p.eng.info(p.cid)["rq_bytes"] == 0
+    p.done()
+
+
+@pytest.mark.parametrize("dataofs", [0, 4, 15])
+def test_bogus_data_offset_rejected(dataofs):
+    p = Peer()
+    p.plain_open()
+    t = TCP(sport=BPORT, dport=APORT, seq=p.seq, ack=p.a_seq, flags="A", dataofs=dataofs)
+    raw = bytes(IP(src=B, dst=A) / t)
+    assert not p.feed(raw)
+    assert p.eng.counters()["bad_offset"] == 1
+    p.done()
+
+
+def test_truncated_packets_are_counted():
+    p = Peer()
+    raw = pkt(1, 0, "S")
+    for n in (0, 10, 20, 30):
+        if n:
+            assert not p.feed(raw[:n])
+    c = p.eng.counters()
+    assert c["bad_ip"] + c["bad_len"] == 3
+    p.done()
+
+
+# -- two engines back to back over a lossy link ----------------------------------------------
+
+
+class Link:
+    """A and B joined by an in-memory link that loses, duplicates and reorders packets,
+    with a simulated clock: each packet arrives after a delay with random jitter."""
+
+    def __init__(self, rng, loss, dup, jitter, delay=5 * MS, **kw):
+        self.rng, self.loss, self.dup, self.jitter, self.delay = rng, loss, dup, jitter, delay
+        self.pools = [FramePool(1024), FramePool(1024)]
+        self.engs = [TcpEngine(self.pools[0], 8, seed=1, msl=0.5, rto_min=0.05, **kw),
+                     TcpEngine(self.pools[1], 8, seed=2, msl=0.5, rto_min=0.05, **kw)]
+        self.now = T0
+        self.wire = []          # (arrival, n, to_index, packet)
+        self.n = 0
+
+    def pump(self):
+        for i, e in enumerate(self.engs):
+            for s in e.segments():
+                if self.rng.random() < self.loss:
+                    continue
+                for _ in range(2 if self.rng.random() < self.dup else 1):
+                    t = self.now + self.delay + int(self.rng.random() * self.jitter)
+                    self.n += 1
+                    self.wire.append((t, self.n, 1 - i, s))
+
+    def step(self):
+        self.pump()
+        nxt = [d for d in (e.deadline() for e in self.engs) if d is not None]
+        if self.wire:
+            nxt.append(min(self.wire)[0])
+        if not nxt:
+            return False
+        self.now = max(self.now, min(nxt))
+        self.wire.sort()
+        while self.wire and self.wire[0][0] <= self.now:
+            _, _, to, s = self.wire.pop(0)
+            self.engs[to].feed(s, self.now)
+        for e in self.engs:
+            e.on_timer_(self.now)
+        self.pump()
+        return True
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.05, 0.2]),
+       dup=st.sampled_from([0.0, 0.1]), jitter=st.sampled_from([0, 3 * MS, 20 * MS]),
+       n_ab=st.integers(0, 60_000), n_ba=st.integers(0, 30_000),
+       cc=st.sampled_from(["newreno", "cubic"]))
+def test_lossy_link_delivers_exact_streams_and_returns_every_frame(seed, loss, dup, jitter,
+                                                                   n_ab, n_ba, cc):
+    rng = random.Random(seed)
+    link = Link(rng, loss, dup, jitter, cc=cc, rcv_buf=32768, max_retries=30,
+                syn_retries=30)
+    a, b = link.engs
+    data_ab, data_ba = rng.randbytes(n_ab), rng.randbytes(n_ba)
+    lid = b.listen(B, 80)
+    ends = [{"e": a, "cid": a.connect(A, 0, B, 80, link.now), "data": data_ab,
+             "expect": n_ba},
+            {"e": b, "cid": None, "data": data_ba, "expect": n_ab}]
+    for d in ends:
+        d.update(sent=0, got=bytearray(), shut=False, closed=False)
+    for _ in range(200_000):
+        if ends[1]["cid"] is None:
+            ends[1]["cid"] = b.accept(lid)
+        for d in ends:
+            e, cid = d["e"], d["cid"]
+            if cid is None or d["closed"]:
+                continue
+            state = e.state(cid)
+            if d["sent"] < len(d["data"]) and state in ("ESTABLISHED", "CLOSE-WAIT"):
+                d["sent"] += e.send(cid, d["data"][d["sent"]:d["sent"] + 8192], link.now)
+            d["got"] += e.recv(cid, link.now)
+            if d["sent"] == len(d["data"]) and not d["shut"] and state in (
+                    "ESTABLISHED", "CLOSE-WAIT"):
+                e.shutdown(cid, link.now)       # half close: keep reading
+                d["shut"] = True
+            if d["shut"] and len(d["got"]) == d["expect"] and e.state(cid) in (
+                    "LAST-ACK", "CLOSING", "TIME-WAIT", "CLOSED"):
+                e.close(cid, link.now)
+                d["closed"] = True
+        if all(d["closed"] and not d["e"].exists(d["cid"]) for d in ends):
+            break
+        if not link.step():
+            break
+        a.events()
+        b.events()
+    assert bytes(ends[1]["got"]) == data_ab
+    assert bytes(ends[0]["got"]) == data_ba
+    assert all(d["closed"] and not d["e"].exists(d["cid"]) for d in ends)
+    b.close(lid, link.now)
+    for e in link.engs:
+        e.segments()
+        c = e.counters()
+        assert c["bad_transitions"] == 0 and c["timeouts"] == 0
+    for pool in link.pools:
+        pool.check_frames(expect_idle=True)
+        assert pool.stats()["bad_ops"] == 0

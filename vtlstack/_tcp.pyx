@@ -1,0 +1,1785 @@
+# The TCP protocol engine, sans-IO: (segment, now) in, segments and events out.
+#
+# Input: an IPv4+TCP packet held in a FramePool frame, checked once by validate() (IPv4
+# header, TCP length/offset/checksum; failures counted). input() then trusts it. The caller
+# keeps its own reference on the frame; the engine takes one more per payload fragment it
+# keeps, so received bytes are never copied: in-order bytes sit in the fragment list (rq)
+# until the app consumes them, out-of-order bytes in the OOO queue (sorted, overlaps trimmed).
+#
+# Output: segment descriptors (tcp_seg_out) in a FIFO; pop_out() writes the next one as a
+# complete IPv4+TCP packet (checksums computed) into a buffer the caller supplies and drops
+# the descriptor's reference on its payload frame.
+#
+# Time: every entry point takes now (ns, monotonic). next_deadline() says when on_timer()
+# has work (retransmission, persist, delayed ACK, TIME-WAIT).
+#
+# Send side: c_send() copies the app's bytes into pool frames (the one copy), one frame per
+# segment-sized chunk; they stay referenced until acknowledged.
+#
+# Connection states change only through set_state(), which checks the edge against
+# _ALLOWED (the RFC 9293 3.3.2 diagram as data) and counts every transition.
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
+from libc.string cimport memcpy, memset
+
+from vtlstack._port cimport VTL_NO_FRAME, FramePool
+from vtlstack.proto.ipv4 cimport (
+    IPPROTO_TCP_,
+    IPV4_MIN_HLEN,
+    IPV4_OK,
+    ipv4_check,
+    ipv4_dst,
+    ipv4_hlen,
+    ipv4_proto,
+    ipv4_src,
+    ipv4_tot_len,
+    ipv4_write,
+)
+from vtlstack.proto.tcp cimport *
+
+import socket
+
+__all__ = ["TcpEngine", "STATE_NAMES", "EVENT_NAMES", "cc_trace", "emit_options", "parse_options"]
+
+STATE_NAMES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
+               "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
+EVENT_NAMES = {EV_CONNECTED: "connected", EV_READABLE: "readable", EV_WRITABLE: "writable",
+               EV_PEER_CLOSED: "peer_closed", EV_RESET: "reset", EV_TIMEOUT: "timed_out",
+               EV_CLOSED: "closed"}
+
+cdef enum:
+    FT_TOMB = 0xFFFFFFFF
+    DEFAULT_MSS = 536           # RFC 9293 3.7.1: the MSS assumed without the option
+    TS_OPTLEN = 12              # timestamps option with its two NOPs
+    CLOCK_G_NS = 1000000        # RFC 6298 G: clock granularity we assume (1 ms)
+    PERSIST_MAX_SHIFT = 8
+    NO_DEADLINE = 0             # a timer field of 0 is not armed
+
+
+# -- sequence arithmetic (RFC 9293 3.4: modulo 2**32) ---------------------------------------
+
+cdef inline bint SEQ_LT(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) < 0
+
+
+cdef inline bint SEQ_LE(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) <= 0
+
+
+cdef inline bint SEQ_GT(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) > 0
+
+
+cdef inline bint SEQ_GE(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) >= 0
+
+
+cdef inline uint32_t umin(uint32_t a, uint32_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline uint32_t umax(uint32_t a, uint32_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline uint64_t earliest(uint64_t best, uint64_t t) noexcept nogil:
+    return t if t and (best == 0 or t < best) else best
+
+
+cdef inline uint32_t mix32(uint64_t x) noexcept nogil:
+    # splitmix64 finaliser, folded to 32 bits
+    x ^= x >> 30
+    x *= <uint64_t>0xBF58476D1CE4E5B9ULL
+    x ^= x >> 27
+    x *= <uint64_t>0x94D049BB133111EBULL
+    x ^= x >> 31
+    return <uint32_t>(x ^ (x >> 32))
+
+
+cdef inline uint32_t flow_hash(uint32_t lip, uint16_t lport, uint32_t rip,
+                               uint16_t rport) noexcept nogil:
+    return mix32((<uint64_t>lip << 32 | rip) ^ (<uint64_t>lport << 16 | rport) * <uint64_t>0x9E3779B97F4A7C15ULL)
+
+
+# -- the state diagram as data (RFC 9293 3.3.2, Figure 5) ------------------------------------
+
+cdef uint32_t _ALLOWED[ST_NSTATES]
+_ALLOWED[ST_CLOSED] = (1 << ST_LISTEN) | (1 << ST_SYN_SENT) | (1 << ST_SYN_RECEIVED)
+_ALLOWED[ST_LISTEN] = (1 << ST_CLOSED)
+# SYN-SENT: rcv SYN,ACK -> ESTABLISHED; rcv SYN (simultaneous open) -> SYN-RECEIVED;
+# close, RST or timeout -> CLOSED
+_ALLOWED[ST_SYN_SENT] = (1 << ST_ESTABLISHED) | (1 << ST_SYN_RECEIVED) | (1 << ST_CLOSED)
+_ALLOWED[ST_SYN_RECEIVED] = (1 << ST_ESTABLISHED) | (1 << ST_CLOSED)
+# ESTABLISHED: close -> FIN-WAIT-1; rcv FIN -> CLOSE-WAIT
+_ALLOWED[ST_ESTABLISHED] = (1 << ST_FIN_WAIT_1) | (1 << ST_CLOSE_WAIT) | (1 << ST_CLOSED)
+# FIN-WAIT-1: ACK of FIN -> FIN-WAIT-2; rcv FIN -> CLOSING (simultaneous close)
+_ALLOWED[ST_FIN_WAIT_1] = (1 << ST_FIN_WAIT_2) | (1 << ST_CLOSING) | (1 << ST_CLOSED)
+_ALLOWED[ST_FIN_WAIT_2] = (1 << ST_TIME_WAIT) | (1 << ST_CLOSED)
+_ALLOWED[ST_CLOSE_WAIT] = (1 << ST_LAST_ACK) | (1 << ST_CLOSED)
+_ALLOWED[ST_CLOSING] = (1 << ST_TIME_WAIT) | (1 << ST_CLOSED)
+_ALLOWED[ST_LAST_ACK] = (1 << ST_CLOSED)
+# TIME-WAIT: 2 MSL timeout -> CLOSED
+_ALLOWED[ST_TIME_WAIT] = (1 << ST_CLOSED)
+
+
+cdef inline bint synchronized_can_send(uint8_t st) noexcept nogil:
+    """States in which queued data (and a queued FIN) may still go out."""
+    return st == ST_ESTABLISHED or st == ST_CLOSE_WAIT or st == ST_FIN_WAIT_1 \
+        or st == ST_CLOSING or st == ST_LAST_ACK
+
+
+cdef inline bint may_receive_data(uint8_t st) noexcept nogil:
+    # RFC 9293 3.10.7.4 seventh: text is processed in ESTABLISHED, FIN-WAIT-1, FIN-WAIT-2
+    return st == ST_ESTABLISHED or st == ST_FIN_WAIT_1 or st == ST_FIN_WAIT_2
+
+
+cdef inline uint32_t flight_size(const tcp_conn *c) noexcept nogil:
+    return c.snd_max - c.snd_una
+
+
+cdef class TcpEngine:
+    """A set of TCP connections over one FramePool: flow table, listeners, state machines,
+    timers and congestion control. Python methods drive it from tests and the control plane;
+    the network thread uses the cdef API declared in _tcp.pxd. Packets are IPv4+TCP (no
+    Ethernet header); addresses are dotted strings in Python, network order in C."""
+
+    def __cinit__(self, FramePool pool not None, uint32_t max_conns=1024, *,
+                  uint32_t mss=1460, uint32_t rcv_buf=262144, uint32_t snd_buf=262144,
+                  double msl=30.0, double rto_init=1.0, double rto_min=0.2,
+                  double rto_max=60.0, double delack=0.04, uint32_t max_retries=8,
+                  uint32_t syn_retries=5, str cc="newreno", bint wscale=True,
+                  bint timestamps=True, bint sack=True, uint32_t out_cap=4096,
+                  uint16_t eph_lo=61000, uint16_t eph_hi=65535, uint64_t seed=0x5eed):
+        cdef uint32_t i, size = 16
+        if max_conns == 0:
+            raise ValueError("max_conns must be at least 1")
+        if mss < 64 or mss + 40 > pool.frame_size:
+            raise ValueError(f"mss {mss} does not fit a {pool.frame_size}-byte frame")
+        if eph_lo == 0 or eph_lo > eph_hi:
+            raise ValueError("bad ephemeral port range")
+        if cc == "newreno":
+            self.cfg.cc = &tcp_cc_newreno
+        elif cc == "cubic":
+            self.cfg.cc = &tcp_cc_cubic
+        else:
+            raise ValueError(f"unknown congestion control {cc!r} (newreno, cubic)")
+        self.pool = pool
+        self.cfg.mss = mss
+        self.cfg.rcv_buf = rcv_buf
+        self.cfg.snd_buf = snd_buf
+        self.cfg.msl_ns = <uint64_t>(msl * 1e9)
+        self.cfg.rto_init_ns = <uint64_t>(rto_init * 1e9)
+        self.cfg.rto_min_ns = <uint64_t>(rto_min * 1e9)
+        self.cfg.rto_max_ns = <uint64_t>(rto_max * 1e9)
+        self.cfg.delack_ns = <uint64_t>(delack * 1e9)
+        self.cfg.max_retries = max_retries
+        self.cfg.syn_retries = syn_retries
+        self.cfg.wscale = wscale
+        self.cfg.timestamps = timestamps
+        self.cfg.sack = sack
+        self.cfg.eph_lo = eph_lo
+        self.cfg.eph_hi = eph_hi
+        self.eph_next = eph_lo
+        self.secret = seed
+        self.max_conns = max_conns
+        while size < 2 * max_conns:
+            size <<= 1
+        self.ftab_mask = size - 1
+        self.conns = <tcp_conn *>calloc(max_conns, sizeof(tcp_conn))
+        self.free_cids = <int32_t *>calloc(max_conns, sizeof(int32_t))
+        self.ftab = <uint32_t *>calloc(size, sizeof(uint32_t))
+        self.out_cap = out_cap
+        self.out = <tcp_seg_out *>calloc(out_cap, sizeof(tcp_seg_out))
+        self.evq_cap = 2 * max_conns + 16
+        self.evq = <int32_t *>calloc(self.evq_cap, sizeof(int32_t))
+        if not self.conns or not self.free_cids or not self.ftab or not self.out \
+                or not self.evq:
+            raise MemoryError()
+        for i in range(max_conns):
+            self.free_cids[i] = max_conns - 1 - i
+        self.nfree = max_conns
+
+    def __dealloc__(self):
+        cdef uint32_t i
+        if self.conns != NULL and self.pool is not None:
+            for i in range(self.max_conns):
+                if self.conns[i].in_use:
+                    self.conn_release_frames(&self.conns[i], True)
+            while self.out_n:
+                self._drop_out()
+        free(self.conns)
+        free(self.free_cids)
+        free(self.ftab)
+        free(self.out)
+        free(self.evq)
+
+    cdef void _drop_out(self) noexcept nogil:
+        cdef tcp_seg_out *s = &self.out[self.out_head]
+        if s.len:
+            self.pool.unref(s.addr)
+        self.out_head = (self.out_head + 1) % self.out_cap
+        self.out_n -= 1
+
+    # -- states, flow table, connection slots -----------------------------------------------
+
+    cdef void set_state(self, tcp_conn *c, uint8_t to) noexcept nogil:
+        if not (_ALLOWED[c.state] >> to) & 1:
+            self.cnt.bad_transitions += 1
+        self.transitions[c.state][to] += 1
+        c.state = to
+
+    cdef int32_t ft_find(self, uint32_t lip, uint16_t lport, uint32_t rip,
+                         uint16_t rport) noexcept nogil:
+        cdef uint32_t i = flow_hash(lip, lport, rip, rport) & self.ftab_mask, n, v
+        cdef tcp_conn *c
+        for n in range(self.ftab_mask + 1):
+            v = self.ftab[i]
+            if v == 0:
+                return NO_CONN
+            if v != FT_TOMB:
+                c = &self.conns[v - 1]
+                if c.lip == lip and c.lport == lport and c.rip == rip and c.rport == rport:
+                    return <int32_t>(v - 1)
+            i = (i + 1) & self.ftab_mask
+        return NO_CONN
+
+    cdef int ft_insert(self, int32_t cid) noexcept nogil:
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef uint32_t i = flow_hash(c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
+        for n in range(self.ftab_mask + 1):
+            if self.ftab[i] == 0 or self.ftab[i] == FT_TOMB:
+                self.ftab[i] = <uint32_t>cid + 1
+                return 0
+            i = (i + 1) & self.ftab_mask
+        return -1   # cannot happen: the table has twice as many slots as connections
+
+    cdef void ft_remove(self, int32_t cid) noexcept nogil:
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef uint32_t i = flow_hash(c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
+        for n in range(self.ftab_mask + 1):
+            if self.ftab[i] == 0:
+                return
+            if self.ftab[i] == <uint32_t>cid + 1:
+                self.ftab[i] = FT_TOMB
+                return
+            i = (i + 1) & self.ftab_mask
+
+    cdef int32_t conn_alloc(self) noexcept nogil:
+        cdef int32_t cid
+        if self.nfree == 0:
+            self.cnt.conn_table_full += 1
+            return NO_CONN
+        self.nfree -= 1
+        cid = self.free_cids[self.nfree]
+        memset(&self.conns[cid], 0, sizeof(tcp_conn))
+        self.conns[cid].in_use = 1
+        self.conns[cid].parent = NO_CONN
+        self.conns[cid].lidx = -1
+        self.nconns += 1
+        return cid
+
+    cdef void conn_release_frames(self, tcp_conn *c, bint rx_too) noexcept nogil:
+        cdef uint32_t i
+        for i in range(c.sq_n):
+            self.pool.unref(c.sq[(c.sq_head + i) % SQ_MAX].addr)
+        c.sq_n = 0
+        c.sq_bytes = 0
+        for i in range(c.ooo_n):
+            self.pool.unref(c.ooo[i].addr)
+        c.ooo_n = 0
+        c.ooo_bytes = 0
+        if rx_too:
+            for i in range(c.rq_n):
+                self.pool.unref(c.rq[(c.rq_head + i) % RQ_MAX].addr)
+            c.rq_n = 0
+            c.rq_bytes = 0
+
+    cdef void conn_free(self, tcp_conn *c) noexcept nogil:
+        cdef int32_t cid = <int32_t>(c - self.conns)
+        self.conn_release_frames(c, True)
+        self.ft_remove(cid)
+        c.in_use = 0
+        c.ev_pending = 0
+        self.free_cids[self.nfree] = cid
+        self.nfree += 1
+        self.nconns -= 1
+
+    cdef void event(self, tcp_conn *c, uint32_t ev) noexcept nogil:
+        if c.ev_pending == 0:
+            if self.evq_n == self.evq_cap:
+                self.cnt.evq_full += 1
+                return
+            self.evq[(self.evq_head + self.evq_n) % self.evq_cap] = <int32_t>(c - self.conns)
+            self.evq_n += 1
+        c.ev_pending |= ev
+
+    cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil:
+        """The next connection with events and its event bits (cleared); NO_CONN if none."""
+        cdef int32_t cid
+        cdef tcp_conn *c
+        while self.evq_n:
+            cid = self.evq[self.evq_head]
+            self.evq_head = (self.evq_head + 1) % self.evq_cap
+            self.evq_n -= 1
+            c = &self.conns[cid]
+            if c.in_use and c.ev_pending:
+                mask[0] = c.ev_pending
+                c.ev_pending = 0
+                return cid
+        return NO_CONN
+
+    cdef void conn_closed(self, tcp_conn *c, uint32_t ev) noexcept nogil:
+        """The connection reached CLOSED: timers off, out of the flow table, send side and
+        OOO frames back to the pool (and the unread bytes too after a reset or timeout, or
+        when the app has let go). Unaccepted children and released handles free their slot."""
+        cdef uint8_t was = c.state
+        cdef int32_t cid = <int32_t>(c - self.conns)
+        cdef tcp_listener *li
+        cdef uint32_t i, j
+        if c.state != ST_CLOSED:
+            self.set_state(c, ST_CLOSED)
+        c.rtx_at = c.persist_at = c.delack_at = c.tw_at = NO_DEADLINE
+        self.ft_remove(cid)
+        self.conn_release_frames(c, ev == EV_RESET or ev == EV_TIMEOUT or c.released)
+        if c.parent != NO_CONN:
+            li = &self.listeners[self.conns[c.parent].lidx]
+            if was == ST_SYN_RECEIVED:
+                li.half_open -= 1
+            else:
+                j = 0
+                for i in range(li.aq_n):
+                    if li.acceptq[(li.aq_head + i) % ACCEPTQ_MAX] != cid:
+                        li.acceptq[(li.aq_head + j) % ACCEPTQ_MAX] = \
+                            li.acceptq[(li.aq_head + i) % ACCEPTQ_MAX]
+                        j += 1
+                li.aq_n = j
+            self.conn_free(c)
+            return
+        self.event(c, ev)
+        if c.released:
+            self.conn_free(c)
+
+    cdef void conn_init(self, tcp_conn *c, uint32_t lip, uint16_t lport, uint32_t rip,
+                        uint16_t rport, uint64_t now) noexcept nogil:
+        cdef uint32_t ws = 0
+        c.lip = lip
+        c.lport = lport
+        c.rip = rip
+        c.rport = rport
+        # RFC 9293 3.4.1 / RFC 6528: ISN = M + F(4-tuple, secret), M a 4 us clock
+        c.iss = <uint32_t>(now // 4000) + mix32(flow_hash(lip, lport, rip, rport) ^ self.secret)
+        c.snd_una = c.snd_nxt = c.snd_max = c.iss
+        c.snd_end = c.iss + 1
+        c.recover = c.iss
+        c.rto = self.cfg.rto_init_ns
+        c.ws_ok = self.cfg.wscale
+        c.ts_ok = self.cfg.timestamps
+        c.sack_ok = self.cfg.sack
+        if c.ws_ok:
+            while ws < TCP_MAX_WSCALE and (self.cfg.rcv_buf >> ws) > 0xFFFF:
+                ws += 1
+        c.rcv_wscale = <uint8_t>ws
+        c.ts_offset = mix32(self.secret ^ c.iss)
+        c.snd_mss = DEFAULT_MSS
+        c.rcv_mss = <uint16_t>self.cfg.mss
+        c.ops = self.cfg.cc
+        c.ops.init(&c.cc, c.snd_mss)
+
+    cdef void negotiate(self, tcp_conn *c, const tcp_opts *o) noexcept nogil:
+        """Settle the options of the handshake from the peer's SYN or SYN,ACK: each is on
+        only if we offered it and the peer sent it."""
+        cdef uint32_t peer_mss = o.mss if o.has & OPT_MSS else DEFAULT_MSS
+        cdef uint32_t optsz
+        # RFC 7323 1.3: "Window scaling ... takes effect only if both sides send the option"
+        c.ws_ok = c.ws_ok and (o.has & OPT_WSCALE) != 0
+        if c.ws_ok:
+            c.snd_wscale = o.wscale
+        else:
+            c.snd_wscale = 0
+            c.rcv_wscale = 0
+        # RFC 7323 3.2: timestamps are used only if both SYNs carried the option
+        c.ts_ok = c.ts_ok and (o.has & OPT_TS) != 0
+        if c.ts_ok:
+            c.ts_recent = o.tsval
+        c.sack_ok = c.sack_ok and (o.has & OPT_SACK_PERM) != 0
+        # RFC 9293 3.7.1: Eff.snd.MSS = min(SendMSS+20, MMS_S) - TCPhdrsize - IPoptionsize
+        optsz = TS_OPTLEN if c.ts_ok else 0
+        c.snd_mss = <uint16_t>(umin(peer_mss, self.cfg.mss) - optsz)
+        c.rcv_mss = <uint16_t>(self.cfg.mss - optsz)
+        c.ops.init(&c.cc, c.snd_mss)
+
+    # -- output -----------------------------------------------------------------------------
+
+    cdef uint32_t free_window(self, tcp_conn *c) noexcept nogil:
+        """What we could accept now: buffer minus unconsumed bytes, bounded by free fragment
+        slots and by what the window field can say."""
+        cdef uint32_t free_b = self.cfg.rcv_buf - c.rq_bytes if self.cfg.rcv_buf > c.rq_bytes else 0
+        cdef uint32_t slots = RQ_MAX - c.rq_n if c.rq_n < RQ_MAX else 0
+        free_b = umin(free_b, slots * <uint32_t>c.rcv_mss)
+        return umin(free_b, <uint32_t>0xFFFF << c.rcv_wscale)
+
+    cdef bint window_can_open(self, tcp_conn *c) noexcept nogil:
+        cdef uint32_t free_b = self.free_window(c)
+        cdef uint32_t cur = c.rcv_adv - c.rcv_nxt if SEQ_GT(c.rcv_adv, c.rcv_nxt) else 0
+        # RFC 9293 3.8.6.2.2: move the right edge only when it can move by at least
+        # min(RCV.BUFF / 2, Eff.snd.MSS) (receiver-side silly window avoidance)
+        return free_b > cur and free_b - cur >= umin(self.cfg.rcv_buf // 2, c.rcv_mss)
+
+    cdef uint32_t rcv_window(self, tcp_conn *c) noexcept nogil:
+        if self.window_can_open(c):
+            c.rcv_adv = c.rcv_nxt + self.free_window(c)
+        if SEQ_LT(c.rcv_adv, c.rcv_nxt):
+            c.rcv_adv = c.rcv_nxt
+        # RFC 9293 3.8.6.2.2: the right edge never moves left (no shrinking)
+        return c.rcv_adv - c.rcv_nxt
+
+    cdef tcp_seg_out *emit(self, tcp_conn *c, uint32_t seq, uint8_t flags, uint64_t addr,
+                           uint32_t plen, uint64_t now) noexcept nogil:
+        cdef tcp_seg_out *s
+        cdef tcp_opts o
+        cdef uint32_t wnd, i, n, start, end, nb = 0, first = 0
+        cdef uint32_t runs[OOO_MAX][2]
+        if self.out_n == self.out_cap:
+            self.cnt.out_full += 1
+            return NULL
+        memset(&o, 0, sizeof(tcp_opts))
+        s = &self.out[(self.out_head + self.out_n) % self.out_cap]
+        self.out_n += 1
+        s.cid = <int32_t>(c - self.conns)
+        s.lip = c.lip
+        s.rip = c.rip
+        s.lport = c.lport
+        s.rport = c.rport
+        s.seq = seq
+        s.flags = flags
+        if flags & TH_SYN:
+            o.has |= OPT_MSS
+            o.mss = <uint16_t>self.cfg.mss
+            if c.ws_ok:
+                o.has |= OPT_WSCALE
+                o.wscale = c.rcv_wscale
+            if c.sack_ok:
+                o.has |= OPT_SACK_PERM
+            # RFC 7323 2.2: "The window field in a segment where the SYN bit is set ...
+            # MUST NOT be scaled"
+            wnd = umin(self.cfg.rcv_buf, 0xFFFF)
+            s.win = <uint16_t>wnd
+            if flags & TH_ACK:
+                c.rcv_adv = c.rcv_nxt + wnd
+        else:
+            wnd = self.rcv_window(c)
+            s.win = <uint16_t>umin(wnd >> c.rcv_wscale, 0xFFFF)
+        if c.ts_ok:
+            # RFC 7323 3.2: once negotiated, every non-RST segment carries TSopt
+            o.has |= OPT_TS
+            o.tsval = <uint32_t>(now // 1000000) + c.ts_offset
+            o.tsecr = c.ts_recent if flags & TH_ACK else 0
+        if c.sack_ok and c.ooo_n and not (flags & TH_SYN):
+            # RFC 2018 4: one block per contiguous run of queued out-of-order data; "the
+            # first SACK block MUST specify the contiguous block ... which includes the
+            # segment which triggered this ACK"
+            n = 0
+            for i in range(c.ooo_n):
+                start = c.ooo[i].seq
+                end = start + c.ooo[i].len
+                if n and runs[n - 1][1] == start:
+                    runs[n - 1][1] = end
+                else:
+                    runs[n][0] = start
+                    runs[n][1] = end
+                    n += 1
+                if SEQ_LE(start, c.ooo_last_seq) and SEQ_LT(c.ooo_last_seq, end):
+                    first = n - 1
+            o.has |= OPT_SACK
+            o.sack[0][0] = runs[first][0]
+            o.sack[0][1] = runs[first][1]
+            nb = 1
+            for i in range(n):
+                if nb == TCP_MAX_SACK:
+                    break
+                if i != first:
+                    o.sack[nb][0] = runs[i][0]
+                    o.sack[nb][1] = runs[i][1]
+                    nb += 1
+            o.nsack = <uint8_t>nb
+        s.optlen = tcp_emit_opts(s.opts, &o)
+        if flags & TH_ACK:
+            s.ack = c.rcv_nxt
+            c.last_ack_sent = c.rcv_nxt
+            c.ack_now = 0
+            c.delack_at = NO_DEADLINE
+        else:
+            s.ack = 0
+        s.addr = addr
+        s.len = plen
+        if plen:
+            self.pool.ref(addr)
+        self.cnt.segs_out += 1
+        return s
+
+    cdef void emit_rst(self, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport,
+                       uint32_t seq, uint32_t ack, uint8_t flags) noexcept nogil:
+        cdef tcp_seg_out *s
+        if self.out_n == self.out_cap:
+            self.cnt.out_full += 1
+            return
+        s = &self.out[(self.out_head + self.out_n) % self.out_cap]
+        self.out_n += 1
+        s.cid = NO_CONN
+        s.lip = lip
+        s.rip = rip
+        s.lport = lport
+        s.rport = rport
+        s.seq = seq
+        s.ack = ack
+        s.flags = TH_RST | flags
+        s.win = 0
+        s.optlen = 0
+        s.addr = 0
+        s.len = 0
+        self.cnt.segs_out += 1
+
+    cdef uint32_t pop_out(self, uint8_t *buf, uint32_t cap) noexcept nogil:
+        """Write the next pending segment into `buf` as an IPv4+TCP packet and return its
+        length; 0 when nothing is pending. A segment that does not fit `cap` is dropped and
+        counted (out_full)."""
+        cdef tcp_seg_out *s
+        cdef uint32_t tlen, tot
+        cdef uint8_t *t
+        while self.out_n:
+            s = &self.out[self.out_head]
+            tlen = TCP_MIN_HLEN + s.optlen + s.len
+            tot = IPV4_MIN_HLEN + tlen
+            if tot > cap:
+                self.cnt.out_full += 1
+                self._drop_out()
+                continue
+            ipv4_write(buf, <uint16_t>tot, self.ip_ident, IPPROTO_TCP_, s.lip, s.rip)
+            self.ip_ident += 1
+            t = buf + IPV4_MIN_HLEN
+            tcp_write(t, s.lport, s.rport, s.seq, s.ack, s.flags, s.win, s.opts, s.optlen)
+            if s.len:
+                memcpy(t + TCP_MIN_HLEN + s.optlen, self.pool.frame_ptr(s.addr), s.len)
+            tcp_set_csum(t, <uint16_t>tlen, s.lip, s.rip)
+            self._drop_out()
+            return tot
+        return 0
+
+    cdef uint32_t send_at(self, tcp_conn *c, uint32_t seq, uint32_t room,
+                          uint64_t now) noexcept nogil:
+        """Send one segment starting at `seq` (data from the send queue, at most `room`
+        bytes and one MSS; the FIN if it is next). Returns the sequence space it covers."""
+        cdef uint32_t i, off, n = 0
+        cdef tcp_frag *f = NULL
+        cdef uint8_t flags = TH_ACK
+        cdef uint64_t addr = 0
+        if SEQ_LT(seq, c.snd_end):
+            for i in range(c.sq_n):
+                f = &c.sq[(c.sq_head + i) % SQ_MAX]
+                if SEQ_LE(f.seq, seq) and SEQ_LT(seq, f.seq + f.len):
+                    break
+                f = NULL
+            if f == NULL or room == 0:
+                return 0
+            off = seq - f.seq
+            n = umin(umin(f.len - off, c.snd_mss), room)
+            addr = f.addr + off
+            if seq + n == c.snd_end:
+                flags |= TH_PSH
+        if c.fin_queued and seq + n == c.snd_end:
+            flags |= TH_FIN
+        elif n == 0:
+            return 0
+        if self.emit(c, seq, flags, addr, n, now) == NULL:
+            return 0
+        if SEQ_LT(seq, c.snd_max):
+            # RFC 6298 3 (Karn): no RTT sample from a retransmitted segment
+            c.timing = 0
+            c.retransmits += 1
+            self.cnt.retransmits += 1
+        elif not c.timing:
+            c.timing = 1
+            c.rtt_seq = seq + n
+            c.rtt_start = now
+        if c.rtx_at == NO_DEADLINE:
+            # RFC 6298 5.1: start the timer when a segment with data (or SYN/FIN) is sent
+            c.rtx_at = now + c.rto
+        return n + (1 if flags & TH_FIN else 0)
+
+    cdef void output(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        """Send what the state, the windows and the queues allow, then any owed ACK."""
+        cdef uint32_t wnd, inflight, room, n
+        cdef uint64_t t
+        if c.state == ST_SYN_SENT or c.state == ST_SYN_RECEIVED:
+            if c.snd_nxt == c.iss:
+                # RFC 9293 3.10.1 / 3.10.7.3: <SEQ=ISS><CTL=SYN> or <SEQ=ISS><ACK=RCV.NXT>
+                # <CTL=SYN,ACK>
+                if self.emit(c, c.iss, TH_SYN | (TH_ACK if c.state == ST_SYN_RECEIVED else 0),
+                             0, 0, now) == NULL:
+                    return
+                if c.snd_max != c.iss:
+                    c.timing = 0
+                    c.retransmits += 1
+                    self.cnt.retransmits += 1
+                else:
+                    c.timing = 1
+                    c.rtt_seq = c.iss + 1
+                    c.rtt_start = now
+                c.snd_nxt = c.snd_max = c.iss + 1
+                if c.rtx_at == NO_DEADLINE:
+                    c.rtx_at = now + c.rto
+            elif c.ack_now and c.state == ST_SYN_RECEIVED:
+                self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
+            return
+        if synchronized_can_send(c.state):
+            while SEQ_LT(c.snd_nxt, c.snd_end) or (c.fin_queued and c.snd_nxt == c.snd_end):
+                wnd = umin(c.snd_wnd, c.cc.cwnd)
+                inflight = c.snd_nxt - c.snd_una
+                room = wnd - inflight if wnd > inflight else 0
+                n = self.send_at(c, c.snd_nxt, room, now)
+                if n == 0:
+                    break
+                c.snd_nxt += n
+                if SEQ_GT(c.snd_nxt, c.snd_max):
+                    c.snd_max = c.snd_nxt
+            if c.snd_wnd == 0 and SEQ_LT(c.snd_nxt, c.snd_end) and c.snd_nxt == c.snd_una \
+                    and c.persist_at == NO_DEADLINE:
+                # RFC 9293 3.8.6.1: with a zero window the sender must keep probing
+                t = c.rto << c.persist_shift
+                c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
+                c.rtx_at = NO_DEADLINE
+        if c.ack_now and c.state != ST_CLOSED and c.state != ST_LISTEN:
+            # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>: RFC 9293's SND.NXT is our snd_max (snd_nxt
+            # moves back to SND.UNA for go-back-N after a timeout); an ACK carrying an old
+            # sequence number would fail the peer's sequence test and be dropped unread
+            self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
+
+    cdef void challenge_ack(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        # RFC 5961 3.2 / 4.2 / 5.2: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+        self.cnt.challenge_acks += 1
+        self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
+
+    # -- input ------------------------------------------------------------------------------
+
+    cdef int validate(self, const uint8_t *ip, uint32_t avail) noexcept nogil:
+        """The one check of a received IPv4+TCP packet (`avail` bytes from the IP header):
+        0 when input() may take it, else a reason, counted."""
+        cdef uint16_t hl, tot
+        cdef int r
+        if ipv4_check(ip, avail) != IPV4_OK or ipv4_proto(ip) != IPPROTO_TCP_:
+            self.cnt.bad_ip += 1
+            return -1
+        hl = ipv4_hlen(ip)
+        tot = ipv4_tot_len(ip)
+        r = tcp_check(ip + hl, tot - hl, ipv4_src(ip), ipv4_dst(ip))
+        if r == TCP_TRUNCATED:
+            self.cnt.bad_len += 1
+        elif r == TCP_BAD_OFFSET:
+            self.cnt.bad_offset += 1
+        elif r == TCP_BAD_CHECKSUM:
+            self.cnt.bad_checksum += 1
+        return r
+
+    cdef void input(self, uint64_t ip_addr, uint64_t now) noexcept nogil:
+        """One validated IPv4+TCP packet at UMEM address `ip_addr` (the caller keeps its own
+        reference on the frame and drops it afterwards)."""
+        cdef const uint8_t *ip = self.pool.frame_ptr(ip_addr)
+        cdef uint16_t hl = ipv4_hlen(ip), tot = ipv4_tot_len(ip), thl
+        cdef const uint8_t *t = ip + hl
+        cdef tcp_opts o
+        cdef uint32_t lip = ipv4_dst(ip), rip = ipv4_src(ip), plen, i
+        cdef uint16_t lport = tcp_dport(t), rport = tcp_sport(t)
+        cdef uint8_t flags = tcp_flags(t)
+        cdef int32_t cid
+        cdef tcp_conn *c
+        cdef tcp_listener *li
+        self.cnt.segs_in += 1
+        if tcp_parse_opts(t, &o) < 0:
+            self.cnt.bad_options += 1
+            return
+        thl = tcp_hlen(t)
+        plen = tot - hl - thl
+        cid = self.ft_find(lip, lport, rip, rport)
+        if cid != NO_CONN:
+            c = &self.conns[cid]
+            self.conn_input(c, t, &o, plen, ip_addr + hl + thl, now)
+            if c.in_use and c.state != ST_CLOSED:
+                self.output(c, now)
+            return
+        for i in range(MAX_LISTENERS):
+            li = &self.listeners[i]
+            if li.in_use and li.lport == lport and (li.lip == lip or li.lip == 0):
+                self.listen_input(li, lip, rip, t, &o, now)
+                return
+        # RFC 9293 3.10.7.1: CLOSED. "An incoming segment containing a RST is discarded. An
+        # incoming segment not containing a RST causes a RST to be sent in response."
+        if flags & TH_RST:
+            return
+        self.cnt.no_conn_rst += 1
+        if flags & TH_ACK:
+            # "If the ACK bit is on, <SEQ=SEG.ACK><CTL=RST>"
+            self.emit_rst(lip, lport, rip, rport, tcp_ackno(t), 0, 0)
+        else:
+            # "<SEQ=0><ACK=SEG.SEQ+SEG.LEN><CTL=RST,ACK>"
+            self.emit_rst(lip, lport, rip, rport, 0,
+                          tcp_seq(t) + plen + (1 if flags & TH_SYN else 0)
+                          + (1 if flags & TH_FIN else 0), TH_ACK)
+
+    cdef void listen_input(self, tcp_listener *li, uint32_t lip, uint32_t rip,
+                           const uint8_t *t, const tcp_opts *o, uint64_t now) noexcept nogil:
+        cdef uint8_t flags = tcp_flags(t)
+        cdef int32_t cid
+        cdef tcp_conn *c
+        # RFC 9293 3.10.7.2: "First, check for a RST: An incoming RST segment could not be
+        # valid since it could not have been sent in response to anything sent by this
+        # incarnation of the connection. An incoming RST should be ignored."
+        if flags & TH_RST:
+            return
+        # "Second, check for an ACK: Any acknowledgment is bad if it arrives on a connection
+        # still in the LISTEN state. An acceptable reset segment should be formed for any
+        # arriving ACK-bearing segment. The RST should be formatted as <SEQ=SEG.ACK><CTL=RST>"
+        if flags & TH_ACK:
+            self.cnt.no_conn_rst += 1
+            self.emit_rst(lip, tcp_dport(t), rip, tcp_sport(t), tcp_ackno(t), 0, 0)
+            return
+        if not (flags & TH_SYN):
+            return
+        if li.half_open >= li.backlog:
+            self.cnt.syn_backlog_full += 1
+            return
+        cid = self.conn_alloc()
+        if cid == NO_CONN:
+            return
+        c = &self.conns[cid]
+        self.conn_init(c, lip, tcp_dport(t), rip, tcp_sport(t), now)
+        # "Third, check for a SYN: ... Set RCV.NXT to SEG.SEQ+1, IRS is set to SEG.SEQ ...
+        # ISS should be selected and a SYN segment sent of the form
+        # <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK>"
+        c.irs = tcp_seq(t)
+        c.rcv_nxt = c.irs + 1
+        self.negotiate(c, o)
+        c.snd_wnd = c.max_snd_wnd = tcp_win(t)
+        c.snd_wl1 = c.irs
+        c.snd_wl2 = c.iss
+        c.parent = li.cid
+        li.half_open += 1
+        self.set_state(c, ST_SYN_RECEIVED)
+        self.ft_insert(cid)
+        self.output(c, now)
+
+    cdef void syn_sent_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o,
+                             uint64_t now) noexcept nogil:
+        cdef uint8_t flags = tcp_flags(t)
+        cdef uint32_t seq = tcp_seq(t), ack = tcp_ackno(t)
+        cdef bint ack_ok = False
+        if flags & TH_ACK:
+            # RFC 9293 3.10.7.3: "If SEG.ACK =< ISS or SEG.ACK > SND.NXT, send a reset
+            # (unless the RST bit is set, if so drop the segment and return)
+            # <SEQ=SEG.ACK><CTL=RST>"
+            if SEQ_LE(ack, c.iss) or SEQ_GT(ack, c.snd_max):
+                if not (flags & TH_RST):
+                    self.emit_rst(c.lip, c.lport, c.rip, c.rport, ack, 0, 0)
+                return
+            ack_ok = True
+        if flags & TH_RST:
+            # "If the ACK was acceptable, then signal to the user 'error: connection reset',
+            # drop the segment, enter CLOSED state ... Otherwise (no ACK), drop the segment"
+            if ack_ok:
+                self.cnt.rst_in += 1
+                self.conn_closed(c, EV_RESET)
+            return
+        if not (flags & TH_SYN):
+            return
+        c.irs = seq
+        c.rcv_nxt = seq + 1
+        self.negotiate(c, o)
+        # RFC 7323 2.2: the window of a <SYN,ACK> is not scaled
+        c.snd_wnd = c.max_snd_wnd = tcp_win(t)
+        c.snd_wl1 = seq
+        c.snd_wl2 = ack
+        if ack_ok:
+            # "If SND.UNA > ISS (our SYN has been ACKed), change the connection state to
+            # ESTABLISHED, form an ACK segment <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK> and send it"
+            c.snd_una = ack
+            if c.timing and SEQ_GE(ack, c.rtt_seq):
+                self.rtt_sample(c, now)
+            c.rtx_at = NO_DEADLINE
+            c.retries = 0
+            c.ack_now = 1
+            self.established(c, now)
+        else:
+            # "Otherwise, enter SYN-RECEIVED, form a SYN,ACK segment
+            # <SEQ=ISS><ACK=RCV.NXT><CTL=SYN,ACK> and send it" (simultaneous open)
+            self.set_state(c, ST_SYN_RECEIVED)
+            c.snd_nxt = c.iss
+            c.rtx_at = NO_DEADLINE
+
+    cdef void established(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        cdef tcp_listener *li
+        cdef int32_t cid = <int32_t>(c - self.conns)
+        self.set_state(c, ST_ESTABLISHED)
+        if c.parent != NO_CONN:
+            li = &self.listeners[self.conns[c.parent].lidx]
+            li.half_open -= 1
+            li.acceptq[(li.aq_head + li.aq_n) % ACCEPTQ_MAX] = cid
+            li.aq_n += 1
+            self.event(&self.conns[c.parent], EV_CONNECTED)
+        else:
+            self.event(c, EV_CONNECTED | EV_WRITABLE)
+        if c.fin_queued:
+            # RFC 9293 3.10.4 CLOSE in SYN-RECEIVED: the FIN was queued "for processing
+            # after entering ESTABLISHED state"
+            self.set_state(c, ST_FIN_WAIT_1)
+
+    cdef void rtt_sample(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        cdef uint64_t r = now - c.rtt_start, d
+        c.timing = 0
+        if not c.have_rtt:
+            # RFC 6298 2.2: SRTT <- R, RTTVAR <- R/2
+            c.srtt = r
+            c.rttvar = r // 2
+            c.have_rtt = 1
+        else:
+            # RFC 6298 2.3: RTTVAR <- 3/4 RTTVAR + 1/4 |SRTT - R'|; SRTT <- 7/8 SRTT + 1/8 R'
+            d = c.srtt - r if c.srtt > r else r - c.srtt
+            c.rttvar = (3 * c.rttvar + d) // 4
+            c.srtt = (7 * c.srtt + r) // 8
+        # RTO <- SRTT + max(G, K*RTTVAR), K = 4; clamped (2.4, 2.5)
+        c.rto = c.srtt + (4 * c.rttvar if 4 * c.rttvar > CLOCK_G_NS else CLOCK_G_NS)
+        if c.rto < self.cfg.rto_min_ns:
+            c.rto = self.cfg.rto_min_ns
+        if c.rto > self.cfg.rto_max_ns:
+            c.rto = self.cfg.rto_max_ns
+
+    cdef void conn_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o, uint32_t plen,
+                         uint64_t paddr, uint64_t now) noexcept nogil:
+        cdef uint8_t flags = tcp_flags(t)
+        cdef uint32_t seq = tcp_seq(t), ack = tcp_ackno(t), seglen, wnd, cut, fseq
+        cdef bint acceptable
+        if c.state == ST_SYN_SENT:
+            self.syn_sent_input(c, t, o, now)
+            return
+        if c.state == ST_SYN_RECEIVED and flags & TH_SYN and seq == c.irs \
+                and not (flags & TH_RST):
+            if flags & TH_ACK and ack == c.iss + 1:
+                # RFC 9293 3.5 Figure 8 (simultaneous open): the peer's <SYN,ACK> that
+                # acknowledges our SYN takes SYN-RECEIVED to ESTABLISHED
+                c.snd_una = ack
+                c.snd_wnd = c.max_snd_wnd = tcp_win(t)
+                c.snd_wl1 = seq
+                c.snd_wl2 = ack
+                c.rtx_at = NO_DEADLINE
+                c.retries = 0
+                c.ack_now = 1
+                self.established(c, now)
+            elif not (flags & TH_ACK):
+                # the peer retransmitted its SYN: our SYN,ACK was lost, send it again
+                c.snd_nxt = c.iss
+            return
+        # RFC 7323 5.3 (PAWS): "If SEG.TSval < TS.Recent and the RST bit is off ... send an
+        # acknowledgment in reply ... and drop the segment"
+        if c.ts_ok and o.has & OPT_TS and not (flags & TH_RST) \
+                and SEQ_LT(o.tsval, c.ts_recent):
+            self.cnt.paws_drops += 1
+            c.ack_now = 1
+            return
+        # RFC 9293 3.10.7.4 first: the sequence number test (the table of four cases)
+        seglen = plen + (1 if flags & TH_SYN else 0) + (1 if flags & TH_FIN else 0)
+        wnd = c.rcv_adv - c.rcv_nxt if SEQ_GT(c.rcv_adv, c.rcv_nxt) else 0
+        if seglen == 0:
+            if wnd == 0:
+                acceptable = seq == c.rcv_nxt
+            else:
+                acceptable = SEQ_LE(c.rcv_nxt, seq) and SEQ_LT(seq, c.rcv_nxt + wnd)
+        elif wnd == 0:
+            acceptable = False
+        else:
+            acceptable = (SEQ_LE(c.rcv_nxt, seq) and SEQ_LT(seq, c.rcv_nxt + wnd)) or \
+                (SEQ_LE(c.rcv_nxt, seq + seglen - 1) and SEQ_LT(seq + seglen - 1, c.rcv_nxt + wnd))
+        if not acceptable:
+            if flags & TH_RST:
+                # RFC 5961 3.2: "If the RST bit is set and the sequence number is outside the
+                # current receive window, silently drop the segment"
+                return
+            if flags & TH_SYN:
+                # RFC 5961 4.2: a SYN, "irrespective of the sequence number", gets a
+                # challenge ACK
+                self.challenge_ack(c, now)
+                return
+            if wnd == 0 and seq == c.rcv_nxt:
+                # RFC 9293 3.10.7.4: "If the RCV.WND is zero, no segments will be acceptable,
+                # but special allowance should be made to accept valid ACKs, URGs, and RSTs"
+                plen = 0
+                flags &= ~TH_FIN
+                c.ack_now = 1
+            else:
+                # "If an incoming segment is not acceptable, an acknowledgment should be sent
+                # in reply (unless the RST bit is set ...)"
+                self.cnt.unacceptable += 1
+                if SEQ_LE(seq + seglen, c.rcv_nxt):
+                    self.cnt.dup_segments += 1
+                if c.state == ST_TIME_WAIT and flags & TH_FIN:
+                    # RFC 9293 3.10.7.4 eighth, TIME-WAIT: a retransmitted FIN: "Restart the
+                    # 2 MSL time-wait timeout"
+                    c.tw_at = now + 2 * self.cfg.msl_ns
+                c.ack_now = 1
+                return
+        # RFC 7323 4.3: "If SEG.TSval >= TS.Recent and SEG.SEQ =< Last.ACK.sent then
+        # SEG.TSval is copied to TS.Recent"
+        if c.ts_ok and o.has & OPT_TS and SEQ_LE(seq, c.last_ack_sent) \
+                and SEQ_GE(o.tsval, c.ts_recent):
+            c.ts_recent = o.tsval
+        # Trim to the window: bytes below RCV.NXT were received already, bytes beyond the
+        # right edge are not accepted (and a FIN past it is not seen).
+        if SEQ_LT(seq, c.rcv_nxt) and not (flags & TH_SYN):
+            cut = c.rcv_nxt - seq
+            if cut > plen:
+                flags &= ~TH_FIN    # that FIN was received already
+                plen = 0
+            else:
+                paddr += cut
+                plen -= cut
+            seq = c.rcv_nxt
+            self.cnt.dup_segments += 1
+            c.ack_now = 1
+        if plen and SEQ_GT(seq + plen, c.rcv_nxt + wnd):
+            plen = c.rcv_nxt + wnd - seq
+            flags &= ~TH_FIN
+        # second: the RST bit
+        if flags & TH_RST:
+            if seq == c.rcv_nxt:
+                # RFC 5961 3.2: "If the RST bit is set and the sequence number exactly
+                # matches the next expected sequence number (RCV.NXT), then TCP MUST reset
+                # the connection"
+                self.cnt.rst_in += 1
+                self.conn_closed(c, EV_RESET)
+            else:
+                # "Otherwise (in the window, not exact), TCP MUST send an ACK (challenge
+                # ACK)"
+                self.challenge_ack(c, now)
+            return
+        # fourth: RFC 5961 4.2 a SYN in a synchronized state gets a challenge ACK
+        if flags & TH_SYN:
+            self.challenge_ack(c, now)
+            return
+        # fifth: "if the ACK bit is off, drop the segment and return"
+        if not (flags & TH_ACK):
+            return
+        if c.state == ST_SYN_RECEIVED:
+            # "If SND.UNA < SEG.ACK =< SND.NXT, then enter ESTABLISHED state ... If the
+            # segment acknowledgment is not acceptable, form a reset segment
+            # <SEQ=SEG.ACK><CTL=RST>"
+            if not (SEQ_LT(c.snd_una, ack) and SEQ_LE(ack, c.snd_max)):
+                self.emit_rst(c.lip, c.lport, c.rip, c.rport, ack, 0, 0)
+                return
+            if c.parent != NO_CONN and \
+                    self.listeners[self.conns[c.parent].lidx].aq_n >= \
+                    self.listeners[self.conns[c.parent].lidx].backlog:
+                # the accept queue is full: drop the ACK; our SYN,ACK will be retransmitted
+                self.cnt.accept_queue_full += 1
+                return
+            # "... and continue processing with the variables below set to:
+            # SND.WND <- SEG.WND, SND.WL1 <- SEG.SEQ, SND.WL2 <- SEG.ACK"
+            c.snd_wnd = <uint32_t>tcp_win(t) << c.snd_wscale
+            c.max_snd_wnd = umax(c.max_snd_wnd, c.snd_wnd)
+            c.snd_wl1 = seq
+            c.snd_wl2 = ack
+            self.established(c, now)
+        if not self.ack_input(c, t, plen, now):
+            return
+        if not c.in_use or c.state == ST_CLOSED:
+            return
+        # seventh: the segment text
+        if plen and may_receive_data(c.state):
+            self.data_input(c, seq, paddr, plen, now)
+        # eighth: the FIN bit
+        if flags & TH_FIN and c.state != ST_CLOSED and c.state != ST_TIME_WAIT:
+            fseq = seq + plen
+            if fseq == c.rcv_nxt:
+                self.fin_input(c, now)
+            elif SEQ_GT(fseq, c.rcv_nxt):
+                c.rcv_fin_pending = 1
+                c.rcv_fin_seq = fseq
+                c.ack_now = 1
+
+    cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, uint32_t plen,
+                        uint64_t now) noexcept nogil:
+        """RFC 9293 3.10.7.4 fifth (ESTABLISHED and later). False: drop the segment."""
+        cdef uint32_t ack = tcp_ackno(t), seq = tcp_seq(t), acked, freed = 0, data_to, k
+        cdef uint32_t win = <uint32_t>tcp_win(t) << c.snd_wscale
+        cdef uint8_t flags = tcp_flags(t)
+        cdef tcp_frag *f
+        if SEQ_GT(ack, c.snd_max):
+            # "If the ACK acks something not yet sent (SEG.ACK > SND.NXT), then send an ACK,
+            # drop the segment, and return"
+            c.ack_now = 1
+            return False
+        # RFC 5961 5.2: acceptable only if SND.UNA - MAX.SND.WND =< SEG.ACK; "All incoming
+        # segments whose ACK value doesn't satisfy the above condition MUST be discarded and
+        # an ACK sent back"
+        if SEQ_LT(ack, c.snd_una - c.max_snd_wnd):
+            self.challenge_ack(c, now)
+            return False
+        if SEQ_GT(ack, c.snd_una):
+            acked = ack - c.snd_una
+            # free the acknowledged bytes of the send queue (the FIN and SYN hold none)
+            data_to = ack if SEQ_LE(ack, c.snd_end) else c.snd_end
+            while c.sq_n:
+                f = &c.sq[c.sq_head]
+                if SEQ_LE(f.seq + f.len, data_to):
+                    freed += f.len
+                    c.sq_bytes -= f.len
+                    self.pool.unref(f.addr)
+                    c.sq_head = (c.sq_head + 1) % SQ_MAX
+                    c.sq_n -= 1
+                elif SEQ_LT(f.seq, data_to):
+                    k = data_to - f.seq
+                    f.addr += k
+                    f.seq += k
+                    f.len -= k
+                    c.sq_bytes -= k
+                    freed += k
+                    break
+                else:
+                    break
+            c.bytes_acked += freed
+            c.snd_una = ack
+            if SEQ_LT(c.snd_nxt, c.snd_una):
+                c.snd_nxt = c.snd_una
+            c.retries = 0
+            if c.timing and SEQ_GE(ack, c.rtt_seq):
+                self.rtt_sample(c, now)
+            if c.in_recovery:
+                if SEQ_GT(ack, c.recover):
+                    # RFC 6582 3.2 step 3 (full acknowledgment): "Set cwnd to
+                    # min (ssthresh, max(FlightSize, SMSS) + SMSS)" and exit recovery
+                    c.in_recovery = 0
+                    c.cc.cwnd = umin(c.cc.ssthresh,
+                                     umax(flight_size(c), c.snd_mss) + c.snd_mss)
+                else:
+                    # RFC 6582 3.2 step 4 (partial acknowledgment): retransmit the first
+                    # unacknowledged segment, deflate cwnd by the amount acknowledged, add
+                    # back SMSS if at least SMSS was acknowledged
+                    self.send_at(c, c.snd_una, c.snd_mss, now)
+                    c.cc.cwnd = c.cc.cwnd - acked if c.cc.cwnd > acked else c.snd_mss
+                    if acked >= c.snd_mss:
+                        c.cc.cwnd += c.snd_mss
+            else:
+                c.ops.on_ack(&c.cc, acked, c.srtt, now)
+            c.dupacks = 0
+            # RFC 6298 5.2: "When all outstanding data has been acknowledged, turn off the
+            # retransmission timer"; 5.3: "When an ACK is received that acknowledges new
+            # data, restart the retransmission timer"
+            c.rtx_at = NO_DEADLINE if c.snd_una == c.snd_max else now + c.rto
+            if freed and c.sq_bytes < self.cfg.snd_buf:
+                self.event(c, EV_WRITABLE)
+            if c.fin_queued and SEQ_GT(c.snd_una, c.snd_end):
+                # our FIN is acknowledged
+                if c.state == ST_FIN_WAIT_1:
+                    # RFC 9293 3.10.7.4: "if the FIN segment is now acknowledged, then enter
+                    # FIN-WAIT-2 and continue processing in that state"
+                    self.set_state(c, ST_FIN_WAIT_2)
+                elif c.state == ST_CLOSING:
+                    # "if the ACK acknowledges our FIN, then enter the TIME-WAIT state"
+                    self.time_wait(c, now)
+                elif c.state == ST_LAST_ACK:
+                    # "If our FIN is now acknowledged, delete the TCB, enter the CLOSED state"
+                    self.conn_closed(c, EV_CLOSED)
+                    return False
+        elif ack == c.snd_una and plen == 0 and not (flags & (TH_SYN | TH_FIN)) \
+                and win == c.snd_wnd and c.snd_max != c.snd_una:
+            # RFC 5681 2: a duplicate ACK (no data, no window change, data outstanding)
+            c.dupacks += 1
+            if c.dupacks == 3 and not c.in_recovery and SEQ_GT(ack, c.recover):
+                # RFC 6582 3.2 step 2: ssthresh from the CC module, record recover,
+                # retransmit the first unacknowledged segment, cwnd = ssthresh + 3*SMSS
+                c.ops.on_loss(&c.cc, flight_size(c), now)
+                c.recover = c.snd_max - 1
+                c.in_recovery = 1
+                self.cnt.fast_retransmits += 1
+                self.send_at(c, c.snd_una, c.snd_mss, now)
+                c.cc.cwnd = c.cc.ssthresh + 3 * c.snd_mss
+            elif c.in_recovery:
+                # step 3 of RFC 6582 3.2: "For each additional duplicate ACK received ...
+                # increment cwnd by SMSS" (inflation)
+                c.cc.cwnd += c.snd_mss
+        # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be updated. If
+        # (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)), set
+        # SND.WND <- SEG.WND, set SND.WL1 <- SEG.SEQ, and set SND.WL2 <- SEG.ACK"
+        if SEQ_GE(ack, c.snd_una) and (SEQ_LT(c.snd_wl1, seq) or
+                                       (c.snd_wl1 == seq and SEQ_LE(c.snd_wl2, ack))):
+            c.snd_wnd = win
+            c.max_snd_wnd = umax(c.max_snd_wnd, win)
+            c.snd_wl1 = seq
+            c.snd_wl2 = ack
+            if win:
+                c.persist_at = NO_DEADLINE
+                c.persist_shift = 0
+        return True
+
+    cdef void ooo_insert(self, tcp_conn *c, uint32_t seq, uint64_t addr,
+                         uint32_t plen) noexcept nogil:
+        """Queue [seq, seq+plen) out of order, trimmed against what is queued already so
+        the queue stays sorted with node.seq + node.len <= next.seq (no byte twice)."""
+        cdef uint32_t s = seq, e = seq + plen, a, b, i = 0, j
+        while i < c.ooo_n:
+            a = c.ooo[i].seq
+            b = a + c.ooo[i].len
+            if SEQ_LE(b, s):
+                i += 1
+                continue
+            if SEQ_GE(a, e):
+                break
+            if SEQ_LE(a, s) and SEQ_GE(b, e):
+                self.cnt.dup_segments += 1      # all of it is queued already
+                return
+            if SEQ_LE(s, a) and SEQ_GE(e, b):
+                # the new segment covers a queued one: that one goes
+                self.pool.unref(c.ooo[i].addr)
+                c.ooo_bytes -= c.ooo[i].len
+                for j in range(i, c.ooo_n - 1):
+                    c.ooo[j] = c.ooo[j + 1]
+                c.ooo_n -= 1
+                continue
+            if SEQ_LT(a, s):
+                addr += b - s       # a queued one overlaps our head: trim it
+                s = b
+                i += 1
+                continue
+            e = a                   # a queued one overlaps our tail: trim it
+            break
+        if c.ooo_n == OOO_MAX:
+            self.cnt.ooo_full += 1
+            return
+        j = c.ooo_n
+        while j > i:
+            c.ooo[j] = c.ooo[j - 1]
+            j -= 1
+        self.pool.ref(addr)
+        c.ooo[i].addr = addr
+        c.ooo[i].seq = s
+        c.ooo[i].len = e - s
+        c.ooo_n += 1
+        c.ooo_bytes += e - s
+        c.ooo_last_seq = s
+
+    cdef void data_input(self, tcp_conn *c, uint32_t seq, uint64_t addr, uint32_t plen,
+                         uint64_t now) noexcept nogil:
+        cdef bint had_ooo = c.ooo_n > 0
+        cdef tcp_frag *f
+        cdef uint32_t k, j
+        if seq != c.rcv_nxt:
+            # RFC 5681 4.2: "A TCP receiver SHOULD send an immediate duplicate ACK when an
+            # out-of-order segment arrives"
+            self.cnt.ooo_segments += 1
+            self.ooo_insert(c, seq, addr, plen)
+            c.ack_now = 1
+            return
+        if c.rq_n == RQ_MAX:
+            self.cnt.rq_full += 1
+            return
+        self.pool.ref(addr)
+        f = &c.rq[(c.rq_head + c.rq_n) % RQ_MAX]
+        f.addr = addr
+        f.seq = seq
+        f.len = plen
+        c.rq_n += 1
+        c.rq_bytes += plen
+        c.rcv_nxt += plen
+        c.bytes_in += plen
+        # the hole may be filled: move what now follows in order from the OOO queue
+        while c.ooo_n and SEQ_LE(c.ooo[0].seq, c.rcv_nxt) and c.rq_n < RQ_MAX:
+            f = &c.ooo[0]
+            if SEQ_LE(f.seq + f.len, c.rcv_nxt):
+                self.pool.unref(f.addr)
+            else:
+                k = c.rcv_nxt - f.seq
+                c.rq[(c.rq_head + c.rq_n) % RQ_MAX].addr = f.addr + k
+                c.rq[(c.rq_head + c.rq_n) % RQ_MAX].seq = c.rcv_nxt
+                c.rq[(c.rq_head + c.rq_n) % RQ_MAX].len = f.len - k
+                c.rq_n += 1
+                c.rq_bytes += f.len - k
+                c.rcv_nxt += f.len - k
+                c.bytes_in += f.len - k
+            c.ooo_bytes -= f.len
+            for j in range(c.ooo_n - 1):
+                c.ooo[j] = c.ooo[j + 1]
+            c.ooo_n -= 1
+        if c.released:
+            self.c_consume(<int32_t>(c - self.conns), c.rq_bytes, now)
+        else:
+            self.event(c, EV_READABLE)
+        if had_ooo:
+            # RFC 5681 4.2: "an immediate ACK when the segment fills in all or part of a gap"
+            c.ack_now = 1
+        elif c.rcv_nxt - c.last_ack_sent >= 2 * <uint32_t>c.rcv_mss:
+            # RFC 9293 3.8.6.3: "an ACK SHOULD be generated for at least every second
+            # full-sized segment"
+            c.ack_now = 1
+        elif c.delack_at == NO_DEADLINE:
+            # "... MUST NOT excessively delay acknowledgments ... the delay MUST be less than
+            # 0.5 seconds"
+            c.delack_at = now + self.cfg.delack_ns
+        if c.rcv_fin_pending and c.rcv_nxt == c.rcv_fin_seq:
+            self.fin_input(c, now)
+
+    cdef void fin_input(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        # RFC 9293 3.10.7.4 eighth: "advance RCV.NXT over the FIN, and send an
+        # acknowledgment for the FIN"
+        c.rcv_nxt += 1
+        c.rcv_fin_pending = 0
+        c.ack_now = 1
+        self.event(c, EV_PEER_CLOSED)
+        if c.state == ST_SYN_RECEIVED or c.state == ST_ESTABLISHED:
+            # "SYN-RECEIVED STATE, ESTABLISHED STATE: Enter the CLOSE-WAIT state"
+            self.set_state(c, ST_CLOSE_WAIT)
+        elif c.state == ST_FIN_WAIT_1:
+            # "If our FIN has been ACKed ... enter TIME-WAIT ... otherwise, enter the CLOSING
+            # state" (an ACK of our FIN took us to FIN-WAIT-2 already)
+            self.set_state(c, ST_CLOSING)
+        elif c.state == ST_FIN_WAIT_2:
+            # "Enter the TIME-WAIT state. Start the time-wait timer"
+            self.time_wait(c, now)
+
+    cdef void time_wait(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        self.set_state(c, ST_TIME_WAIT)
+        c.tw_at = now + 2 * self.cfg.msl_ns
+        c.rtx_at = c.persist_at = NO_DEADLINE
+        self.conn_release_frames(c, False)
+
+    # -- timers -----------------------------------------------------------------------------
+
+    cdef uint64_t next_deadline(self) noexcept nogil:
+        """The earliest armed timer (ns), or 0 when none is armed."""
+        cdef uint64_t best = 0
+        cdef uint32_t i
+        cdef tcp_conn *c
+        for i in range(self.max_conns):
+            c = &self.conns[i]
+            if not c.in_use:
+                continue
+            best = earliest(best, c.rtx_at)
+            best = earliest(best, c.persist_at)
+            best = earliest(best, c.delack_at)
+            best = earliest(best, c.tw_at)
+        return best
+
+    cdef void rto_fire(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        cdef bint syn = c.state == ST_SYN_SENT or c.state == ST_SYN_RECEIVED
+        self.cnt.rto_fired += 1
+        c.rtx_at = NO_DEADLINE
+        if c.retries >= (self.cfg.syn_retries if syn else self.cfg.max_retries):
+            self.cnt.timeouts += 1
+            self.conn_closed(c, EV_TIMEOUT)
+            return
+        c.retries += 1
+        # RFC 6298 5.5: "The host MUST set RTO <- RTO * 2 ("back off the timer")", with the
+        # maximum of 2.5
+        c.rto = c.rto * 2 if c.rto * 2 < self.cfg.rto_max_ns else self.cfg.rto_max_ns
+        if not syn:
+            c.ops.on_rto(&c.cc, flight_size(c), now)
+            c.in_recovery = 0
+            c.recover = c.snd_max - 1
+            c.dupacks = 0
+        # RFC 6298 5.4: "Retransmit the earliest segment that has not been acknowledged";
+        # sending resumes from SND.UNA as the (now one-segment) window allows
+        c.timing = 0
+        c.snd_nxt = c.snd_una
+
+    cdef void on_timer(self, uint64_t now) noexcept nogil:
+        """Fire every timer due at `now` and send what follows."""
+        cdef uint32_t i
+        cdef tcp_conn *c
+        cdef uint64_t t
+        for i in range(self.max_conns):
+            c = &self.conns[i]
+            if not c.in_use or c.state == ST_CLOSED or c.state == ST_LISTEN:
+                continue
+            if c.tw_at and now >= c.tw_at:
+                # RFC 9293 3.10.8: "If the time-wait timeout expires on a connection, delete
+                # the TCB, enter the CLOSED state, and return"
+                self.conn_closed(c, EV_CLOSED)
+                continue
+            if c.delack_at and now >= c.delack_at:
+                c.delack_at = NO_DEADLINE
+                c.ack_now = 1
+            if c.rtx_at and now >= c.rtx_at:
+                self.rto_fire(c, now)
+                if not c.in_use or c.state == ST_CLOSED:
+                    continue
+            if c.persist_at and now >= c.persist_at:
+                # RFC 9293 3.8.6.1 / RFC 1122 4.2.2.17: probe the zero window, backing off;
+                # the probe is the segment below the window (SEQ = SND.UNA - 1) that makes
+                # the receiver answer with its current window, as Linux does
+                self.cnt.persist_probes += 1
+                self.emit(c, c.snd_una - 1, TH_ACK, 0, 0, now)
+                if c.persist_shift < PERSIST_MAX_SHIFT:
+                    c.persist_shift += 1
+                t = c.rto << c.persist_shift
+                c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
+            self.output(c, now)
+
+    # -- application calls ------------------------------------------------------------------
+
+    cdef int32_t c_connect(self, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport,
+                           uint64_t now) noexcept nogil:
+        """Active open (RFC 9293 3.10.1); lport 0 takes a free ephemeral port. NO_CONN when
+        the 4-tuple is taken, no port is free or the table is full."""
+        cdef uint32_t k, span = <uint32_t>self.cfg.eph_hi - self.cfg.eph_lo + 1
+        cdef int32_t cid
+        cdef tcp_conn *c
+        if lport == 0:
+            for k in range(span):
+                if self.ft_find(lip, self.eph_next, rip, rport) == NO_CONN:
+                    lport = self.eph_next
+                self.eph_next = self.cfg.eph_lo if self.eph_next == self.cfg.eph_hi \
+                    else self.eph_next + 1
+                if lport:
+                    break
+            if lport == 0:
+                return NO_CONN
+        elif self.ft_find(lip, lport, rip, rport) != NO_CONN:
+            return NO_CONN
+        cid = self.conn_alloc()
+        if cid == NO_CONN:
+            return NO_CONN
+        c = &self.conns[cid]
+        self.conn_init(c, lip, lport, rip, rport, now)
+        self.set_state(c, ST_SYN_SENT)
+        self.ft_insert(cid)
+        self.output(c, now)
+        return cid
+
+    cdef int32_t c_listen(self, uint32_t lip, uint16_t lport, uint32_t backlog) noexcept nogil:
+        cdef int32_t cid, i, slot = -1
+        for i in range(MAX_LISTENERS):
+            if self.listeners[i].in_use:
+                if self.listeners[i].lport == lport and self.listeners[i].lip == lip:
+                    return NO_CONN
+            elif slot < 0:
+                slot = i
+        if slot < 0:
+            return NO_CONN
+        cid = self.conn_alloc()
+        if cid == NO_CONN:
+            return NO_CONN
+        self.conns[cid].lip = lip
+        self.conns[cid].lport = lport
+        self.conns[cid].lidx = slot
+        self.set_state(&self.conns[cid], ST_LISTEN)
+        memset(&self.listeners[slot], 0, sizeof(tcp_listener))
+        self.listeners[slot].in_use = 1
+        self.listeners[slot].cid = cid
+        self.listeners[slot].lip = lip
+        self.listeners[slot].lport = lport
+        self.listeners[slot].backlog = umax(1, umin(backlog, ACCEPTQ_MAX))
+        return cid
+
+    cdef int32_t c_accept(self, int32_t lcid) noexcept nogil:
+        cdef tcp_listener *li
+        cdef int32_t cid
+        if lcid < 0 or <uint32_t>lcid >= self.max_conns or self.conns[lcid].state != ST_LISTEN:
+            return NO_CONN
+        li = &self.listeners[self.conns[lcid].lidx]
+        if li.aq_n == 0:
+            return NO_CONN
+        cid = li.acceptq[li.aq_head]
+        li.aq_head = (li.aq_head + 1) % ACCEPTQ_MAX
+        li.aq_n -= 1
+        self.conns[cid].parent = NO_CONN
+        return cid
+
+    cdef int64_t c_send(self, int32_t cid, const uint8_t *data, uint32_t n,
+                        uint64_t now) noexcept nogil:
+        """Copy up to n bytes into the send queue; returns how many were taken (fewer when
+        the queue limit or the pool is hit, both counted), or -1 if the connection cannot
+        send (closed, or the send side was shut down)."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef uint32_t room, done = 0, k, chunk, used
+        cdef uint64_t base, a
+        cdef tcp_frag *f
+        if not (c.state == ST_SYN_SENT or c.state == ST_SYN_RECEIVED or
+                c.state == ST_ESTABLISHED or c.state == ST_CLOSE_WAIT) or c.fin_queued:
+            return -1
+        room = self.cfg.snd_buf - c.sq_bytes if self.cfg.snd_buf > c.sq_bytes else 0
+        if n > room:
+            self.cnt.sq_full += 1
+            n = room
+        chunk = umin(c.snd_mss, self.pool.frame_size)
+        while done < n:
+            f = &c.sq[(c.sq_head + c.sq_n - 1) % SQ_MAX] if c.sq_n else NULL
+            if f != NULL:
+                base = f.addr - f.addr % self.pool.frame_size
+                used = <uint32_t>(f.addr + f.len - base)
+            if f != NULL and used < chunk:
+                k = umin(chunk - used, n - done)
+                memcpy(self.pool.frame_ptr(f.addr + f.len), data + done, k)
+                f.len += k
+            else:
+                if c.sq_n == SQ_MAX:
+                    self.cnt.sq_full += 1
+                    break
+                a = self.pool.alloc_frame()
+                if a == VTL_NO_FRAME:
+                    self.cnt.no_frames += 1
+                    break
+                k = umin(chunk, n - done)
+                memcpy(self.pool.frame_ptr(a), data + done, k)
+                f = &c.sq[(c.sq_head + c.sq_n) % SQ_MAX]
+                f.addr = a
+                f.seq = c.snd_end
+                f.len = k
+                c.sq_n += 1
+            c.snd_end += k
+            c.sq_bytes += k
+            done += k
+        self.output(c, now)
+        return done
+
+    cdef uint32_t c_peek(self, int32_t cid, tcp_frag *out, uint32_t max_n) noexcept nogil:
+        """The unconsumed in-order bytes as up to max_n fragments (addr, len), no copy."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef uint32_t i, n = umin(max_n, c.rq_n)
+        for i in range(n):
+            out[i] = c.rq[(c.rq_head + i) % RQ_MAX]
+        return n
+
+    cdef void c_consume(self, int32_t cid, uint32_t n, uint64_t now) noexcept nogil:
+        """The app is done with the first n unconsumed bytes: fully consumed fragments give
+        their frame references back; the window may reopen (then an update is sent)."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef tcp_frag *f
+        cdef uint32_t cur
+        while n and c.rq_n:
+            f = &c.rq[c.rq_head]
+            if n >= f.len:
+                n -= f.len
+                c.rq_bytes -= f.len
+                self.pool.unref(f.addr)
+                c.rq_head = (c.rq_head + 1) % RQ_MAX
+                c.rq_n -= 1
+            else:
+                f.addr += n
+                f.seq += n
+                f.len -= n
+                c.rq_bytes -= n
+                n = 0
+        if may_receive_data(c.state) and self.window_can_open(c):
+            cur = c.rcv_adv - c.rcv_nxt if SEQ_GT(c.rcv_adv, c.rcv_nxt) else 0
+            # a window update when the advertised window had closed below half the buffer;
+            # otherwise the next ACK carries the larger window
+            if cur < self.cfg.rcv_buf // 2:
+                c.ack_now = 1
+                self.output(c, now)
+
+    cdef void c_shutdown(self, int32_t cid, uint64_t now) noexcept nogil:
+        """No more data from the app: the FIN follows the queued bytes (RFC 9293 3.10.4)."""
+        cdef tcp_conn *c = &self.conns[cid]
+        if c.fin_queued:
+            return
+        if c.state == ST_SYN_SENT:
+            # "SYN-SENT STATE: Delete the TCB and return 'error: closing' responses to any
+            # queued SENDs, or RECEIVEs"
+            self.conn_closed(c, EV_CLOSED)
+            return
+        if c.state == ST_SYN_RECEIVED:
+            c.fin_queued = 1        # sent once ESTABLISHED (see established())
+        elif c.state == ST_ESTABLISHED:
+            # "ESTABLISHED STATE: Queue this until all preceding SENDs have been
+            # segmentized, then form a FIN segment and send it. In any case, enter
+            # FIN-WAIT-1 state."
+            c.fin_queued = 1
+            self.set_state(c, ST_FIN_WAIT_1)
+        elif c.state == ST_CLOSE_WAIT:
+            # "CLOSE-WAIT STATE: Queue this request until all preceding SENDs have been
+            # segmentized; then send a FIN segment, enter LAST-ACK state."
+            c.fin_queued = 1
+            self.set_state(c, ST_LAST_ACK)
+        else:
+            return
+        self.output(c, now)
+
+    cdef void c_close(self, int32_t cid, uint64_t now) noexcept nogil:
+        """The app lets go of the handle: unread bytes are dropped, the FIN goes out after
+        the queued data, and the slot is freed once the connection is CLOSED. Closing a
+        listener aborts the children it has not handed out."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef tcp_listener *li
+        cdef uint32_t i
+        if not c.in_use or c.released:
+            return
+        c.released = 1
+        if c.state == ST_LISTEN:
+            li = &self.listeners[c.lidx]
+            for i in range(self.max_conns):
+                if self.conns[i].in_use and self.conns[i].parent == cid:
+                    self.conns[i].parent = NO_CONN
+                    self.conns[i].released = 1
+                    self.c_abort(<int32_t>i, now)
+            li.in_use = 0
+            self.set_state(c, ST_CLOSED)
+            self.conn_free(c)
+            return
+        self.c_consume(cid, c.rq_bytes, now)
+        if c.state == ST_CLOSED:
+            self.conn_free(c)
+            return
+        self.c_shutdown(cid, now)
+
+    cdef void c_abort(self, int32_t cid, uint64_t now) noexcept nogil:
+        """ABORT (RFC 9293 3.10.5): in a synchronized state send <SEQ=SND.NXT><CTL=RST>,
+        then CLOSED; queued data is dropped."""
+        cdef tcp_conn *c = &self.conns[cid]
+        if c.state == ST_CLOSED or c.state == ST_LISTEN:
+            return
+        if c.state != ST_SYN_SENT and c.state != ST_TIME_WAIT:
+            self.emit_rst(c.lip, c.lport, c.rip, c.rport, c.snd_max, 0, 0)
+        self.conn_closed(c, EV_RESET)
+
+    # -- Python API: tests and the control plane --------------------------------------------
+
+    cdef tcp_conn *_conn(self, int cid) except NULL:
+        if cid < 0 or <uint32_t>cid >= self.max_conns or not self.conns[cid].in_use:
+            raise ValueError(f"no connection {cid}")
+        return &self.conns[cid]
+
+    def feed(self, const uint8_t[:] packet, uint64_t now):
+        """Receive one IPv4+TCP packet (bytes). Returns True if it passed validate()."""
+        cdef uint64_t a
+        cdef uint32_t n = len(packet)
+        cdef int r
+        if n == 0 or n > self.pool.frame_size:
+            raise ValueError(f"a {n}-byte packet does not fit a frame")
+        a = self.pool.alloc_frame()
+        if a == VTL_NO_FRAME:
+            raise MemoryError("frame pool exhausted")
+        memcpy(self.pool.frame_ptr(a), &packet[0], n)
+        r = self.validate(self.pool.frame_ptr(a), n)
+        if r == 0:
+            self.input(a, now)
+        self.pool.unref(a)
+        return r == 0
+
+    def segments(self):
+        """Pop every pending segment as IPv4+TCP packet bytes."""
+        cdef uint8_t buf[4096]
+        cdef uint32_t n
+        out = []
+        while True:
+            n = self.pop_out(buf, sizeof(buf))
+            if n == 0:
+                return out
+            out.append(PyBytes_FromStringAndSize(<char *>buf, n))
+
+    def events(self):
+        """Pop pending events: a list of (cid, set of event names)."""
+        cdef uint32_t mask
+        cdef int32_t cid
+        out = []
+        while True:
+            cid = self.pop_event(&mask)
+            if cid == NO_CONN:
+                return out
+            out.append((cid, {name for bit, name in EVENT_NAMES.items() if mask & bit}))
+
+    def connect(self, str lip, uint16_t lport, str rip, uint16_t rport, uint64_t now):
+        cdef int32_t cid = self.c_connect(_ip(lip), lport, _ip(rip), rport, now)
+        if cid == NO_CONN:
+            raise OSError("connect: 4-tuple in use, no free port, or connection table full")
+        return cid
+
+    def listen(self, str lip, uint16_t lport, uint32_t backlog=128):
+        cdef int32_t cid = self.c_listen(_ip(lip), lport, backlog)
+        if cid == NO_CONN:
+            raise OSError("listen: address in use or too many listeners")
+        return cid
+
+    def accept(self, int lcid):
+        cdef int32_t cid = self.c_accept(lcid)
+        return None if cid == NO_CONN else cid
+
+    def send(self, int cid, const uint8_t[:] data, uint64_t now):
+        self._conn(cid)
+        if len(data) == 0:
+            return 0
+        cdef int64_t n = self.c_send(cid, &data[0], len(data), now)
+        if n < 0:
+            raise OSError(f"send on connection {cid} in state {self.state(cid)}")
+        return n
+
+    def peek(self, int cid):
+        """Unconsumed bytes as [(umem_addr, length)], straight from the received frames."""
+        cdef tcp_frag frags[RQ_MAX]
+        cdef uint32_t i, n
+        self._conn(cid)
+        n = self.c_peek(cid, frags, RQ_MAX)
+        return [(frags[i].addr, frags[i].len) for i in range(n)]
+
+    def recv(self, int cid, uint64_t now, int max_bytes=-1):
+        """Copy out (and consume) up to max_bytes unconsumed bytes (all with -1)."""
+        chunks = []
+        total = 0
+        for addr, n in self.peek(cid):
+            if max_bytes >= 0 and total + n > max_bytes:
+                n = max_bytes - total
+            if n <= 0:
+                break
+            chunks.append(self.pool.read(addr, n))
+            total += n
+        self.c_consume(cid, total, now)
+        return b"".join(chunks)
+
+    def consume(self, int cid, uint32_t n, uint64_t now):
+        self._conn(cid)
+        self.c_consume(cid, n, now)
+
+    def shutdown(self, int cid, uint64_t now):
+        self._conn(cid)
+        self.c_shutdown(cid, now)
+
+    def close(self, int cid, uint64_t now):
+        self._conn(cid)
+        self.c_close(cid, now)
+
+    def abort(self, int cid, uint64_t now):
+        self._conn(cid)
+        self.c_abort(cid, now)
+
+    def on_timer_(self, uint64_t now):
+        self.on_timer(now)
+
+    def deadline(self):
+        """The earliest armed timer in ns, or None."""
+        cdef uint64_t t = self.next_deadline()
+        return None if t == 0 else t
+
+    def exists(self, int cid):
+        return 0 <= cid < <int>self.max_conns and self.conns[cid].in_use == 1
+
+    def state(self, int cid):
+        return STATE_NAMES[self._conn(cid).state]
+
+    def info(self, int cid):
+        cdef tcp_conn *c = self._conn(cid)
+        return {
+            "state": STATE_NAMES[c.state], "iss": c.iss, "irs": c.irs,
+            "snd_una": c.snd_una, "snd_nxt": c.snd_nxt, "snd_max": c.snd_max,
+            "snd_end": c.snd_end, "snd_wnd": c.snd_wnd, "rcv_nxt": c.rcv_nxt,
+            "rcv_wnd": c.rcv_adv - c.rcv_nxt if SEQ_GT(c.rcv_adv, c.rcv_nxt) else 0,
+            "snd_mss": c.snd_mss, "rcv_mss": c.rcv_mss, "ws_ok": bool(c.ws_ok),
+            "ts_ok": bool(c.ts_ok), "sack_ok": bool(c.sack_ok),
+            "snd_wscale": c.snd_wscale, "rcv_wscale": c.rcv_wscale,
+            "cwnd": c.cc.cwnd, "ssthresh": c.cc.ssthresh,
+            "cc": c.ops.name.decode() if c.ops != NULL else None,
+            "in_recovery": bool(c.in_recovery), "srtt_ns": c.srtt, "rto_ns": c.rto,
+            "rq_bytes": c.rq_bytes, "rq_frags": c.rq_n, "ooo_frags": c.ooo_n,
+            "ooo_bytes": c.ooo_bytes, "sq_bytes": c.sq_bytes, "sq_frames": c.sq_n,
+            "bytes_in": c.bytes_in, "bytes_acked": c.bytes_acked,
+            "retransmits": c.retransmits, "ts_recent": c.ts_recent,
+            "ooo": [(c.ooo[i].seq, c.ooo[i].len) for i in range(c.ooo_n)],
+            "timers": {"rtx": c.rtx_at, "persist": c.persist_at, "delack": c.delack_at,
+                       "time_wait": c.tw_at},
+        }
+
+    def counters(self):
+        d = dict(self.cnt)
+        d["conns"] = self.nconns
+        d["pending_out"] = self.out_n
+        return d
+
+    def transition_counts(self):
+        """{(from, to): count} of every state change so far."""
+        cdef int a, b
+        return {(STATE_NAMES[a], STATE_NAMES[b]): self.transitions[a][b]
+                for a in range(ST_NSTATES) for b in range(ST_NSTATES) if self.transitions[a][b]}
+
+
+cdef uint32_t _ip(str s) except? 0:
+    return int.from_bytes(socket.inet_aton(s), "little")
+
+
+def parse_options(const uint8_t[:] header):
+    """Parse the options of a TCP header (bytes, data offset as given; the header must be
+    complete): a dict of what was found, or None when the option list is malformed."""
+    cdef tcp_opts o
+    cdef int k
+    if len(header) < TCP_MIN_HLEN or tcp_hlen(&header[0]) < TCP_MIN_HLEN \
+            or tcp_hlen(&header[0]) > len(header):
+        raise ValueError("not a complete TCP header")
+    if tcp_parse_opts(&header[0], &o) < 0:
+        return None
+    d = {}
+    if o.has & OPT_MSS:
+        d["mss"] = o.mss
+    if o.has & OPT_WSCALE:
+        d["wscale"] = o.wscale
+    if o.has & OPT_SACK_PERM:
+        d["sack_perm"] = True
+    if o.has & OPT_TS:
+        d["ts"] = (o.tsval, o.tsecr)
+    if o.has & OPT_SACK:
+        d["sack"] = [(o.sack[k][0], o.sack[k][1]) for k in range(o.nsack)]
+    return d
+
+
+def emit_options(dict d):
+    """The option bytes tcp_emit_opts() writes for a dict shaped like parse_options()'s."""
+    cdef tcp_opts o
+    cdef uint8_t buf[TCP_MAX_OPTLEN]
+    cdef uint8_t n
+    cdef int k
+    memset(&o, 0, sizeof(o))
+    if "mss" in d:
+        o.has |= OPT_MSS
+        o.mss = d["mss"]
+    if "wscale" in d:
+        o.has |= OPT_WSCALE
+        o.wscale = d["wscale"]
+    if d.get("sack_perm"):
+        o.has |= OPT_SACK_PERM
+    if "ts" in d:
+        o.has |= OPT_TS
+        o.tsval, o.tsecr = d["ts"]
+    if d.get("sack"):
+        o.has |= OPT_SACK
+        o.nsack = min(len(d["sack"]), TCP_MAX_SACK)
+        for k in range(o.nsack):
+            o.sack[k][0], o.sack[k][1] = d["sack"][k]
+    n = tcp_emit_opts(buf, &o)
+    return PyBytes_FromStringAndSize(<char *>buf, n)
+
+
+def cc_trace(str name, uint32_t mss, double w0, double rtt, int rounds, bint loss=True):
+    """Drive a congestion control module alone: start in congestion avoidance at w0
+    segments, signal one loss at t=0 (if `loss`), then acknowledge a full window every
+    RTT for `rounds` RTTs, one ACK per segment. Returns [(t_seconds, cwnd_segments)] at the
+    end of each round, plus the module's W_max and K after the loss."""
+    cdef tcp_cc cc
+    cdef const tcp_cc_ops *ops
+    cdef uint64_t now = 1000000000, rtt_ns = <uint64_t>(rtt * 1e9), step
+    cdef uint32_t segs, i
+    cdef int r
+    if name == "newreno":
+        ops = &tcp_cc_newreno
+    elif name == "cubic":
+        ops = &tcp_cc_cubic
+    else:
+        raise ValueError(name)
+    ops.init(&cc, mss)
+    cc.cwnd = <uint32_t>(w0 * mss)
+    cc.ssthresh = cc.cwnd
+    t0 = now
+    if loss:
+        ops.on_loss(&cc, cc.cwnd, now)
+    after = cc.cwnd / mss
+    trace = []
+    for r in range(rounds):
+        segs = cc.cwnd // mss
+        step = rtt_ns // (segs if segs else 1)
+        for i in range(segs):
+            now += step
+            ops.on_ack(&cc, mss, rtt_ns, now)
+        trace.append(((now - t0) / 1e9, cc.cwnd / mss))
+    # CUBIC fixes W_max and K when the avoidance epoch starts (the first ACK after the loss)
+    return {"w_max": cc.w_max, "k": cc.k, "cwnd_after_loss": after, "trace": trace}
