@@ -68,6 +68,8 @@ cdef extern from "<sys/prctl.h>" nogil:
               unsigned long a5)
 
 # Counters, per direction (direction d uses [d * N_COUNTERS, (d + 1) * N_COUNTERS)).
+# queue_full: dropped because the ring was full; send_errors: refused by the egress (mostly
+# tbf's queue being full, i.e. the rate limit's own drops).
 COUNTERS = ("received", "sent", "reordered", "queue_full", "truncated", "send_errors")
 cdef enum:
     C_RECEIVED = 0

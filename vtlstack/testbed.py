@@ -212,7 +212,10 @@ class _Wire:
 
     def _start_forwarder(self) -> None:
         # The wire has no addresses and ip_forward=0, so only the forwarder moves frames.
-        queue = max(64, min(4096, (32 << 20) // self.frame_size))
+        # Enough slots for ~400 kpps over the delay (more than the forwarder moves), within
+        # 256 MiB; calloc'd memory costs nothing until a backlog actually fills it.
+        hold_ms = self.impair.get("delay_ms", 0) + self.impair.get("reorder_extra_ms", 0)
+        queue = max(1024, min(int(hold_ms * 400), 65536, (256 << 20) // self.frame_size))
         argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vtlstack.wire",
                 "--a", self.a, "--b", self.b,
                 "--delay-ms", str(self.impair.get("delay_ms", 0)),
