@@ -104,6 +104,8 @@ ctypedef struct tcp_config:
     uint8_t wscale          # offer window scaling
     uint8_t timestamps      # offer timestamps
     uint8_t sack            # offer SACK-permitted
+    uint8_t nodelay         # new connections start with Nagle off
+    uint32_t challenge_ack_limit    # RFC 5961 7: challenge ACKs per second, engine-wide
     const tcp_cc_ops *cc
 
 
@@ -137,6 +139,8 @@ ctypedef struct tcp_counters:
     uint64_t bad_transitions
     uint64_t timeouts
     uint64_t evq_full
+    uint64_t challenge_acks_limited
+    uint64_t keepalive_probes
 
 
 ctypedef struct tcp_conn:
@@ -156,6 +160,9 @@ ctypedef struct tcp_conn:
     uint8_t retries
     uint8_t persist_shift
     uint8_t have_rtt
+    uint8_t nodelay         # Nagle off (RFC 9293 3.7.4: the app MUST be able to disable it)
+    uint8_t ka_count        # keep-alive probes without an answer before ETIMEDOUT
+    uint8_t ka_sent
     int32_t parent          # listener cid of a child not yet accepted, else NO_CONN
     int32_t lidx            # listener index when state == LISTEN
     uint32_t ev_pending
@@ -189,6 +196,9 @@ ctypedef struct tcp_conn:
     uint64_t persist_at
     uint64_t delack_at
     uint64_t tw_at
+    uint64_t ka_at
+    uint64_t ka_idle_ns     # keep-alive: idle time before the first probe; 0 = off
+    uint64_t ka_intvl_ns
     # RFC 6298 state, ns
     uint64_t srtt
     uint64_t rttvar
@@ -255,6 +265,8 @@ cdef class TcpEngine:
     cdef uint16_t ip_ident
     cdef uint16_t eph_next
     cdef uint64_t transitions[ST_NSTATES][ST_NSTATES]
+    cdef uint64_t ca_window_start
+    cdef uint32_t ca_count
 
     # -- network thread: input, timers, output --
     cdef int validate(self, const uint8_t *ip, uint32_t avail) noexcept nogil
@@ -274,6 +286,9 @@ cdef class TcpEngine:
     cdef void c_shutdown(self, int32_t cid, uint64_t now) noexcept nogil
     cdef void c_close(self, int32_t cid, uint64_t now) noexcept nogil
     cdef void c_abort(self, int32_t cid, uint64_t now) noexcept nogil
+    cdef void c_set_nodelay(self, int32_t cid, bint on, uint64_t now) noexcept nogil
+    cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
+                              uint8_t count, uint64_t now) noexcept nogil
     cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil
     # -- internals --
     cdef void set_state(self, tcp_conn *c, uint8_t to) noexcept nogil

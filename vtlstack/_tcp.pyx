@@ -149,7 +149,8 @@ cdef class TcpEngine:
                   double msl=30.0, double rto_init=1.0, double rto_min=0.2,
                   double rto_max=60.0, double delack=0.04, uint32_t max_retries=8,
                   uint32_t syn_retries=5, str cc="newreno", bint wscale=True,
-                  bint timestamps=True, bint sack=True, uint32_t out_cap=4096,
+                  bint timestamps=True, bint sack=True, bint nodelay=False,
+                  uint32_t challenge_ack_limit=1000, uint32_t out_cap=4096,
                   uint16_t eph_lo=61000, uint16_t eph_hi=65535, uint64_t seed=0x5eed):
         cdef uint32_t i, size = 16
         if max_conns == 0:
@@ -178,6 +179,8 @@ cdef class TcpEngine:
         self.cfg.wscale = wscale
         self.cfg.timestamps = timestamps
         self.cfg.sack = sack
+        self.cfg.nodelay = nodelay
+        self.cfg.challenge_ack_limit = challenge_ack_limit
         self.cfg.eph_lo = eph_lo
         self.cfg.eph_hi = eph_hi
         self.eph_next = eph_lo
@@ -262,6 +265,12 @@ cdef class TcpEngine:
                 return
             if self.ftab[i] == <uint32_t>cid + 1:
                 self.ftab[i] = FT_TOMB
+                # a run of tombstones that ends at an empty slot ends no probe chain:
+                # empty it, so churn does not leave the table full of tombstones
+                if self.ftab[(i + 1) & self.ftab_mask] == 0:
+                    while self.ftab[i] == FT_TOMB:
+                        self.ftab[i] = 0
+                        i = (i - 1) & self.ftab_mask
                 return
             i = (i + 1) & self.ftab_mask
 
@@ -331,17 +340,18 @@ cdef class TcpEngine:
 
     cdef void conn_closed(self, tcp_conn *c, uint32_t ev) noexcept nogil:
         """The connection reached CLOSED: timers off, out of the flow table, send side and
-        OOO frames back to the pool (and the unread bytes too after a reset or timeout, or
-        when the app has let go). Unaccepted children and released handles free their slot."""
+        OOO frames back to the pool. Bytes already acknowledged stay readable (also after a
+        reset or a timeout) until the app lets go. Unaccepted children and released handles
+        free their slot."""
         cdef uint8_t was = c.state
         cdef int32_t cid = <int32_t>(c - self.conns)
         cdef tcp_listener *li
         cdef uint32_t i, j
         if c.state != ST_CLOSED:
             self.set_state(c, ST_CLOSED)
-        c.rtx_at = c.persist_at = c.delack_at = c.tw_at = NO_DEADLINE
+        c.rtx_at = c.persist_at = c.delack_at = c.tw_at = c.ka_at = NO_DEADLINE
         self.ft_remove(cid)
-        self.conn_release_frames(c, ev == EV_RESET or ev == EV_TIMEOUT or c.released)
+        self.conn_release_frames(c, c.released)
         if c.parent != NO_CONN:
             li = &self.listeners[self.conns[c.parent].lidx]
             if was == ST_SYN_RECEIVED:
@@ -385,6 +395,7 @@ cdef class TcpEngine:
         c.rcv_mss = <uint16_t>self.cfg.mss
         c.ops = self.cfg.cc
         c.ops.init(&c.cc, c.snd_mss)
+        c.nodelay = self.cfg.nodelay
 
     cdef void negotiate(self, tcp_conn *c, const tcp_opts *o) noexcept nogil:
         """Settle the options of the handshake from the peer's SYN or SYN,ACK: each is on
@@ -584,6 +595,12 @@ cdef class TcpEngine:
                 return 0
             off = seq - f.seq
             n = umin(umin(f.len - off, c.snd_mss), room)
+            if c.snd_end - seq < c.snd_mss and seq == c.snd_max and c.snd_max != c.snd_una \
+                    and not c.nodelay and not c.fin_queued:
+                # RFC 9293 3.7.4 (Nagle): "queue the data ... until all outstanding data
+                # has been acknowledged or until the TCP can send a full-sized segment";
+                # a shut-down send side flushes
+                return 0
             addr = f.addr + off
             if seq + n == c.snd_end:
                 flags |= TH_PSH
@@ -657,6 +674,14 @@ cdef class TcpEngine:
 
     cdef void challenge_ack(self, tcp_conn *c, uint64_t now) noexcept nogil:
         # RFC 5961 3.2 / 4.2 / 5.2: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
+        # RFC 5961 7: "An implementation SHOULD include an ACK throttling mechanism"
+        if now - self.ca_window_start >= 1000000000:
+            self.ca_window_start = now
+            self.ca_count = 0
+        if self.ca_count >= self.cfg.challenge_ack_limit:
+            self.cnt.challenge_acks_limited += 1
+            return
+        self.ca_count += 1
         self.cnt.challenge_acks += 1
         self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
 
@@ -860,6 +885,11 @@ cdef class TcpEngine:
         if c.state == ST_SYN_SENT:
             self.syn_sent_input(c, t, o, now)
             return
+        if c.ka_idle_ns:
+            # RFC 9293 3.8.4: keep-alive probes only after an idle interval; anything heard
+            # from the peer restarts it
+            c.ka_sent = 0
+            c.ka_at = now + c.ka_idle_ns
         if c.state == ST_SYN_RECEIVED and flags & TH_SYN and seq == c.irs \
                 and not (flags & TH_RST):
             if flags & TH_ACK and ack == c.iss + 1:
@@ -948,6 +978,10 @@ cdef class TcpEngine:
             flags &= ~TH_FIN
         # second: the RST bit
         if flags & TH_RST:
+            if c.state == ST_TIME_WAIT:
+                # RFC 1337 4 (TIME-WAIT assassination, fix F1): "Ignore RST segments in
+                # TIME-WAIT state"; the 2 MSL timer ends it
+                return
             if seq == c.rcv_nxt:
                 # RFC 5961 3.2: "If the RST bit is set and the sequence number exactly
                 # matches the next expected sequence number (RCV.NXT), then TCP MUST reset
@@ -1263,6 +1297,7 @@ cdef class TcpEngine:
             best = earliest(best, c.persist_at)
             best = earliest(best, c.delack_at)
             best = earliest(best, c.tw_at)
+            best = earliest(best, c.ka_at)
         return best
 
     cdef void rto_fire(self, tcp_conn *c, uint64_t now) noexcept nogil:
@@ -1318,6 +1353,20 @@ cdef class TcpEngine:
                     c.persist_shift += 1
                 t = c.rto << c.persist_shift
                 c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
+            if c.ka_at and now >= c.ka_at:
+                if c.snd_max != c.snd_una or c.persist_at or c.state == ST_TIME_WAIT:
+                    c.ka_at = now + c.ka_idle_ns    # retransmission or persist is at work
+                elif c.ka_sent >= c.ka_count:
+                    self.cnt.timeouts += 1
+                    self.conn_closed(c, EV_TIMEOUT)
+                    continue
+                else:
+                    # RFC 9293 3.8.4: a probe "with SEG.SEQ = SND.NXT-1", which the peer
+                    # must answer with an ACK
+                    self.cnt.keepalive_probes += 1
+                    self.emit(c, c.snd_una - 1, TH_ACK, 0, 0, now)
+                    c.ka_sent += 1
+                    c.ka_at = now + c.ka_intvl_ns
             self.output(c, now)
 
     # -- application calls ------------------------------------------------------------------
@@ -1537,6 +1586,23 @@ cdef class TcpEngine:
             self.emit_rst(c.lip, c.lport, c.rip, c.rport, c.snd_max, 0, 0)
         self.conn_closed(c, EV_RESET)
 
+    cdef void c_set_nodelay(self, int32_t cid, bint on, uint64_t now) noexcept nogil:
+        self.conns[cid].nodelay = on
+        if on and self.conns[cid].state != ST_CLOSED:
+            self.output(&self.conns[cid], now)      # send what Nagle held back
+
+    cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
+                              uint8_t count, uint64_t now) noexcept nogil:
+        """Keep-alive (RFC 9293 3.8.4, off by default): after idle_ns without a segment
+        from the peer, probe every intvl_ns; count unanswered probes end the connection
+        (ETIMEDOUT). idle_ns 0 turns it off."""
+        cdef tcp_conn *c = &self.conns[cid]
+        c.ka_idle_ns = idle_ns
+        c.ka_intvl_ns = intvl_ns
+        c.ka_count = count
+        c.ka_sent = 0
+        c.ka_at = now + idle_ns if idle_ns and c.state != ST_CLOSED else NO_DEADLINE
+
     # -- Python API: tests and the control plane --------------------------------------------
 
     cdef tcp_conn *_conn(self, int cid) except NULL:
@@ -1646,6 +1712,18 @@ cdef class TcpEngine:
         self._conn(cid)
         self.c_abort(cid, now)
 
+    def set_nodelay(self, int cid, bint on, uint64_t now):
+        self._conn(cid)
+        self.c_set_nodelay(cid, on, now)
+
+    def set_keepalive(self, int cid, double idle, double interval=75.0, int count=9,
+                      uint64_t now=0):
+        self._conn(cid)
+        if idle < 0 or interval <= 0 or not 0 < count < 256:
+            raise ValueError("keep-alive needs idle >= 0, interval > 0, 0 < count < 256")
+        self.c_set_keepalive(cid, <uint64_t>(idle * 1e9), <uint64_t>(interval * 1e9),
+                             <uint8_t>count, now)
+
     def on_timer_(self, uint64_t now):
         self.on_timer(now)
 
@@ -1679,7 +1757,8 @@ cdef class TcpEngine:
             "retransmits": c.retransmits, "ts_recent": c.ts_recent,
             "ooo": [(c.ooo[i].seq, c.ooo[i].len) for i in range(c.ooo_n)],
             "timers": {"rtx": c.rtx_at, "persist": c.persist_at, "delack": c.delack_at,
-                       "time_wait": c.tw_at},
+                       "time_wait": c.tw_at, "keepalive": c.ka_at},
+            "nodelay": bool(c.nodelay),
         }
 
     def counters(self):
