@@ -209,6 +209,42 @@ def test_active_open_sends_options_and_completes():
     p.done()
 
 
+def test_window_scaling_applies_both_ways_after_the_handshake():
+    p = Peer(rcv_buf=1 << 20)
+    synack = p.passive_open()
+    ours = opts(synack)["WScale"]
+    assert ours == 5                                 # 2**20 >> 5 fits 16 bits
+    p.send(win=10, options=[("Timestamp", (7, 0))])
+    assert p.eng.info(p.cid)["snd_wnd"] == 10 << 7   # the peer's shift
+    p.data(b"d" * 100, options=[("Timestamp", (8, 0))])
+    p.advance(40 * MS)
+    ack = p.one()
+    assert ack.window == p.eng.info(p.cid)["rcv_wnd"] >> ours
+    # the window is bounded by the buffer and by the free fragment slots (RQ_MAX = 256),
+    # one slot per received segment of up to rcv_mss bytes
+    rcv_mss = p.eng.info(p.cid)["rcv_mss"]
+    want = min((1 << 20) - 100, 255 * rcv_mss)
+    assert want - (1 << ours) < ack.window << ours <= want
+    p.done()
+
+
+def test_timestamps_echo_the_latest_in_order_tsval_and_paws_drops_old_data():
+    p = Peer()
+    p.passive_open()
+    p.data(b"a", options=[("Timestamp", (1000, 0))])
+    p.advance(40 * MS)
+    assert opts(p.one())["Timestamp"][1] == 1000     # TSecr = TS.Recent
+    p.seq += 1
+    p.data(b"b", options=[("Timestamp", (999, 0))])  # older than TS.Recent: PAWS
+    assert p.one().ack == p.seq                      # answered, not taken
+    assert p.eng.counters()["paws_drops"] == 1
+    assert p.eng.recv(p.cid, p.now) == b"a"
+    p.data(b"c", options=[("Timestamp", (1001, 0))])
+    p.advance(40 * MS)
+    assert opts(p.one())["Timestamp"][1] == 1001
+    p.done()
+
+
 def test_active_open_refused_by_rst():
     p = Peer()
     cid = p.eng.connect(A, 5555, B, BPORT, p.now)
@@ -662,7 +698,8 @@ def test_newreno_fast_retransmit_after_three_dup_acks():
     mss = p.eng.info(p.cid)["snd_mss"]
     p.eng.send(p.cid, bytes(4 * mss), p.now)
     segs = p.out()
-    assert len(segs) == 4                         # IW = 4 MSS at 1460 (RFC 5681: 4380 B)
+    assert p.eng.info(p.cid)["cwnd"] == 4380      # RFC 5681 IW: min(4*SMSS, max(2*SMSS, 4380))
+    assert [len(payload(s)) for s in segs] == [mss] * 3
     p.send(ack=p.a_seq + mss)                     # first acked, second "lost"
     p.eng.send(p.cid, bytes(6 * mss), p.now)
     p.out()
@@ -743,6 +780,18 @@ def test_nagle_holds_small_writes_while_data_is_unacknowledged():
     p.eng.set_nodelay(p.cid, True, p.now)
     p.eng.send(p.cid, b"d", p.now)
     assert payload(p.one()) == b"d"               # TCP_NODELAY: no waiting
+    p.done()
+
+
+def test_sender_waits_for_a_useful_window_instead_of_sending_slivers():
+    p = open_sender(nodelay=True)
+    mss = p.eng.info(p.cid)["snd_mss"]
+    p.send(win=3 * mss + 100)                     # the largest window seen: 3 MSS + 100
+    p.eng.send(p.cid, bytes(10 * mss), p.now)
+    sizes = [len(payload(s)) for s in p.out()]
+    assert sizes == [mss] * 3                     # the 100-byte sliver waits (RFC 9293 3.8.6.2.1)
+    p.send(ack=p.a_seq + 3 * mss, win=3 * mss + 100)
+    assert [len(payload(s)) for s in p.out()] == [mss] * 3
     p.done()
 
 

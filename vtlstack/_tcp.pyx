@@ -595,12 +595,17 @@ cdef class TcpEngine:
                 return 0
             off = seq - f.seq
             n = umin(umin(f.len - off, c.snd_mss), room)
-            if c.snd_end - seq < c.snd_mss and seq == c.snd_max and c.snd_max != c.snd_una \
-                    and not c.nodelay and not c.fin_queued:
-                # RFC 9293 3.7.4 (Nagle): "queue the data ... until all outstanding data
-                # has been acknowledged or until the TCP can send a full-sized segment";
-                # a shut-down send side flushes
-                return 0
+            if n < c.snd_mss and seq == c.snd_max and c.snd_max != c.snd_una:
+                if c.snd_end - seq < c.snd_mss and not c.nodelay and not c.fin_queued:
+                    # RFC 9293 3.7.4 (Nagle): "queue the data ... until all outstanding data
+                    # has been acknowledged or until the TCP can send a full-sized segment";
+                    # a shut-down send side flushes
+                    return 0
+                if n < c.snd_end - seq and n < c.max_snd_wnd // 2:
+                    # RFC 9293 3.8.6.2.1 (sender silly window avoidance): with more queued
+                    # than the window allows, wait for min(D,U) >= Eff.snd.MSS or
+                    # >= Fs * max(SND.WND); the ACKs of the data in flight reopen it
+                    return 0
             addr = f.addr + off
             if seq + n == c.snd_end:
                 flags |= TH_PSH
@@ -908,9 +913,11 @@ cdef class TcpEngine:
                 c.snd_nxt = c.iss
             return
         # RFC 7323 5.3 (PAWS): "If SEG.TSval < TS.Recent and the RST bit is off ... send an
-        # acknowledgment in reply ... and drop the segment"
-        if c.ts_ok and o.has & OPT_TS and not (flags & TH_RST) \
-                and SEQ_LT(o.tsval, c.ts_recent):
+        # acknowledgment in reply ... and drop the segment". Segments without data, SYN or
+        # FIN are exempt, as in Linux (tcp_disordered_ack): PAWS guards data against old
+        # duplicates, and answering reordered ACKs with ACKs would make duplicate ACKs
+        if c.ts_ok and o.has & OPT_TS and not (flags & (TH_RST | TH_SYN | TH_FIN)) \
+                and plen and SEQ_LT(o.tsval, c.ts_recent):
             self.cnt.paws_drops += 1
             c.ack_now = 1
             return
@@ -1099,8 +1106,9 @@ cdef class TcpEngine:
                     c.cc.cwnd = c.cc.cwnd - acked if c.cc.cwnd > acked else c.snd_mss
                     if acked >= c.snd_mss:
                         c.cc.cwnd += c.snd_mss
-            else:
-                c.ops.on_ack(&c.cc, acked, c.srtt, now)
+            elif freed:
+                # growth counts data bytes only (not the SYN or FIN)
+                c.ops.on_ack(&c.cc, freed, c.srtt, now)
             c.dupacks = 0
             # RFC 6298 5.2: "When all outstanding data has been acknowledged, turn off the
             # retransmission timer"; 5.3: "When an ACK is received that acknowledges new
