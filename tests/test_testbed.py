@@ -48,6 +48,24 @@ def test_pair_up_down_leaves_nothing(impair):
     assert not ours & set(_root_links())
 
 
+def test_failure_half_way_leaves_nothing(monkeypatch):
+    import vtlstack.testbed as testbed_module
+
+    def broken_tbf(self, ifname, mbit):
+        raise testbed_module.TestbedError("injected failure")
+
+    # tbf comes last, after namespaces, veths, XDP and the forwarder are all up.
+    monkeypatch.setattr(testbed_module._Wire, "_tbf", broken_tbf)
+    name = _unique("half")
+    with pytest.raises(testbed_module.TestbedError, match="injected failure"):
+        Testbed.up(name=name, prefix="vtltest", delay_ms=1, rate_mbit=10)
+    assert f"vtltest-{name}-" not in _netns()
+    # The forwarder's command line names its counters file, hence the testbed.
+    out = subprocess.run(["pgrep", "-f", f"vtltest-{name}-wire"], capture_output=True, text=True)
+    assert not [p for p in out.stdout.split() if _running(p)]
+    assert not os.path.exists(f"/dev/shm/vtltest-{name}-wire.stats")
+
+
 def _unique(base):
     # Concurrent runs of this file (several engineers, one machine) must not collide.
     return f"{base}{secrets.token_hex(3)}"
