@@ -62,6 +62,7 @@ struct port {
 	uint8_t *area;
 	uint64_t free_stack[FRAME_COUNT];
 	uint32_t free_top;
+	uint32_t in_fill;  /* on the fill ring or filled and waiting on the RX ring */
 	uint32_t in_tx;
 	int fd;
 };
@@ -188,22 +189,26 @@ static inline void put_free(struct port *p, uint64_t addr)
 	p->free_stack[p->free_top++] = addr - addr % FRAME_SIZE;
 }
 
+/* Same policy as XskPort.refill: the kernel's share (fill ring + unread RX ring) is capped
+ * at the fill ring size, the rest of the UMEM stays free for TX. */
 static void refill(struct port *p)
 {
-	uint32_t n, i, idx = 0;
+	uint32_t n, i, idx = 0, budget;
 
-	if (!p->free_top)
+	if (!p->free_top || p->in_fill >= p->fill.size)
 		return;
-	n = xsk_prod_nb_free(&p->fill, p->free_top);
-	if (n > p->free_top)
-		n = p->free_top;
-	if (n > p->fill.size)
-		n = p->fill.size;
+	budget = p->fill.size - p->in_fill;
+	if (budget > p->free_top)
+		budget = p->free_top;
+	n = xsk_prod_nb_free(&p->fill, budget);
+	if (n > budget)
+		n = budget;
 	if (!n || xsk_ring_prod__reserve(&p->fill, n, &idx) != n)
 		return;
 	for (i = 0; i < n; i++)
 		*xsk_ring_prod__fill_addr(&p->fill, idx + i) = p->free_stack[--p->free_top];
 	xsk_ring_prod__submit(&p->fill, n);
+	p->in_fill += n;
 	if (xsk_ring_prod__needs_wakeup(&p->fill))
 		recvfrom(p->fd, NULL, 0, MSG_DONTWAIT, NULL, NULL);
 }
@@ -286,6 +291,7 @@ static void run_rx(struct port *p, double seconds, int echo, struct result *r)
 			complete(p);
 		refill(p);
 		n = xsk_ring_cons__peek(&p->rx, batch, &idx);
+		p->in_fill -= n;
 		m = 0;
 		for (i = 0; i < n; i++) {
 			const struct xdp_desc *d = xsk_ring_cons__rx_desc(&p->rx, idx + i);
@@ -423,6 +429,7 @@ static void run_gen(struct port *p, double seconds, uint32_t size, const uint8_t
 
 		refill(p);
 		n = xsk_ring_cons__peek(&p->rx, batch, &idx);
+		p->in_fill -= n;
 		for (i = 0; i < n; i++)
 			put_free(p, xsk_ring_cons__rx_desc(&p->rx, idx + i)->addr);
 		if (n)
@@ -435,6 +442,7 @@ static void run_gen(struct port *p, double seconds, uint32_t size, const uint8_t
 	while (!stop && now() < deadline) {
 		refill(p);
 		n = xsk_ring_cons__peek(&p->rx, batch, &idx);
+		p->in_fill -= n;
 		for (i = 0; i < n; i++)
 			put_free(p, xsk_ring_cons__rx_desc(&p->rx, idx + i)->addr);
 		if (n)

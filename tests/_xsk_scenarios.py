@@ -107,6 +107,36 @@ def disown(ifname: str) -> None:
          late=len(late), owned=sorted(st.owned))
 
 
+def fill_cap(ifname: str) -> None:
+    """A burst arrives while nobody reads; draining it must not hand the kernel more than a
+    fill ring's worth of frames, so the rest of the UMEM stays free for TX."""
+    with Steering(ifname) as st:
+        st.own(UDP, PORT)
+        with XskPort(ifname, xsks_map_fd=st.xsks_map_fd, frame_count=4096,
+                     fill_size=2048) as port:
+            ready()
+            wait_stdin(10)  # the client's burst is out
+            # The burst used up the fill ring: those frames wait on the RX ring, and a
+            # refill now must not hand the kernel the rest of the UMEM as well.
+            deadline = time.monotonic() + 5
+            while port.stats()["k_fill_empty"] == 0 and time.monotonic() < deadline:
+                select.select([port.fd], [], [], 0.01)  # bounded; usually true at once
+            refilled = port._refill()
+            after_refill = port.stats()
+            got, max_fill = 0, after_refill["in_fill"]
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                frames = port.recv(0.3)
+                max_fill = max(max_fill, port.stats()["in_fill"])
+                if not frames:
+                    break
+                got += len(frames)
+            stats = port.stats()
+            port.check_frames()
+    done(got=got, max_fill=max_fill, refilled=refilled, after_refill=after_refill,
+         stats=stats)
+
+
 def send_frames(ifname: str, frame_hex: str, count: str) -> None:
     """XskPort.send of a given frame, count times; the client's kernel socket reads it."""
     frame = bytes.fromhex(frame_hex)

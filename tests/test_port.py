@@ -153,6 +153,26 @@ def test_disown_gives_the_port_back_to_the_kernel(tb):
     assert res["late"] == 0 and res["owned"] == []
 
 
+def test_rx_burst_leaves_frames_for_tx(tb):
+    srv = tb.host("server").iface
+    server = Server(tb, "fill_cap")
+    server.wait_ready()
+    client_py(tb, """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for _ in range(3000):
+    s.sendto(b"burst", (sys.argv[1], int(sys.argv[2])))
+""", srv.ip, str(PORT))
+    res = server.finish()
+    assert res["after_refill"]["k_fill_empty"] > 0  # the burst really ran the ring dry
+    assert res["refilled"] == 0
+    assert res["after_refill"]["free"] >= 4096 - 2048
+    assert res["got"] > 0
+    assert res["max_fill"] <= 2048
+    assert res["stats"]["free"] >= 4096 - 2048
+    assert res["stats"]["held"] == 0
+
+
 def test_send_reaches_client_kernel_socket(tb):
     srv, cli = tb.host("server").iface, tb.host("client").iface
     frame = udp_frame(srv.mac, cli.mac, srv.ip, cli.ip, PORT, 7000, b"from-xsk")

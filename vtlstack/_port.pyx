@@ -575,17 +575,22 @@ cdef class XskPort:
         return n
 
     cdef uint32_t refill(self) noexcept nogil:
-        """Free frames -> fill ring, as many as both have room for (never more than the
-        ring size at once: libxdp's reserve fails outright beyond that)."""
-        cdef uint32_t idx = 0, i, n
+        """Free frames -> fill ring. The kernel's share (fill ring plus RX ring not yet
+        read) is capped at the fill ring size, so the other frames stay free for TX and
+        for frames the stack holds: RX bursts can never starve alloc_frame(). Also never
+        more than the ring size at once: libxdp's reserve fails outright beyond that."""
+        cdef uint32_t idx = 0, i, n, budget
         cdef uint64_t addr = 0
         if self.closed or self.pool.free_top == 0:
             return 0
-        n = xsk_prod_nb_free(&self.q.fill, self.pool.free_top)
-        if n > self.pool.free_top:
-            n = self.pool.free_top
-        if n > self.q.fill.size:
-            n = self.q.fill.size
+        if self.pool.count[FRAME_FILL] >= self.q.fill.size:
+            return 0
+        budget = self.q.fill.size - <uint32_t>self.pool.count[FRAME_FILL]
+        if budget > self.pool.free_top:
+            budget = self.pool.free_top
+        n = xsk_prod_nb_free(&self.q.fill, budget)
+        if n > budget:
+            n = budget
         if n == 0 or xsk_ring_prod__reserve(&self.q.fill, n, &idx) != n:
             return 0
         for i in range(n):
@@ -696,6 +701,14 @@ cdef class XskPort:
         self._check_open()
         with nogil:
             n = self._echo(seconds)
+        return n
+
+    def _refill(self):
+        """Test hook: one refill() pass; returns how many frames went to the fill ring."""
+        cdef uint32_t n
+        self._check_open()
+        with nogil:
+            n = self.refill()
         return n
 
     def _check_open(self):
