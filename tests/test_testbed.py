@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vtlstack.testbed import Testbed, TestbedExistsError
+from vtlstack.testbed import Testbed, TestbedExistsError, down_all
 
 pytestmark = pytest.mark.root
 
@@ -331,7 +331,7 @@ def test_cli_up_list_down(capsys):
         assert _cli("down", "--name", "c1", "--prefix", prefix) == 1
         assert "no testbed" in capsys.readouterr().err
     finally:
-        _cli("down", "--all", "--prefix", prefix)
+        down_all(prefix)  # the API, not the CLI: this must work even if the CLI is broken
 
 
 @pytest.mark.parametrize("argv, message", [
@@ -386,11 +386,14 @@ def test_down_all_after_sigkill(capsys):
         pids = [p for ns in namespaces for p in subprocess.run(
             ["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()]
         assert len(pids) >= 2  # the forwarder and sleep
+        holder.kill()
+        holder.wait(timeout=10)
+        assert Testbed.list(prefix)[name] == namespaces  # the crash left everything behind
+        assert _cli("down", "--all", "--prefix", prefix) == 0
+        assert Testbed.list(prefix) == {}
+        assert not [p for p in pids if _running(p)]
+        assert not os.path.exists(f"/dev/shm/{prefix}-{name}-wire.stats")
     finally:
         holder.kill()
         holder.wait(timeout=10)
-    assert Testbed.list(prefix)[name] == namespaces  # the crash left everything behind
-    assert _cli("down", "--all", "--prefix", prefix) == 0
-    assert Testbed.list(prefix) == {}
-    assert not [p for p in pids if _running(p)]
-    assert not os.path.exists(f"/dev/shm/{prefix}-{name}-wire.stats")
+        down_all(prefix)  # whatever failed above, leave nothing
