@@ -618,6 +618,11 @@ class Testbed:
         """Testbeds present on the machine: name -> its namespaces."""
         return _by_name(prefix)
 
+    @staticmethod
+    def down_all(prefix: str = "vtl") -> list[str]:
+        """Remove everything runs with this prefix left (see the module's down_all)."""
+        return down_all(prefix)
+
 
 def _by_name(prefix: str) -> dict[str, list[str]]:
     found: dict[str, list[str]] = {}
