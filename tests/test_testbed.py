@@ -61,8 +61,7 @@ def test_failure_half_way_leaves_nothing(monkeypatch):
         Testbed.up(name=name, prefix="vtltest", delay_ms=1, rate_mbit=10)
     assert f"vtltest-{name}-" not in _netns()
     # The forwarder's command line names its counters file, hence the testbed.
-    out = subprocess.run(["pgrep", "-f", f"vtltest-{name}-wire"], capture_output=True, text=True)
-    assert not [p for p in out.stdout.split() if _running(p)]
+    assert not [p for p in _pids_with(f"vtltest-{name}-wire") if _running(p)]
     assert not os.path.exists(f"/dev/shm/vtltest-{name}-wire.stats")
 
 
@@ -363,6 +362,19 @@ tb.popen("server", ["sleep", "60"])
 print(tb.name, flush=True)
 time.sleep(60)
 """
+
+
+def _pids_with(text):
+    """Pids whose command line contains text."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if text.encode() in f.read():
+                    pids.append(pid)
+        except OSError:  # exited meanwhile
+            pass
+    return pids
 
 
 def _running(pid):
