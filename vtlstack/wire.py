@@ -25,9 +25,9 @@ def _socket(ifname: str) -> socket.socket:
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
     # Our own transmissions on an interface would otherwise come back as receptions.
     sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    # Each frame comes with a virtio_net_hdr that is sent back out with it, so GSO frames
-    # (hosts with offloads on) and checksum-partial frames cross the wire intact; without
-    # it a 64 KiB GSO frame cannot be sent and a partial checksum would be lost.
+    # Each frame comes with a virtio_net_hdr that is sent back out with it: a frame whose
+    # checksum is still to be filled in (hosts with offloads on) keeps that information,
+    # without which the peer would receive it with a bad checksum.
     sock.setsockopt(SOL_PACKET, PACKET_VNET_HDR, 1)
     # Room for a delay's worth of bursts: drops belong in our rings, where they are counted.
     sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 16 << 20)
