@@ -330,12 +330,74 @@ def test_ack_to_listener_gets_rst_and_closed_port_gets_rst():
 
 
 def test_syn_backlog_full_is_counted():
-    p = Peer()
+    p = Peer(syncookies=False)
     p.eng.listen(A, APORT, backlog=2)
     for port in (1, 2, 3):
         p.feed(pkt(BISS, 0, "S", sport=port))
     assert len(p.out()) == 2
     assert p.eng.counters()["syn_backlog_full"] == 1
+    p.done()
+
+
+def cookie_synack(p, sport, mss=1460):
+    p.feed(pkt(BISS, 0, "S", options=[("MSS", mss), ("WScale", 7), ("SAckOK", b""),
+                                      ("Timestamp", (1, 0))], sport=sport))
+    return p.one()
+
+
+def test_syn_cookie_when_backlog_full_then_valid_ack_opens():
+    p = Peer()
+    lid = p.eng.listen(A, APORT, backlog=1)
+    p.feed(pkt(BISS, 0, "S", sport=1))
+    p.one()                                           # the one half-open slot
+    conns = p.eng.counters()["conns"]
+    sa = cookie_synack(p, sport=2, mss=1300)
+    assert sa.flags == "SA" and sa.ack == BISS + 1
+    assert opts(sa) == {"MSS": 1460}                  # stateless: only MSS
+    assert p.eng.counters()["conns"] == conns         # no state kept
+    p.now += 30_000 * MS
+    p.feed(pkt(BISS + 1, sa.seq + 1, "PA", payload=b"hi", sport=2))
+    p.advance(40 * MS)                                # delayed ACK
+    (ack,) = [s for s in p.out() if s.dport == 2]     # (sport 1 gets SYN,ACK resends)
+    assert ack.ack == BISS + 3
+    cid = p.eng.accept(lid)
+    assert cid is not None and p.eng.state(cid) == "ESTABLISHED"
+    i = p.eng.info(cid)
+    assert i["snd_mss"] == 1220                       # the largest table MSS <= 1300
+    assert not (i["ws_ok"] or i["ts_ok"] or i["sack_ok"])
+    assert p.eng.recv(cid, p.now) == b"hi"
+    c = p.eng.counters()
+    assert c["syncookies_sent"] == 1 and c["syncookies_ok"] == 1
+    p.done()
+
+
+def test_forged_or_expired_cookie_gets_rst():
+    p = Peer()
+    p.eng.listen(A, APORT, backlog=1)
+    p.feed(pkt(BISS, 0, "S", sport=1))
+    p.one()
+    sa = cookie_synack(p, sport=2)
+    p.feed(pkt(BISS + 1, sa.seq + 2, "A", sport=2))   # wrong cookie
+    assert p.one().flags == "R"
+    p.feed(pkt(BISS + 2, sa.seq + 1, "A", sport=2))   # right cookie, other peer ISN
+    assert p.one().flags == "R"
+    p.now += 140_000 * MS                             # two 68.7 s slots later
+    p.feed(pkt(BISS + 1, sa.seq + 1, "A", sport=2))
+    assert p.one().flags == "R"
+    c = p.eng.counters()
+    assert c["syncookies_bad"] == 3 and c["syncookies_ok"] == 0
+    p.done()
+
+
+def test_syn_flood_does_not_stop_an_established_transfer():
+    p = Peer(frames=512)
+    p.plain_open(backlog=4)
+    for port in range(1000, 1500):                    # 500 SYNs from a flood
+        p.feed(pkt(BISS, 0, "S", sport=port))
+    p.out()
+    assert p.eng.counters()["conns"] <= 1 + 1 + 4     # listener, our flow, the backlog
+    p.data(b"still here")
+    assert p.eng.recv(p.cid, p.now) == b"still here"
     p.done()
 
 

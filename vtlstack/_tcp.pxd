@@ -105,6 +105,7 @@ ctypedef struct tcp_config:
     uint8_t timestamps      # offer timestamps
     uint8_t sack            # offer SACK-permitted
     uint8_t nodelay         # new connections start with Nagle off
+    uint8_t syncookies      # answer SYNs with cookies when a listener's backlog is full
     uint32_t challenge_ack_limit    # RFC 5961 7: challenge ACKs per second, engine-wide
     const tcp_cc_ops *cc
 
@@ -140,6 +141,9 @@ ctypedef struct tcp_counters:
     uint64_t timeouts
     uint64_t evq_full
     uint64_t challenge_acks_limited
+    uint64_t syncookies_sent
+    uint64_t syncookies_ok
+    uint64_t syncookies_bad
     uint64_t keepalive_probes
 
 
@@ -312,7 +316,13 @@ cdef class TcpEngine:
     cdef void conn_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o, uint32_t plen,
                          uint64_t paddr, uint64_t now) noexcept nogil
     cdef void listen_input(self, tcp_listener *li, uint32_t lip, uint32_t rip,
-                           const uint8_t *t, const tcp_opts *o, uint64_t now) noexcept nogil
+                           const uint8_t *t, const tcp_opts *o, uint32_t plen,
+                           uint64_t paddr, uint64_t now) noexcept nogil
+    cdef uint32_t cookie(self, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport,
+                         uint32_t irs, uint32_t idx, uint64_t t) noexcept nogil
+    cdef bint cookie_open(self, tcp_listener *li, uint32_t lip, uint32_t rip,
+                          const uint8_t *t, const tcp_opts *o, uint32_t plen, uint64_t paddr,
+                          uint64_t now) noexcept nogil
     cdef void syn_sent_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o,
                              uint64_t now) noexcept nogil
     cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, uint32_t plen,

@@ -23,6 +23,7 @@ class TcpEngine:
                  delack: float = 0.04, max_retries: int = 8, syn_retries: int = 5,
                  cc: Literal["newreno", "cubic"] = "newreno", wscale: bool = True,
                  timestamps: bool = True, sack: bool = True, nodelay: bool = False,
+                 syncookies: bool = True,
                  challenge_ack_limit: int = 1000, out_cap: int = 4096,
                  eph_lo: int = 61000, eph_hi: int = 65535, seed: int = ...) -> None: ...
     def feed(self, packet: bytes, now: int) -> bool: ...

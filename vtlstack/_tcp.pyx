@@ -49,12 +49,18 @@ EVENT_NAMES = {EV_CONNECTED: "connected", EV_READABLE: "readable", EV_WRITABLE: 
                EV_CLOSED: "closed"}
 
 cdef enum:
+    COOKIE_NMSS = 6
     FT_TOMB = 0xFFFFFFFF
     DEFAULT_MSS = 536           # RFC 9293 3.7.1: the MSS assumed without the option
     TS_OPTLEN = 12              # timestamps option with its two NOPs
     CLOCK_G_NS = 1000000        # RFC 6298 G: clock granularity we assume (1 ms)
     PERSIST_MAX_SHIFT = 8
     NO_DEADLINE = 0             # a timer field of 0 is not armed
+
+
+# The MSS values a SYN cookie can carry (3 bits; the largest not above the peer's MSS).
+cdef uint32_t _COOKIE_MSS[COOKIE_NMSS]
+_COOKIE_MSS[:] = [536, 1220, 1400, 1440, 1460, 8960]
 
 
 # -- sequence arithmetic (RFC 9293 3.4: modulo 2**32) ---------------------------------------
@@ -150,6 +156,7 @@ cdef class TcpEngine:
                   double rto_max=60.0, double delack=0.04, uint32_t max_retries=8,
                   uint32_t syn_retries=5, str cc="newreno", bint wscale=True,
                   bint timestamps=True, bint sack=True, bint nodelay=False,
+                  bint syncookies=True,
                   uint32_t challenge_ack_limit=1000, uint32_t out_cap=4096,
                   uint16_t eph_lo=61000, uint16_t eph_hi=65535, uint64_t seed=0x5eed):
         cdef uint32_t i, size = 16
@@ -180,6 +187,7 @@ cdef class TcpEngine:
         self.cfg.timestamps = timestamps
         self.cfg.sack = sack
         self.cfg.nodelay = nodelay
+        self.cfg.syncookies = syncookies
         self.cfg.challenge_ack_limit = challenge_ack_limit
         self.cfg.eph_lo = eph_lo
         self.cfg.eph_hi = eph_hi
@@ -740,7 +748,7 @@ cdef class TcpEngine:
         for i in range(MAX_LISTENERS):
             li = &self.listeners[i]
             if li.in_use and li.lport == lport and (li.lip == lip or li.lip == 0):
-                self.listen_input(li, lip, rip, t, &o, now)
+                self.listen_input(li, lip, rip, t, &o, plen, ip_addr + hl + thl, now)
                 return
         # RFC 9293 3.10.7.1: CLOSED. "An incoming segment containing a RST is discarded. An
         # incoming segment not containing a RST causes a RST to be sent in response."
@@ -756,11 +764,68 @@ cdef class TcpEngine:
                           tcp_seq(t) + plen + (1 if flags & TH_SYN else 0)
                           + (1 if flags & TH_FIN else 0), TH_ACK)
 
-    cdef void listen_input(self, tcp_listener *li, uint32_t lip, uint32_t rip,
-                           const uint8_t *t, const tcp_opts *o, uint64_t now) noexcept nogil:
-        cdef uint8_t flags = tcp_flags(t)
+    cdef uint32_t cookie(self, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport,
+                         uint32_t irs, uint32_t idx, uint64_t t) noexcept nogil:
+        """A SYN cookie: a keyed hash of the 4-tuple, the peer's ISN, a 68.7 s time slot and
+        the MSS index, with the index itself in the low 3 bits."""
+        return (mix32((<uint64_t>flow_hash(lip, lport, rip, rport) << 32 | irs)
+                      ^ (self.secret * <uint64_t>0xD6E8FEB86659FD93ULL) ^ (t << 40)
+                      ^ (<uint64_t>idx << 56)) & ~7u) | idx
+
+    cdef bint cookie_open(self, tcp_listener *li, uint32_t lip, uint32_t rip,
+                          const uint8_t *t, const tcp_opts *o, uint32_t plen, uint64_t paddr,
+                          uint64_t now) noexcept nogil:
+        """An ACK to a listener that carries a valid SYN cookie (ACK - 1): rebuild the
+        SYN-RECEIVED connection it stands for and let the ACK complete it. Cookie
+        connections have the cookie's MSS and no window scaling, timestamps or SACK."""
+        cdef uint32_t ack = tcp_ackno(t), seq = tcp_seq(t), ck = ack - 1, idx = ck & 7
+        cdef uint16_t lport = tcp_dport(t), rport = tcp_sport(t)
+        cdef uint64_t slot = now >> 36
         cdef int32_t cid
         cdef tcp_conn *c
+        if idx >= COOKIE_NMSS or (ck != self.cookie(lip, lport, rip, rport, seq - 1, idx, slot)
+                                  and ck != self.cookie(lip, lport, rip, rport, seq - 1, idx,
+                                                        slot - 1)):
+            self.cnt.syncookies_bad += 1
+            return False
+        if li.aq_n >= li.backlog:
+            self.cnt.accept_queue_full += 1
+            return True         # valid, but no room: dropped like an ACK in SYN-RECEIVED
+        cid = self.conn_alloc()
+        if cid == NO_CONN:
+            return True
+        c = &self.conns[cid]
+        self.conn_init(c, lip, lport, rip, rport, now)
+        c.iss = ck
+        c.snd_una = c.recover = ck
+        c.snd_nxt = c.snd_max = c.snd_end = ack
+        c.irs = seq - 1
+        c.rcv_nxt = c.last_ack_sent = seq
+        c.rcv_adv = seq + umin(self.cfg.rcv_buf, 0xFFFF)   # what the SYN,ACK offered
+        c.ws_ok = c.ts_ok = c.sack_ok = 0
+        c.rcv_wscale = 0
+        c.snd_mss = <uint16_t>umin(_COOKIE_MSS[idx], self.cfg.mss)
+        c.rcv_mss = <uint16_t>self.cfg.mss
+        c.ops.init(&c.cc, c.snd_mss)
+        c.parent = li.cid
+        li.half_open += 1
+        self.set_state(c, ST_SYN_RECEIVED)
+        self.ft_insert(cid)
+        self.cnt.syncookies_ok += 1
+        self.conn_input(c, t, o, plen, paddr, now)
+        if c.in_use and c.state != ST_CLOSED:
+            self.output(c, now)
+        return True
+
+    cdef void listen_input(self, tcp_listener *li, uint32_t lip, uint32_t rip,
+                           const uint8_t *t, const tcp_opts *o, uint32_t plen,
+                           uint64_t paddr, uint64_t now) noexcept nogil:
+        cdef uint8_t flags = tcp_flags(t)
+        cdef int32_t cid
+        cdef uint32_t idx, ck, irs
+        cdef tcp_conn *c
+        cdef tcp_seg_out *s
+        cdef tcp_opts so
         # RFC 9293 3.10.7.2: "First, check for a RST: An incoming RST segment could not be
         # valid since it could not have been sent in response to anything sent by this
         # incarnation of the connection. An incoming RST should be ignored."
@@ -770,6 +835,9 @@ cdef class TcpEngine:
         # still in the LISTEN state. An acceptable reset segment should be formed for any
         # arriving ACK-bearing segment. The RST should be formatted as <SEQ=SEG.ACK><CTL=RST>"
         if flags & TH_ACK:
+            if self.cfg.syncookies and not (flags & TH_SYN) and \
+                    self.cookie_open(li, lip, rip, t, o, plen, paddr, now):
+                return
             self.cnt.no_conn_rst += 1
             self.emit_rst(lip, tcp_dport(t), rip, tcp_sport(t), tcp_ackno(t), 0, 0)
             return
@@ -777,6 +845,34 @@ cdef class TcpEngine:
             return
         if li.half_open >= li.backlog:
             self.cnt.syn_backlog_full += 1
+            if not self.cfg.syncookies or self.out_n == self.out_cap:
+                return
+            # The half-open queue is full: answer statelessly with a SYN cookie as the ISS
+            # (RFC 4987 3.6); the MSS travels in its low 3 bits, other options are dropped
+            idx = 0
+            while idx + 1 < COOKIE_NMSS and _COOKIE_MSS[idx + 1] <= \
+                    (o.mss if o.has & OPT_MSS else DEFAULT_MSS):
+                idx += 1
+            irs = tcp_seq(t)
+            ck = self.cookie(lip, tcp_dport(t), rip, tcp_sport(t), irs, idx, now >> 36)
+            s = &self.out[(self.out_head + self.out_n) % self.out_cap]
+            self.out_n += 1
+            memset(s, 0, sizeof(tcp_seg_out))
+            memset(&so, 0, sizeof(tcp_opts))
+            so.has = OPT_MSS
+            so.mss = <uint16_t>self.cfg.mss
+            s.cid = NO_CONN
+            s.lip = lip
+            s.rip = rip
+            s.lport = tcp_dport(t)
+            s.rport = tcp_sport(t)
+            s.seq = ck
+            s.ack = irs + 1
+            s.flags = TH_SYN | TH_ACK
+            s.win = <uint16_t>umin(self.cfg.rcv_buf, 0xFFFF)
+            s.optlen = tcp_emit_opts(s.opts, &so)
+            self.cnt.segs_out += 1
+            self.cnt.syncookies_sent += 1
             return
         cid = self.conn_alloc()
         if cid == NO_CONN:
