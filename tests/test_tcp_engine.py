@@ -783,6 +783,44 @@ def test_newreno_fast_retransmit_after_three_dup_acks():
     p.done()
 
 
+def test_sack_recovery_retransmits_every_hole_in_one_round():
+    p = Peer(frames=512)
+    p.passive_open(options=(("MSS", 1460), ("SAckOK", b"")))
+    mss = p.eng.info(p.cid)["snd_mss"]
+    # grow cwnd in slow start: ACK every segment on its own
+    p.eng.send(p.cid, bytes(200 * mss), p.now)
+    acked = p.a_seq
+    while p.eng.info(p.cid)["cwnd"] < 12 * mss:
+        for seg in p.out():
+            acked = seg.seq + len(payload(seg))
+            p.send(ack=acked)
+    p.out()
+    una = acked
+    i = p.eng.info(p.cid)
+    assert i["snd_una"] == una and i["snd_max"] - una >= 10 * mss
+    s = [una + k * mss for k in range(11)]
+    # S0 and S2 are lost; S1, then S3.. arrive and are SACKed
+    p.send(ack=una, options=[("SAck", (s[1], s[2]))])
+    assert p.out() == []
+    p.send(ack=una, options=[("SAck", (s[3], s[5], s[1], s[2]))])
+    rtx = {(seg.seq, len(payload(seg))) for seg in p.out()}
+    # 3 MSS SACKed above S0: IsLost(S0) before a third duplicate ACK (RFC 6675)
+    assert (s[0], mss) in rtx
+    p.send(ack=una, options=[("SAck", (s[3], s[7], s[1], s[2]))])
+    p.send(ack=una, options=[("SAck", (s[3], s[9], s[1], s[2]))])
+    rtx |= {(seg.seq, len(payload(seg))) for seg in p.out()}
+    assert (s[2], mss) in rtx                     # the second hole, same round
+    assert all(seq not in (s[1], s[3], s[4]) for seq, _ in rtx)   # SACKed: not resent
+    i = p.eng.info(p.cid)
+    assert i["in_recovery"]
+    assert p.eng.counters()["sack_retransmits"] >= 1
+    p.send(ack=i["snd_max"])                      # everything arrived
+    after = p.eng.info(p.cid)
+    assert not after["in_recovery"] and after["snd_una"] == i["snd_max"]
+    assert after["cwnd"] <= after["ssthresh"]
+    p.done()
+
+
 def test_zero_window_persist_probe_then_resume():
     p = open_sender(rto_init=1.0, rto_min=1.0)
     p.send(win=0)

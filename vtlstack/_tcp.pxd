@@ -58,6 +58,7 @@ cdef enum:
     OOO_MAX = 64        # out-of-order fragments
     SQ_MAX = 256        # send queue frames (unsent + unacknowledged)
     ACCEPTQ_MAX = 128
+    SB_MAX = 8          # SACK scoreboard: ranges the peer holds above SND.UNA
     MAX_LISTENERS = 16
     NO_CONN = -1
 
@@ -126,6 +127,7 @@ ctypedef struct tcp_counters:
     uint64_t retransmits
     uint64_t rto_fired
     uint64_t fast_retransmits
+    uint64_t sack_retransmits   # holes retransmitted from the SACK scoreboard
     uint64_t persist_probes
     uint64_t dup_segments       # data entirely below RCV.NXT
     uint64_t ooo_segments
@@ -209,9 +211,12 @@ ctypedef struct tcp_conn:
     uint64_t rto
     uint64_t rtt_start
     uint32_t rtt_seq
-    # loss recovery (RFC 6582)
+    # loss recovery (RFC 6582; RFC 6675 with SACK)
     uint32_t dupacks
     uint32_t recover
+    uint32_t high_rxt       # RFC 6675 HighRxt: end of what recovery has retransmitted
+    uint32_t sb_n
+    uint32_t sb[SB_MAX][2]  # sorted, disjoint [left, right) ranges, within (SND.UNA, SND.MAX]
     tcp_cc cc
     const tcp_cc_ops *ops
     # receive side: in-order fragments (a ring) and the out-of-order queue (sorted)
@@ -325,8 +330,9 @@ cdef class TcpEngine:
                           uint64_t now) noexcept nogil
     cdef void syn_sent_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o,
                              uint64_t now) noexcept nogil
-    cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, uint32_t plen,
-                        uint64_t now) noexcept nogil
+    cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o,
+                        uint32_t plen, uint64_t now) noexcept nogil
+    cdef void sack_output(self, tcp_conn *c, uint64_t now) noexcept nogil
     cdef void ooo_insert(self, tcp_conn *c, uint32_t seq, uint64_t addr,
                          uint32_t plen) noexcept nogil
     cdef void negotiate(self, tcp_conn *c, const tcp_opts *o) noexcept nogil

@@ -144,6 +144,99 @@ cdef inline uint32_t flight_size(const tcp_conn *c) noexcept nogil:
     return c.snd_max - c.snd_una
 
 
+# -- SACK scoreboard (RFC 6675 2, 4) ----------------------------------------------------------
+
+cdef void sb_add(tcp_conn *c, uint32_t left, uint32_t right) noexcept nogil:
+    """Merge a SACK block into the scoreboard; blocks outside (SND.UNA, SND.MAX] or empty
+    are ignored. When the board is full the highest range is dropped (that only makes the
+    sender retransmit more)."""
+    cdef uint32_t i = 0, j, k
+    if not SEQ_LT(left, right) or not SEQ_GT(right, c.snd_una) or SEQ_GT(right, c.snd_max):
+        return
+    if SEQ_LT(left, c.snd_una):
+        left = c.snd_una
+    while i < c.sb_n and SEQ_LT(c.sb[i][1], left):
+        i += 1
+    # ranges [i, j) touch or overlap the block: fold them into it
+    j = i
+    while j < c.sb_n and SEQ_LE(c.sb[j][0], right):
+        if SEQ_LT(c.sb[j][0], left):
+            left = c.sb[j][0]
+        if SEQ_GT(c.sb[j][1], right):
+            right = c.sb[j][1]
+        j += 1
+    if j == i:
+        if c.sb_n == SB_MAX:
+            if i == SB_MAX:
+                return
+            c.sb_n -= 1
+        for j in range(c.sb_n, i, -1):
+            c.sb[j][0] = c.sb[j - 1][0]
+            c.sb[j][1] = c.sb[j - 1][1]
+        c.sb_n += 1
+    else:
+        for k in range(j, c.sb_n):
+            c.sb[i + 1 + k - j][0] = c.sb[k][0]
+            c.sb[i + 1 + k - j][1] = c.sb[k][1]
+        c.sb_n -= j - i - 1
+    c.sb[i][0] = left
+    c.sb[i][1] = right
+
+
+cdef void sb_prune(tcp_conn *c) noexcept nogil:
+    """Forget what SND.UNA has passed."""
+    cdef uint32_t i = 0, j
+    while i < c.sb_n and SEQ_LE(c.sb[i][1], c.snd_una):
+        i += 1
+    if i:
+        for j in range(i, c.sb_n):
+            c.sb[j - i][0] = c.sb[j][0]
+            c.sb[j - i][1] = c.sb[j][1]
+        c.sb_n -= i
+    if c.sb_n and SEQ_LT(c.sb[0][0], c.snd_una):
+        c.sb[0][0] = c.snd_una
+
+
+cdef inline uint32_t sb_end_of(const tcp_conn *c, uint32_t seq) noexcept nogil:
+    """The end of the SACKed range holding seq, or seq itself when it is not SACKed."""
+    cdef uint32_t i
+    for i in range(c.sb_n):
+        if SEQ_LE(c.sb[i][0], seq) and SEQ_LT(seq, c.sb[i][1]):
+            return c.sb[i][1]
+    return seq
+
+
+cdef bint sb_is_lost(const tcp_conn *c, uint32_t seq) noexcept nogil:
+    # RFC 6675 4 IsLost(SeqNum): "DupThresh discontiguous SACKed sequences have arrived
+    # above 'SeqNum' or more than (DupThresh - 1) * SMSS bytes with sequence numbers
+    # greater than 'SeqNum' have been SACKed"
+    cdef uint32_t i, ranges = 0, nbytes = 0
+    for i in range(c.sb_n):
+        if SEQ_GT(c.sb[i][0], seq):
+            ranges += 1
+            nbytes += c.sb[i][1] - c.sb[i][0]
+    return ranges >= 3 or nbytes > 2 * <uint32_t>c.snd_mss
+
+
+cdef uint32_t sb_pipe(const tcp_conn *c) noexcept nogil:
+    # RFC 6675 4 SetPipe(): every unSACKed octet in flight counts once if not IsLost, and
+    # once more if it was retransmitted (<= HighRxt); done per hole between SACKed ranges
+    cdef uint32_t pipe = 0, a = c.snd_una, b, i = 0
+    while SEQ_LT(a, c.snd_max):
+        b = c.sb[i][0] if i < c.sb_n else c.snd_max
+        if SEQ_LT(a, b):
+            if not sb_is_lost(c, a):
+                pipe += b - a
+            if SEQ_GT(c.high_rxt, a):
+                pipe += (b if SEQ_LT(b, c.high_rxt) else c.high_rxt) - a
+        if i < c.sb_n:
+            a = c.sb[i][1]
+            i += 1
+        else:
+            break
+    return pipe
+
+
 cdef class TcpEngine:
     """A set of TCP connections over one FramePool: flow table, listeners, state machines,
     timers and congestion control. Python methods drive it from tests and the control plane;
@@ -662,8 +755,14 @@ cdef class TcpEngine:
             elif c.ack_now and c.state == ST_SYN_RECEIVED:
                 self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
             return
-        if synchronized_can_send(c.state):
+        if synchronized_can_send(c.state) and c.in_recovery and c.sack_ok:
+            self.sack_output(c, now)
+        elif synchronized_can_send(c.state):
             while SEQ_LT(c.snd_nxt, c.snd_end) or (c.fin_queued and c.snd_nxt == c.snd_end):
+                if c.sb_n and sb_end_of(c, c.snd_nxt) != c.snd_nxt:
+                    # go-back-N after a timeout skips what the peer reported SACKed
+                    c.snd_nxt = sb_end_of(c, c.snd_nxt)
+                    continue
                 wnd = umin(c.snd_wnd, c.cc.cwnd)
                 inflight = c.snd_nxt - c.snd_una
                 room = wnd - inflight if wnd > inflight else 0
@@ -684,6 +783,50 @@ cdef class TcpEngine:
             # moves back to SND.UNA for go-back-N after a timeout); an ACK carrying an old
             # sequence number would fail the peer's sequence test and be dropped unread
             self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
+
+    cdef void sack_output(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        """RFC 6675 5 (loss recovery with SACK): "while (cwnd - pipe) >= 1 SMSS", send
+        NextSeg(): first the lowest unSACKed, lost byte above HighRxt, else new data."""
+        cdef uint32_t pipe, seq, end, room, n, i
+        cdef bint sent
+        while True:
+            pipe = sb_pipe(c)
+            if c.cc.cwnd <= pipe or c.cc.cwnd - pipe < c.snd_mss:
+                return
+            sent = False
+            # NextSeg (1): "the smallest unSACKed sequence number S2 > HighRxt ... with
+            # IsLost(S2)"
+            seq = c.high_rxt if SEQ_GT(c.high_rxt, c.snd_una) else c.snd_una
+            while SEQ_LT(seq, c.snd_max):
+                end = sb_end_of(c, seq)
+                if end != seq:
+                    seq = end
+                    continue
+                if not sb_is_lost(c, seq):
+                    break
+                end = c.snd_max
+                for i in range(c.sb_n):
+                    if SEQ_GT(c.sb[i][0], seq):
+                        end = c.sb[i][0]
+                        break
+                n = self.send_at(c, seq, umin(end - seq, c.snd_mss), now)
+                if n:
+                    c.high_rxt = seq + n
+                    self.cnt.sack_retransmits += 1
+                    sent = True
+                break
+            if not sent:
+                # NextSeg (2): new data the receiver's window allows
+                if not (SEQ_LT(c.snd_max, c.snd_end) or
+                        (c.fin_queued and c.snd_max == c.snd_end)):
+                    return
+                room = c.snd_wnd - (c.snd_max - c.snd_una) \
+                    if c.snd_wnd > c.snd_max - c.snd_una else 0
+                n = self.send_at(c, c.snd_max, umin(room, c.cc.cwnd - pipe), now)
+                if n == 0:
+                    return
+                c.snd_max += n
+                c.snd_nxt = c.snd_max
 
     cdef void challenge_ack(self, tcp_conn *c, uint64_t now) noexcept nogil:
         # RFC 5961 3.2 / 4.2 / 5.2: <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>
@@ -1123,7 +1266,7 @@ cdef class TcpEngine:
             c.snd_wl1 = seq
             c.snd_wl2 = ack
             self.established(c, now)
-        if not self.ack_input(c, t, plen, now):
+        if not self.ack_input(c, t, o, plen, now):
             return
         if not c.in_use or c.state == ST_CLOSED:
             return
@@ -1140,8 +1283,8 @@ cdef class TcpEngine:
                 c.rcv_fin_seq = fseq
                 c.ack_now = 1
 
-    cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, uint32_t plen,
-                        uint64_t now) noexcept nogil:
+    cdef bint ack_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o,
+                        uint32_t plen, uint64_t now) noexcept nogil:
         """RFC 9293 3.10.7.4 fifth (ESTABLISHED and later). False: drop the segment."""
         cdef uint32_t ack = tcp_ackno(t), seq = tcp_seq(t), acked, freed = 0, data_to, k
         cdef uint32_t win = <uint32_t>tcp_win(t) << c.snd_wscale
@@ -1158,6 +1301,9 @@ cdef class TcpEngine:
         if SEQ_LT(ack, c.snd_una - c.max_snd_wnd):
             self.challenge_ack(c, now)
             return False
+        if c.sack_ok and o.has & OPT_SACK:
+            for k in range(o.nsack):
+                sb_add(c, o.sack[k][0], o.sack[k][1])
         if SEQ_GT(ack, c.snd_una):
             acked = ack - c.snd_una
             # free the acknowledged bytes of the send queue (the FIN and SYN hold none)
@@ -1184,6 +1330,9 @@ cdef class TcpEngine:
             c.snd_una = ack
             if SEQ_LT(c.snd_nxt, c.snd_una):
                 c.snd_nxt = c.snd_una
+            if SEQ_LT(c.high_rxt, c.snd_una):
+                c.high_rxt = c.snd_una
+            sb_prune(c)
             c.retries = 0
             if c.timing and SEQ_GE(ack, c.rtt_seq):
                 self.rtt_sample(c, now)
@@ -1194,7 +1343,7 @@ cdef class TcpEngine:
                     c.in_recovery = 0
                     c.cc.cwnd = umin(c.cc.ssthresh,
                                      umax(flight_size(c), c.snd_mss) + c.snd_mss)
-                else:
+                elif not c.sack_ok:
                     # RFC 6582 3.2 step 4 (partial acknowledgment): retransmit the first
                     # unacknowledged segment, deflate cwnd by the amount acknowledged, add
                     # back SMSS if at least SMSS was acknowledged
@@ -1229,19 +1378,24 @@ cdef class TcpEngine:
                 and win == c.snd_wnd and c.snd_max != c.snd_una:
             # RFC 5681 2: a duplicate ACK (no data, no window change, data outstanding)
             c.dupacks += 1
-            if c.dupacks == 3 and not c.in_recovery and SEQ_GT(ack, c.recover):
-                # RFC 6582 3.2 step 2: ssthresh from the CC module, record recover,
-                # retransmit the first unacknowledged segment, cwnd = ssthresh + 3*SMSS
-                c.ops.on_loss(&c.cc, flight_size(c), now)
-                c.recover = c.snd_max - 1
-                c.in_recovery = 1
-                self.cnt.fast_retransmits += 1
-                self.send_at(c, c.snd_una, c.snd_mss, now)
-                c.cc.cwnd = c.cc.ssthresh + 3 * c.snd_mss
-            elif c.in_recovery:
+            if c.in_recovery and not c.sack_ok:
                 # step 3 of RFC 6582 3.2: "For each additional duplicate ACK received ...
                 # increment cwnd by SMSS" (inflation)
                 c.cc.cwnd += c.snd_mss
+        if not c.in_recovery and SEQ_GT(c.snd_una, c.recover) and c.snd_max != c.snd_una \
+                and (c.dupacks >= 3 or (c.sack_ok and sb_is_lost(c, c.snd_una))):
+            # RFC 6582 3.2 step 2 / RFC 6675 5 (with SACK, also when IsLost(HighACK + 1)):
+            # ssthresh from the CC module, record recover (RecoveryPoint = HighData),
+            # retransmit the first unacknowledged segment
+            c.ops.on_loss(&c.cc, flight_size(c), now)
+            c.recover = c.snd_max - 1
+            c.in_recovery = 1
+            self.cnt.fast_retransmits += 1
+            k = self.send_at(c, c.snd_una, c.snd_mss, now)
+            c.high_rxt = c.snd_una + k
+            if not c.sack_ok:
+                # RFC 6582: cwnd = ssthresh + 3*SMSS (the three segments that left)
+                c.cc.cwnd = c.cc.ssthresh + 3 * c.snd_mss
         # "If SND.UNA =< SEG.ACK =< SND.NXT, the send window should be updated. If
         # (SND.WL1 < SEG.SEQ or (SND.WL1 = SEG.SEQ and SND.WL2 =< SEG.ACK)), set
         # SND.WND <- SEG.WND, set SND.WL1 <- SEG.SEQ, and set SND.WL2 <- SEG.ACK"
@@ -1421,6 +1575,9 @@ cdef class TcpEngine:
             c.in_recovery = 0
             c.recover = c.snd_max - 1
             c.dupacks = 0
+            # RFC 2018 8: "after a retransmit timeout the data sender SHOULD turn off all
+            # of the SACKed bits" (the receiver may have reneged)
+            c.sb_n = 0
         # RFC 6298 5.4: "Retransmit the earliest segment that has not been acknowledged";
         # sending resumes from SND.UNA as the (now one-segment) window allows
         c.timing = 0
