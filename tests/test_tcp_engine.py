@@ -959,6 +959,147 @@ def test_flow_table_survives_connection_churn():
     p.done()
 
 
+def test_fin_is_retransmitted_on_timeout():
+    p = open_sender(rto_init=1.0, rto_min=1.0)
+    p.eng.send(p.cid, b"last", p.now)
+    p.eng.close(p.cid, p.now)
+    segs = p.out()
+    assert payload(segs[0]) == b"last" and "F" in str(segs[-1].flags)
+    p.send(ack=p.a_seq + 4)                        # data acked, the FIN lost
+    assert p.eng.state(p.cid) == "FIN-WAIT-1"
+    p.until_deadline()
+    fin = p.one()
+    assert fin.flags == "FA" and fin.seq == p.a_seq + 4 and payload(fin) == b""
+    p.send(ack=p.a_seq + 5)
+    assert p.eng.state(p.cid) == "FIN-WAIT-2"
+    p.done()
+
+
+def test_data_queued_in_syn_sent_goes_after_the_handshake():
+    p = Peer(timestamps=False)
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    assert p.eng.send(cid, b"early", p.now) == 5
+    assert p.out() == []                           # nothing but the SYN before ESTABLISHED
+    p.feed(pkt(BISS, syn.seq + 1, "SA", options=[("MSS", 1460)], sport=BPORT, dport=5555))
+    segs = p.out()
+    assert [payload(s) for s in segs if payload(s)] == [b"early"]
+    assert all(s.ack == BISS + 1 for s in segs)
+    p.done()
+
+
+def test_ack_below_the_window_gets_challenge_ack():
+    p = open_sender()
+    p.eng.send(p.cid, b"x" * 100, p.now)
+    p.one()
+    p.send(ack=p.a_seq + 100)
+    # RFC 5961 5.2: SEG.ACK < SND.UNA - MAX.SND.WND is answered and dropped
+    p.data(b"data", ack=p.a_seq - 70_000)
+    ack = p.one()
+    assert ack.ack == p.seq                        # the data was not taken
+    assert p.eng.counters()["challenge_acks"] == 1
+    p.done()
+
+
+def test_abort_sends_rst_from_snd_nxt():
+    p = open_sender()
+    p.eng.send(p.cid, b"x" * 10, p.now)
+    p.one()
+    p.eng.abort(p.cid, p.now)
+    rst = p.one()
+    assert rst.flags == "R" and rst.seq == p.a_seq + 10
+    assert p.eng.state(p.cid) == "CLOSED"
+    p.done()
+
+
+def test_accept_queue_full_drops_the_final_ack():
+    p = Peer(syncookies=False)
+    lid = p.eng.listen(A, APORT, backlog=1)
+    p.feed(pkt(BISS, 0, "S", sport=1))
+    sa1 = p.one()
+    p.feed(pkt(BISS + 1, sa1.seq + 1, "A", sport=1))
+    assert p.out() == []                           # queued for accept()
+    p.feed(pkt(BISS, 0, "S", sport=2))
+    sa2 = p.one()
+    p.feed(pkt(BISS + 1, sa2.seq + 1, "A", sport=2))
+    assert p.eng.counters()["accept_queue_full"] == 1
+    first = p.eng.accept(lid)
+    assert p.eng.info(first)["state"] == "ESTABLISHED"
+    assert p.eng.accept(lid) is None               # the second is still half-open
+    p.feed(pkt(BISS + 1, sa2.seq + 1, "A", sport=2))   # its ACK again, now with room
+    assert p.eng.accept(lid) is not None
+    p.done()
+
+
+def test_closing_a_listener_aborts_children_not_yet_accepted():
+    p = Peer()
+    lid = p.eng.listen(A, APORT)
+    p.feed(pkt(BISS, 0, "S", sport=1))
+    sa = p.one()
+    p.feed(pkt(BISS + 1, sa.seq + 1, "A", sport=1))
+    p.feed(pkt(BISS, 0, "S", sport=2))
+    p.one()
+    p.eng.close(lid, p.now)
+    rsts = p.out()
+    assert sorted(s.dport for s in rsts) == [1, 2] and all("R" in str(s.flags) for s in rsts)
+    assert p.eng.counters()["conns"] == 0
+    p.done()
+
+
+def shuttle(a, b, now):
+    """Deliver every pending segment both ways until both engines are quiet."""
+    for _ in range(20):
+        sa, sb = a.segments(), b.segments()
+        if not sa and not sb:
+            return
+        for s in sa:
+            b.feed(s, now)
+        for s in sb:
+            a.feed(s, now)
+    raise AssertionError("no quiescence")
+
+
+def test_two_engines_simultaneous_open_and_simultaneous_close():
+    pools = FramePool(64), FramePool(64)
+    a = TcpEngine(pools[0], 4, seed=1, msl=1.0)
+    b = TcpEngine(pools[1], 4, seed=2, msl=1.0)
+    now = T0
+    ca = a.connect(A, 7000, B, 7001, now)
+    cb = b.connect(B, 7001, A, 7000, now)
+    sa, sb = a.segments(), b.segments()            # both SYNs cross on the wire
+    for s in sa:
+        b.feed(s, now)
+    for s in sb:
+        a.feed(s, now)
+    assert a.state(ca) == b.state(cb) == "SYN-RECEIVED"
+    shuttle(a, b, now)
+    assert a.state(ca) == b.state(cb) == "ESTABLISHED"
+    assert a.info(ca)["ts_ok"] and a.info(ca)["sack_ok"] and a.info(ca)["ws_ok"]
+    a.send(ca, b"ping", now)
+    shuttle(a, b, now)
+    assert b.recv(cb, now) == b"ping"
+    a.shutdown(ca, now)
+    b.shutdown(cb, now)
+    sa, sb = a.segments(), b.segments()            # both FINs cross
+    for s in sa:
+        b.feed(s, now)
+    for s in sb:
+        a.feed(s, now)
+    assert a.state(ca) == b.state(cb) == "CLOSING"
+    shuttle(a, b, now)
+    assert a.state(ca) == b.state(cb) == "TIME-WAIT"
+    now += 2 * 1000 * MS
+    a.on_timer_(now)
+    b.on_timer_(now)
+    assert a.state(ca) == b.state(cb) == "CLOSED"
+    for e, cid in ((a, ca), (b, cb)):
+        e.close(cid, now)
+        assert not e.exists(cid)
+        assert e.counters()["bad_transitions"] == 0
+    for pool in pools:
+        pool.check_frames(expect_idle=True)
+
+
 # -- hostile input ---------------------------------------------------------------------------
 
 
