@@ -1103,6 +1103,16 @@ def test_two_engines_simultaneous_open_and_simultaneous_close():
 # -- hostile input ---------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("mss", [0, 1, 12])
+def test_tiny_peer_mss_is_raised_to_a_floor(mss):
+    p = Peer()
+    p.passive_open(options=(("MSS", mss), ("Timestamp", (5, 0))))
+    assert p.eng.info(p.cid)["snd_mss"] == 64
+    p.eng.send(p.cid, bytes(200), p.now)
+    assert [len(payload(s)) for s in p.out()] == [64, 64, 64]   # the 8-byte tail: Nagle
+    p.done()
+
+
 def test_bad_checksum_is_dropped_and_counted():
     p = Peer()
     p.plain_open()

@@ -1,5 +1,18 @@
 # The TCP protocol engine (sans-IO): segments and time in, segments and events out.
-# The network thread cimports this and drives it through the cdef API of TcpEngine.
+# The network thread cimports this and drives it through the cdef API of TcpEngine, all
+# `noexcept nogil`, all on the network thread (one engine per thread; not thread-safe):
+#
+#   per received frame (IPv4 header at UMEM address ip_addr, avail bytes from it):
+#       if eng.validate(pool.frame_ptr(ip_addr), avail) == 0: eng.input(ip_addr, now)
+#       then drop the RX reference as usual: the engine took its own for kept payload
+#   timers: poll() with timeout next_deadline() - now (0 = nothing armed), then on_timer(now)
+#   output, after input/on_timer/app calls: while (n = eng.pop_out(frame, cap)): TX frame[:n]
+#       (a complete IPv4 packet; prepend Ethernet; checksums are done)
+#   events for the app: while (cid = eng.pop_event(&mask)) != NO_CONN: hand (cid, mask) over
+#   app requests, relayed from the handoff: c_connect, c_listen, c_accept, c_send (copies),
+#       c_peek (zero-copy fragments) + c_consume, c_shutdown, c_close, c_abort,
+#       c_set_nodelay, c_set_keepalive
+# Time is ns of a monotonic clock; addresses in network order, ports in host order.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from vtlstack._port cimport FramePool
@@ -233,6 +246,7 @@ ctypedef struct tcp_conn:
     uint64_t bytes_in
     uint64_t bytes_acked
     uint64_t retransmits
+    uint64_t sb_full        # SACK blocks dropped because the scoreboard was full
     tcp_frag rq[RQ_MAX]
     tcp_frag ooo[OOO_MAX]
     tcp_frag sq[SQ_MAX]

@@ -50,6 +50,7 @@ EVENT_NAMES = {EV_CONNECTED: "connected", EV_READABLE: "readable", EV_WRITABLE: 
 
 cdef enum:
     COOKIE_NMSS = 6
+    MIN_SND_MSS = 64            # floor for the peer's MSS option (Linux uses 48)
     FT_TOMB = 0xFFFFFFFF
     DEFAULT_MSS = 536           # RFC 9293 3.7.1: the MSS assumed without the option
     TS_OPTLEN = 12              # timestamps option with its two NOPs
@@ -167,6 +168,7 @@ cdef void sb_add(tcp_conn *c, uint32_t left, uint32_t right) noexcept nogil:
         j += 1
     if j == i:
         if c.sb_n == SB_MAX:
+            c.sb_full += 1
             if i == SB_MAX:
                 return
             c.sb_n -= 1
@@ -516,7 +518,11 @@ cdef class TcpEngine:
             c.ts_recent = o.tsval
         c.sack_ok = c.sack_ok and (o.has & OPT_SACK_PERM) != 0
         # RFC 9293 3.7.1: Eff.snd.MSS = min(SendMSS+20, MMS_S) - TCPhdrsize - IPoptionsize
+        # A hostile or broken MSS (0, or below the option room) is raised to MIN_SND_MSS
+        # so segments always carry data
         optsz = TS_OPTLEN if c.ts_ok else 0
+        if peer_mss < MIN_SND_MSS + optsz:
+            peer_mss = MIN_SND_MSS + optsz
         c.snd_mss = <uint16_t>(umin(peer_mss, self.cfg.mss) - optsz)
         c.rcv_mss = <uint16_t>(self.cfg.mss - optsz)
         c.ops.init(&c.cc, c.snd_mss)
@@ -2016,6 +2022,8 @@ cdef class TcpEngine:
             "ooo_bytes": c.ooo_bytes, "sq_bytes": c.sq_bytes, "sq_frames": c.sq_n,
             "bytes_in": c.bytes_in, "bytes_acked": c.bytes_acked,
             "retransmits": c.retransmits, "ts_recent": c.ts_recent,
+            "sack_board": [(c.sb[i][0], c.sb[i][1]) for i in range(c.sb_n)],
+            "sack_board_full": c.sb_full,
             "ooo": [(c.ooo[i].seq, c.ooo[i].len) for i in range(c.ooo_n)],
             "timers": {"rtx": c.rtx_at, "persist": c.persist_at, "delack": c.delack_at,
                        "time_wait": c.tw_at, "keepalive": c.ka_at},
