@@ -1,9 +1,9 @@
 """Build the Cython fast path and the eBPF objects.
 
 The eBPF objects (bpf/*.bpf.c, compiled with clang -target bpf and BTF) and the shared
-headers they are built from land in vtlstack/_bpf/; parser specs and graft manifests are
-copied into vtlstack/_data/. All of it ships as package data, so only `vtlstack` is
-installed. `VTL_ONLY=_port,_fastpath python setup.py build_ext --inplace` rebuilds a subset.
+headers they are built from land in vtlstack/_bpf/; parser specs, graft manifests and the
+benchmark's C reference are copied into vtlstack/_data/. All of it ships as package data,
+so only `vtlstack` is installed. `VTL_ONLY=_port,_fastpath python setup.py build_ext --inplace` rebuilds a subset.
 """
 
 import os
@@ -19,7 +19,8 @@ from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 BPF_SRC = ROOT / "bpf"
-DATA_DIRS = ("parsers", "grafts")
+# Shipped data: parser specs, graft manifests, and the C reference the port bench builds.
+DATA_GLOBS = {"parsers": "**/*", "grafts": "**/*", "bench": "*.c"}
 
 # One extension per hot domain; all link libxdp/libbpf so the xsk.h inlines resolve.
 EXTENSIONS = {
@@ -78,10 +79,12 @@ def compile_bpf(outdir: Path) -> None:
 
 
 def copy_data(outdir: Path) -> None:
-    for name in DATA_DIRS:
-        src = ROOT / name
-        if src.is_dir():
-            shutil.copytree(src, outdir / name, dirs_exist_ok=True)
+    for name, pattern in DATA_GLOBS.items():
+        for src in sorted((ROOT / name).glob(pattern)):
+            if src.is_file():
+                dst = outdir / name / src.relative_to(ROOT / name)
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(src, dst)
 
 
 class BuildExt(build_ext):

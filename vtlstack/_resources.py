@@ -18,7 +18,7 @@ def bpf_path(name: str) -> Path:
 
 
 def data_dir(kind: str) -> Path:
-    """The shipped ``parsers`` or ``grafts`` directory (the repo's own in a source tree)."""
+    """The shipped ``parsers``, ``grafts`` or ``bench`` data (the repo's own in a checkout)."""
     for base in (_PKG / "_data" / kind, _REPO / kind):
         if base.is_dir():
             return base

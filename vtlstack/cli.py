@@ -2,20 +2,28 @@
 
 import argparse
 import importlib
+import os
 import signal
 import sys
 
 from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
-_APPS = ("demo", "testbed", "echo", "udpload")
+_APPS = ("demo", "testbed", "echo", "udpload", "bench")
 
 
 class Terminated(SystemExit):
     """SIGTERM as an exception, so every `with` and `finally` on the way out runs."""
 
 
+_main_pid = 0
+
+
 def _on_sigterm(signum: int, frame: object) -> None:
+    # A child forked without exec (pyroute2 does this to enter namespaces) inherits this
+    # handler: it must die as SIGTERM asks, not unwind the parent's `with` blocks.
+    if os.getpid() != _main_pid:
+        os._exit(128 + signum)
     raise Terminated(128 + signum)
 
 
@@ -33,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    global _main_pid
+    _main_pid = os.getpid()
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         return int(args.func(args) or 0)

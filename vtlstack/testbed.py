@@ -216,7 +216,7 @@ class _Wire:
         # 256 MiB; calloc'd memory costs nothing until a backlog actually fills it.
         hold_ms = self.impair.get("delay_ms", 0) + self.impair.get("reorder_extra_ms", 0)
         queue = max(1024, min(int(hold_ms * 400), 65536, (256 << 20) // self.frame_size))
-        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-m", "vtlstack.wire",
+        argv = ["ip", "netns", "exec", self.netns, sys.executable, "-P", "-m", "vtlstack.wire",
                 "--a", self.a, "--b", self.b,
                 "--delay-ms", str(self.impair.get("delay_ms", 0)),
                 "--reorder-pct", str(self.impair.get("reorder_pct", 0)),
