@@ -597,6 +597,26 @@ def test_passive_close_close_wait_last_ack():
     p.done()
 
 
+def test_new_syn_reopens_a_connection_in_time_wait():
+    p = Peer(msl=30.0)
+    p.plain_open()
+    old = p.cid
+    p.eng.shutdown(old, p.now)
+    fin = p.one()
+    p.send(flags="FA", ack=fin.seq + 1)
+    p.one()
+    assert p.eng.state(old) == "TIME-WAIT"
+    p.eng.close(old, p.now)
+    p.feed(pkt(p.seq - 100, 0, "S"))             # an old-looking SYN: challenge ACK only
+    assert p.one().flags == "A" and p.eng.state(old) == "TIME-WAIT"
+    p.feed(pkt(p.seq + 100_000, 0, "S", options=[("MSS", 1460)]))   # a new incarnation
+    synack = p.one()
+    assert synack.flags == "SA" and synack.ack == p.seq + 100_001
+    assert p.eng.counters()["conns"] == 2         # the listener and the new half-open one
+    assert p.eng.transition_counts()[("TIME-WAIT", "CLOSED")] == 1
+    p.done()
+
+
 def test_simultaneous_close_through_closing():
     p = Peer(msl=1.0)
     p.plain_open()

@@ -888,17 +888,30 @@ cdef class TcpEngine:
         thl = tcp_hlen(t)
         plen = tot - hl - thl
         cid = self.ft_find(lip, lport, rip, rport)
+        li = NULL
+        for i in range(MAX_LISTENERS):
+            if self.listeners[i].in_use and self.listeners[i].lport == lport and \
+                    (self.listeners[i].lip == lip or self.listeners[i].lip == 0):
+                li = &self.listeners[i]
+                break
         if cid != NO_CONN:
             c = &self.conns[cid]
+            if c.state == ST_TIME_WAIT and li != NULL and \
+                    flags & (TH_SYN | TH_ACK | TH_RST) == TH_SYN and \
+                    (SEQ_GT(tcp_seq(t), c.rcv_nxt) or
+                     (c.ts_ok and o.has & OPT_TS and SEQ_GT(o.tsval, c.ts_recent))):
+                # RFC 9293 3.10.7.4 / RFC 6191: a SYN whose sequence number (or timestamp)
+                # is beyond the old incarnation's may reopen a connection in TIME-WAIT
+                self.conn_closed(c, EV_CLOSED)
+                self.listen_input(li, lip, rip, t, &o, plen, ip_addr + hl + thl, now)
+                return
             self.conn_input(c, t, &o, plen, ip_addr + hl + thl, now)
             if c.in_use and c.state != ST_CLOSED:
                 self.output(c, now)
             return
-        for i in range(MAX_LISTENERS):
-            li = &self.listeners[i]
-            if li.in_use and li.lport == lport and (li.lip == lip or li.lip == 0):
-                self.listen_input(li, lip, rip, t, &o, plen, ip_addr + hl + thl, now)
-                return
+        if li != NULL:
+            self.listen_input(li, lip, rip, t, &o, plen, ip_addr + hl + thl, now)
+            return
         # RFC 9293 3.10.7.1: CLOSED. "An incoming segment containing a RST is discarded. An
         # incoming segment not containing a RST causes a RST to be sent in response."
         if flags & TH_RST:
