@@ -1228,6 +1228,54 @@ class Link:
         return True
 
 
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.1, 0.3]),
+       steps=st.integers(0, 400), who=st.sampled_from(["abort_a", "abort_b", "close_a"]))
+def test_abort_or_close_mid_transfer_returns_every_frame(seed, loss, steps, who):
+    """Cut a transfer at a random moment (RST, or close with unread data); the other side
+    gets the RST or times out; every frame ends back in the pools either way."""
+    rng = random.Random(seed)
+    link = Link(rng, loss, 0.05, 3 * MS, rcv_buf=16384, max_retries=6, syn_retries=4)
+    a, b = link.engs
+    lid = b.listen(B, 80)
+    ca = a.connect(A, 0, B, 80, link.now)
+    cb = None
+    data = rng.randbytes(100_000)
+    sent = 0
+    for k in range(100_000):
+        if cb is None:
+            cb = b.accept(lid)
+        if a.exists(ca) and a.state(ca) == "ESTABLISHED" and sent < len(data):
+            sent += a.send(ca, data[sent:sent + 8192], link.now)
+        if cb is not None and k % 3 == 0:
+            b.recv(cb, link.now, 3000)
+        if k == steps:
+            if who == "abort_a":
+                a.abort(ca, link.now)
+            elif who == "abort_b" and cb is not None:
+                b.abort(cb, link.now)
+            elif who == "close_a":
+                a.close(ca, link.now)
+        if not link.step() and k > steps:
+            break
+        a.events()
+        b.events()
+    for e, cid in ((a, ca), (b, cb)):
+        if cid is not None and e.exists(cid):
+            assert e.state(cid) in ("CLOSED", "TIME-WAIT", "ESTABLISHED", "FIN-WAIT-2",
+                                    "CLOSE-WAIT")
+            e.abort(cid, link.now)
+            if e.exists(cid):            # a released handle is freed by the abort itself
+                e.close(cid, link.now)
+    b.close(lid, link.now)
+    for e in link.engs:
+        e.segments()
+        assert e.counters()["conns"] == 0 and e.counters()["bad_transitions"] == 0
+    for pool in link.pools:
+        pool.check_frames(expect_idle=True)
+        assert pool.stats()["bad_ops"] == 0
+
+
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.05, 0.2]),
        dup=st.sampled_from([0.0, 0.1]), jitter=st.sampled_from([0, 3 * MS, 20 * MS]),

@@ -156,3 +156,34 @@ def test_odd_length_payload_checksum():
     a.segments()
     b.segments()
     pool.check_frames(expect_idle=True)
+
+
+def test_pending_output_keeps_its_payload_frame_until_popped():
+    pool = FramePool(64)
+    a = TcpEngine(pool, 4, seed=1, timestamps=False)
+    b = TcpEngine(pool, 4, seed=2, timestamps=False)
+    now = 10**9
+    b.listen(B, 80)
+    ca = a.connect(A, 1234, B, 80, now)
+    for _ in range(3):
+        for s in a.segments():
+            b.feed(s, now)
+        for s in b.segments():
+            a.feed(s, now)
+    held = pool.stats()["held"]
+    a.send(ca, bytes(1000), now)
+    assert pool.stats()["held"] == held + 1      # one send-queue frame
+    assert a.counters()["pending_out"] == 1      # its segment, not yet written out
+    a.abort(ca, now)
+    a.close(ca, now)                             # the send queue lets go ...
+    assert pool.stats()["held"] == held + 1      # ... but the pending segment holds it
+    out = a.segments()
+    assert [IP(s)[TCP].flags for s in out] == ["PA", "R"]
+    assert len(IP(out[0])[TCP].payload) == 1000
+    assert pool.stats()["held"] == held          # written out: the frame is free
+    for cid in range(4):
+        if b.exists(cid):
+            b.abort(cid, now)
+            b.close(cid, now)
+    b.segments()
+    pool.check_frames(expect_idle=True)

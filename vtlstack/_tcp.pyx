@@ -106,7 +106,8 @@ cdef inline uint32_t mix32(uint64_t x) noexcept nogil:
 
 cdef inline uint32_t flow_hash(uint32_t lip, uint16_t lport, uint32_t rip,
                                uint16_t rport) noexcept nogil:
-    return mix32((<uint64_t>lip << 32 | rip) ^ (<uint64_t>lport << 16 | rport) * <uint64_t>0x9E3779B97F4A7C15ULL)
+    cdef uint64_t ports = (<uint64_t>lport << 16 | rport) * <uint64_t>0x9E3779B97F4A7C15ULL
+    return mix32((<uint64_t>lip << 32 | rip) ^ ports)
 
 
 # -- the state diagram as data (RFC 9293 3.3.2, Figure 5) ------------------------------------
