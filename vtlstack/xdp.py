@@ -9,7 +9,12 @@ pins its state in bpffs. If ``/sys/fs/bpf`` is not a bpffs we mount one only whe
 process is in a private mount namespace (``ip netns exec`` gives one), where the mount
 disappears with the namespace; in the machine's own mount namespace we do not change the
 system and let libxdp attach the program directly (legacy mode). ``attach_info`` says which
-way it went and why.
+way it went and why. On the development machines (kernel 6.18, libxdp 1.3) the kernel
+refuses the dispatcher's compatibility check (EPERM loading its test program), so libxdp
+attaches directly even with a bpffs; either way an interface that already has an XDP
+program is refused with XdpBusyError, never replaced or joined.
+
+libxdp/libbpf messages go to the ``vtlstack.xdp`` logger (see _route_logs).
 """
 
 from __future__ import annotations
