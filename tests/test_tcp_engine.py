@@ -1184,6 +1184,39 @@ def test_truncated_packets_are_counted():
     p.done()
 
 
+@settings(max_examples=300, deadline=None)
+@given(mutations=st.lists(st.tuples(st.integers(0, 59), st.integers(0, 255)), max_size=8),
+       flags=st.sampled_from(["A", "PA", "S", "R", "F", "FA", "SA", "RA", "", "FSRPAU"]),
+       seq_off=st.integers(-2**31, 2**31 - 1), ack_off=st.integers(-2**31, 2**31 - 1),
+       data=st.binary(max_size=200), state=st.sampled_from(["est", "listen", "syn_sent"]))
+def test_hostile_segments_never_crash_or_leak(mutations, flags, seq_off, ack_off, data,
+                                               state):
+    """Random headers, flags, sequence/ack numbers and option bytes, with valid
+    checksums: the engine counts or ignores them, and gives every frame back."""
+    p = Peer()
+    if state == "est":
+        p.passive_open()
+    elif state == "listen":
+        p.eng.listen(A, APORT)
+        p.a_seq = 0
+    else:
+        cid = p.eng.connect(A, APORT, B, BPORT, p.now)
+        p.a_seq = p.one().seq + 1
+        p.cid = cid
+    opts_bytes = bytearray(b"\x01" * 40)
+    hdr = bytearray(bytes(TCP(sport=BPORT, dport=APORT, seq=(p.seq + seq_off) % 2**32,
+                              ack=(p.a_seq + ack_off) % 2**32, flags=flags, dataofs=15,
+                              window=1000))[:20] + opts_bytes)
+    for pos, val in mutations:
+        hdr[20 + pos % 40 if pos >= 12 else pos] = val    # options, or ports/seq/ack/flags
+    hdr[12] = (hdr[12] & 0x0F) | (min(15, max(5, hdr[12] >> 4)) << 4)
+    p.feed(with_tcp_csum(bytes(hdr) + data))
+    p.out()
+    p.advance(100_000 * MS)                       # let any timer run
+    p.out()
+    p.done()
+
+
 # -- two engines back to back over a lossy link ----------------------------------------------
 
 

@@ -890,7 +890,7 @@ cdef class TcpEngine:
         plen = tot - hl - thl
         cid = self.ft_find(lip, lport, rip, rport)
         li = NULL
-        for i in range(MAX_LISTENERS):
+        for i in range(<uint32_t>MAX_LISTENERS):
             if self.listeners[i].in_use and self.listeners[i].lport == lport and \
                     (self.listeners[i].lip == lip or self.listeners[i].lip == 0):
                 li = &self.listeners[i]
