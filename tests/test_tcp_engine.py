@@ -754,6 +754,22 @@ def test_rto_doubles_and_retransmits_identical_bytes():
     p.done()
 
 
+def test_deadline_hint_is_never_late_and_early_wakeups_are_cheap():
+    p = open_sender(rto_init=1.0, rto_min=1.0)
+    p.eng.send(p.cid, b"x", p.now)
+    p.one()
+    assert p.eng.deadline_hint() == p.eng.deadline() == p.now + 1000 * MS
+    p.send(ack=p.a_seq + 1)                       # the retransmission timer is cancelled
+    assert p.eng.deadline() is None
+    assert p.eng.deadline_hint() == p.now + 1000 * MS   # stale: early, not late
+    p.eng.on_timer_(p.now + 500 * MS)             # before the hint: nothing happens
+    assert p.eng.deadline_hint() == p.now + 1000 * MS
+    p.eng.on_timer_(p.now + 1000 * MS)            # the early wakeup finds nothing ...
+    assert p.out() == []
+    assert p.eng.deadline_hint() is None          # ... and makes the hint exact
+    p.done()
+
+
 def test_ack_stops_timer_and_rtt_sets_rto():
     p = open_sender(rto_min=0.2)
     p.eng.send(p.cid, b"q" * 100, p.now)
@@ -1245,7 +1261,8 @@ class Link:
 
     def step(self):
         self.pump()
-        nxt = [d for d in (e.deadline() for e in self.engs) if d is not None]
+        # the network thread's O(1) hint: possibly early, never late
+        nxt = [d for d in (e.deadline_hint() for e in self.engs) if d is not None]
         if self.wire:
             nxt.append(min(self.wire)[0])
         if not nxt:

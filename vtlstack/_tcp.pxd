@@ -5,7 +5,8 @@
 #   per received frame (IPv4 header at UMEM address ip_addr, avail bytes from it):
 #       if eng.validate(pool.frame_ptr(ip_addr), avail) == 0: eng.input(ip_addr, now)
 #       then drop the RX reference as usual: the engine took its own for kept payload
-#   timers: poll() with timeout next_deadline() - now (0 = nothing armed), then on_timer(now)
+#   timers: poll() with timeout next_deadline() - now (0 = nothing armed; O(1), may be early,
+#       never late), then on_timer(now) (returns at once when nothing can be due)
 #   output, after input/on_timer/app calls: while (n = eng.pop_out(frame, cap)): TX frame[:n]
 #       (a complete IPv4 packet; prepend Ethernet; checksums are done)
 #   events for the app: while (cid = eng.pop_event(&mask)) != NO_CONN: hand (cid, mask) over
@@ -289,6 +290,7 @@ cdef class TcpEngine:
     cdef uint16_t eph_next
     cdef uint64_t transitions[ST_NSTATES][ST_NSTATES]
     cdef uint64_t ca_window_start
+    cdef uint64_t tmin          # lower bound of every armed timer (0: none armed)
     cdef uint32_t ca_count
 
     # -- network thread: input, timers, output --
@@ -364,3 +366,6 @@ cdef class TcpEngine:
     cdef void fin_input(self, tcp_conn *c, uint64_t now) noexcept nogil
     cdef void established(self, tcp_conn *c, uint64_t now) noexcept nogil
     cdef void rto_fire(self, tcp_conn *c, uint64_t now) noexcept nogil
+    cdef void arm(self, uint64_t t) noexcept nogil
+    cdef uint64_t exact_deadline(self) noexcept nogil
+    cdef void timer_conn(self, tcp_conn *c, uint64_t now) noexcept nogil

@@ -146,6 +146,14 @@ cdef inline uint32_t flight_size(const tcp_conn *c) noexcept nogil:
     return c.snd_max - c.snd_una
 
 
+cdef inline uint64_t conn_deadline(const tcp_conn *c) noexcept nogil:
+    cdef uint64_t best = earliest(0, c.rtx_at)
+    best = earliest(best, c.persist_at)
+    best = earliest(best, c.delack_at)
+    best = earliest(best, c.tw_at)
+    return earliest(best, c.ka_at)
+
+
 # -- SACK scoreboard (RFC 6675 2, 4) ----------------------------------------------------------
 
 cdef void sb_add(tcp_conn *c, uint32_t left, uint32_t right) noexcept nogil:
@@ -735,6 +743,7 @@ cdef class TcpEngine:
         if c.rtx_at == NO_DEADLINE:
             # RFC 6298 5.1: start the timer when a segment with data (or SYN/FIN) is sent
             c.rtx_at = now + c.rto
+            self.arm(c.rtx_at)
         return n + (1 if flags & TH_FIN else 0)
 
     cdef void output(self, tcp_conn *c, uint64_t now) noexcept nogil:
@@ -759,6 +768,7 @@ cdef class TcpEngine:
                 c.snd_nxt = c.snd_max = c.iss + 1
                 if c.rtx_at == NO_DEADLINE:
                     c.rtx_at = now + c.rto
+                    self.arm(c.rtx_at)
             elif c.ack_now and c.state == ST_SYN_RECEIVED:
                 self.emit(c, c.snd_max, TH_ACK, 0, 0, now)
             return
@@ -784,6 +794,7 @@ cdef class TcpEngine:
                 # RFC 9293 3.8.6.1: with a zero window the sender must keep probing
                 t = c.rto << c.persist_shift
                 c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
+                self.arm(c.persist_at)
                 c.rtx_at = NO_DEADLINE
         if c.ack_now and c.state != ST_CLOSED and c.state != ST_LISTEN:
             # <SEQ=SND.NXT><ACK=RCV.NXT><CTL=ACK>: RFC 9293's SND.NXT is our snd_max (snd_nxt
@@ -1154,6 +1165,7 @@ cdef class TcpEngine:
             # from the peer restarts it
             c.ka_sent = 0
             c.ka_at = now + c.ka_idle_ns
+            self.arm(c.ka_at)
         if c.state == ST_SYN_RECEIVED and flags & TH_SYN and seq == c.irs \
                 and not (flags & TH_RST):
             if flags & TH_ACK and ack == c.iss + 1:
@@ -1219,6 +1231,7 @@ cdef class TcpEngine:
                     # RFC 9293 3.10.7.4 eighth, TIME-WAIT: a retransmitted FIN: "Restart the
                     # 2 MSL time-wait timeout"
                     c.tw_at = now + 2 * self.cfg.msl_ns
+                    self.arm(c.tw_at)
                 c.ack_now = 1
                 return
         # RFC 7323 4.3: "If SEG.TSval >= TS.Recent and SEG.SEQ =< Last.ACK.sent then
@@ -1379,6 +1392,7 @@ cdef class TcpEngine:
             # retransmission timer"; 5.3: "When an ACK is received that acknowledges new
             # data, restart the retransmission timer"
             c.rtx_at = NO_DEADLINE if c.snd_una == c.snd_max else now + c.rto
+            self.arm(c.rtx_at)
             if freed and c.sq_bytes < self.cfg.snd_buf:
                 self.event(c, EV_WRITABLE)
             if c.fin_queued and SEQ_GT(c.snd_una, c.snd_end):
@@ -1533,6 +1547,7 @@ cdef class TcpEngine:
             # "... MUST NOT excessively delay acknowledgments ... the delay MUST be less than
             # 0.5 seconds"
             c.delack_at = now + self.cfg.delack_ns
+            self.arm(c.delack_at)
         if c.rcv_fin_pending and c.rcv_nxt == c.rcv_fin_seq:
             self.fin_input(c, now)
 
@@ -1557,25 +1572,31 @@ cdef class TcpEngine:
     cdef void time_wait(self, tcp_conn *c, uint64_t now) noexcept nogil:
         self.set_state(c, ST_TIME_WAIT)
         c.tw_at = now + 2 * self.cfg.msl_ns
+        self.arm(c.tw_at)
         c.rtx_at = c.persist_at = NO_DEADLINE
         self.conn_release_frames(c, False)
 
     # -- timers -----------------------------------------------------------------------------
 
+    cdef inline void arm(self, uint64_t t) noexcept nogil:
+        """Every timer set goes through here: tmin stays a lower bound of them all."""
+        if t and (self.tmin == 0 or t < self.tmin):
+            self.tmin = t
+
     cdef uint64_t next_deadline(self) noexcept nogil:
-        """The earliest armed timer (ns), or 0 when none is armed."""
+        """When on_timer() may have work (ns), or 0 when no timer is armed. O(1): a lower
+        bound, so it may be early (a timer since cancelled or pushed back), never late;
+        an early on_timer() finds nothing due and sets the exact value."""
+        return self.tmin
+
+    cdef uint64_t exact_deadline(self) noexcept nogil:
         cdef uint64_t best = 0
         cdef uint32_t i
         cdef tcp_conn *c
         for i in range(self.max_conns):
             c = &self.conns[i]
-            if not c.in_use:
-                continue
-            best = earliest(best, c.rtx_at)
-            best = earliest(best, c.persist_at)
-            best = earliest(best, c.delack_at)
-            best = earliest(best, c.tw_at)
-            best = earliest(best, c.ka_at)
+            if c.in_use:
+                best = earliest(best, conn_deadline(c))
         return best
 
     cdef void rto_fire(self, tcp_conn *c, uint64_t now) noexcept nogil:
@@ -1604,51 +1625,66 @@ cdef class TcpEngine:
         c.snd_nxt = c.snd_una
 
     cdef void on_timer(self, uint64_t now) noexcept nogil:
-        """Fire every timer due at `now` and send what follows."""
+        """Fire every timer due at `now` and send what follows. Before next_deadline() it
+        returns at once; otherwise one pass over the connections, which also recomputes the
+        exact next deadline."""
         cdef uint32_t i
         cdef tcp_conn *c
-        cdef uint64_t t
+        cdef uint64_t t, best = 0
+        if self.tmin == 0 or now < self.tmin:
+            return
         for i in range(self.max_conns):
             c = &self.conns[i]
             if not c.in_use or c.state == ST_CLOSED or c.state == ST_LISTEN:
                 continue
-            if c.tw_at and now >= c.tw_at:
-                # RFC 9293 3.10.8: "If the time-wait timeout expires on a connection, delete
-                # the TCB, enter the CLOSED state, and return"
-                self.conn_closed(c, EV_CLOSED)
-                continue
-            if c.delack_at and now >= c.delack_at:
-                c.delack_at = NO_DEADLINE
-                c.ack_now = 1
-            if c.rtx_at and now >= c.rtx_at:
-                self.rto_fire(c, now)
-                if not c.in_use or c.state == ST_CLOSED:
-                    continue
-            if c.persist_at and now >= c.persist_at:
-                # RFC 9293 3.8.6.1 / RFC 1122 4.2.2.17: probe the zero window, backing off;
-                # the probe is the segment below the window (SEQ = SND.UNA - 1) that makes
-                # the receiver answer with its current window, as Linux does
-                self.cnt.persist_probes += 1
+            self.timer_conn(c, now)
+            if c.in_use:
+                best = earliest(best, conn_deadline(c))
+        self.tmin = best
+
+    cdef void timer_conn(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        """Fire the timers of one connection that are due at `now`."""
+        cdef uint64_t t
+        if c.tw_at and now >= c.tw_at:
+            # RFC 9293 3.10.8: "If the time-wait timeout expires on a connection, delete
+            # the TCB, enter the CLOSED state, and return"
+            self.conn_closed(c, EV_CLOSED)
+            return
+        if c.delack_at and now >= c.delack_at:
+            c.delack_at = NO_DEADLINE
+            c.ack_now = 1
+        if c.rtx_at and now >= c.rtx_at:
+            self.rto_fire(c, now)
+            if not c.in_use or c.state == ST_CLOSED:
+                return
+        if c.persist_at and now >= c.persist_at:
+            # RFC 9293 3.8.6.1 / RFC 1122 4.2.2.17: probe the zero window, backing off;
+            # the probe is the segment below the window (SEQ = SND.UNA - 1) that makes
+            # the receiver answer with its current window, as Linux does
+            self.cnt.persist_probes += 1
+            self.emit(c, c.snd_una - 1, TH_ACK, 0, 0, now)
+            if c.persist_shift < PERSIST_MAX_SHIFT:
+                c.persist_shift += 1
+            t = c.rto << c.persist_shift
+            c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
+            self.arm(c.persist_at)
+        if c.ka_at and now >= c.ka_at:
+            if c.snd_max != c.snd_una or c.persist_at or c.state == ST_TIME_WAIT:
+                c.ka_at = now + c.ka_idle_ns    # retransmission or persist is at work
+                self.arm(c.ka_at)
+            elif c.ka_sent >= c.ka_count:
+                self.cnt.timeouts += 1
+                self.conn_closed(c, EV_TIMEOUT)
+                return
+            else:
+                # RFC 9293 3.8.4: a probe "with SEG.SEQ = SND.NXT-1", which the peer
+                # must answer with an ACK
+                self.cnt.keepalive_probes += 1
                 self.emit(c, c.snd_una - 1, TH_ACK, 0, 0, now)
-                if c.persist_shift < PERSIST_MAX_SHIFT:
-                    c.persist_shift += 1
-                t = c.rto << c.persist_shift
-                c.persist_at = now + (t if t < self.cfg.rto_max_ns else self.cfg.rto_max_ns)
-            if c.ka_at and now >= c.ka_at:
-                if c.snd_max != c.snd_una or c.persist_at or c.state == ST_TIME_WAIT:
-                    c.ka_at = now + c.ka_idle_ns    # retransmission or persist is at work
-                elif c.ka_sent >= c.ka_count:
-                    self.cnt.timeouts += 1
-                    self.conn_closed(c, EV_TIMEOUT)
-                    continue
-                else:
-                    # RFC 9293 3.8.4: a probe "with SEG.SEQ = SND.NXT-1", which the peer
-                    # must answer with an ACK
-                    self.cnt.keepalive_probes += 1
-                    self.emit(c, c.snd_una - 1, TH_ACK, 0, 0, now)
-                    c.ka_sent += 1
-                    c.ka_at = now + c.ka_intvl_ns
-            self.output(c, now)
+                c.ka_sent += 1
+                c.ka_at = now + c.ka_intvl_ns
+                self.arm(c.ka_at)
+        self.output(c, now)
 
     # -- application calls ------------------------------------------------------------------
 
@@ -2009,7 +2045,12 @@ cdef class TcpEngine:
         self.on_timer(now)
 
     def deadline(self):
-        """The earliest armed timer in ns, or None."""
+        """The earliest armed timer in ns (exact, by a scan), or None."""
+        cdef uint64_t t = self.exact_deadline()
+        return None if t == 0 else t
+
+    def deadline_hint(self):
+        """What next_deadline() tells the network thread: a lower bound, or None."""
         cdef uint64_t t = self.next_deadline()
         return None if t == 0 else t
 
