@@ -3,7 +3,8 @@
 The eBPF objects (bpf/*.bpf.c, compiled with clang -target bpf and BTF) and the shared
 headers they are built from land in vtlstack/_bpf/; parser specs, graft manifests and the
 benchmark's C reference are copied into vtlstack/_data/. All of it ships as package data,
-so only `vtlstack` is installed. `VTL_ONLY=_port,_fastpath python setup.py build_ext --inplace` rebuilds a subset.
+so only `vtlstack` is installed. `VTL_ONLY=_port,_fastpath python setup.py build_ext
+--inplace` rebuilds a subset.
 """
 
 import os

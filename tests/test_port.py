@@ -6,7 +6,6 @@ and AF_PACKET sockets in the client namespace. Waits poll for a condition with a
 """
 
 import json
-import os
 import select
 import socket
 import struct
@@ -21,7 +20,6 @@ from vtlstack._resources import bpf_path
 
 pytestmark = pytest.mark.root
 
-REPO = Path(__file__).resolve().parent.parent
 SCENARIOS = str(Path(__file__).with_name("_xsk_scenarios.py"))
 PORT = 9000
 
@@ -39,12 +37,12 @@ class Server:
     """A scenario running in the server namespace; stdin tells it the client is done."""
 
     def __init__(self, tb, scenario: str, *args: str) -> None:
-        env = dict(os.environ, PYTHONPATH=str(REPO))
+        # -P: the installed package, never a source checkout that happens to be the cwd.
         self.proc = tb.popen(
             "server",
-            [sys.executable, SCENARIOS, scenario, tb.host("server").iface.name, *args],
+            [sys.executable, "-P", SCENARIOS, scenario, tb.host("server").iface.name, *args],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            text=True, env=env,
+            text=True,
         )
 
     def wait_ready(self, timeout: float = 20) -> None:

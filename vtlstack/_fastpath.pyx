@@ -10,8 +10,12 @@ import threading
 
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.string cimport memcpy, memset
+from posix.unistd cimport read
 
 from vtlstack._handoff cimport Channel
+from vtlstack._includes.posix cimport (
+    POLLIN, SYS_gettid, now_ns, poll, pollfd, syscall,
+)
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
 from vtlstack._port cimport FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
 from vtlstack.proto.eth cimport (
@@ -24,38 +28,6 @@ from vtlstack.proto.ipv4 cimport (
 from vtlstack.proto.udp cimport (
     UDP_HLEN, udp_checksum_ok, udp_dport, udp_len, udp_sport, udp_swap_ports, udp_write,
 )
-
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
-
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC
-
-
-cdef inline uint64_t now_ns() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return <uint64_t>ts.tv_sec * 1000000000 + ts.tv_nsec
-
-
-cdef extern from "<unistd.h>" nogil:
-    long syscall(long number, ...)
-    ssize_t read(int fd, void *buf, size_t count)
-
-
-cdef extern from "<sys/syscall.h>" nogil:
-    long SYS_gettid
 
 
 # Bytes of Ethernet + IPv4 + UDP headers in front of a datagram the app sends.

@@ -5,39 +5,17 @@ from libc.errno cimport errno
 from libc.stdint cimport uint32_t, uint64_t
 from posix.unistd cimport close, read, write
 
+from vtlstack._includes.posix cimport (
+    EFD_CLOEXEC, EFD_NONBLOCK, POLLIN, eventfd, now_ns, poll, pollfd,
+)
 from vtlstack._includes.spsc cimport (
     spsc_consumer_sleeping, spsc_count, spsc_end_sleep, spsc_free, spsc_new, spsc_pop,
     spsc_prepare_sleep, spsc_push, spsc_ring, vtl_msg,
 )
 
 
-cdef extern from "<sys/eventfd.h>" nogil:
-    int eventfd(unsigned int initval, int flags)
-    int EFD_NONBLOCK
-    int EFD_CLOEXEC
-
-
-cdef extern from "<time.h>" nogil:
-    struct timespec:
-        long tv_sec
-        long tv_nsec
-    int clock_gettime(int clk, timespec *ts)
-    int CLOCK_MONOTONIC
-
-
 cdef inline double _now() noexcept nogil:
-    cdef timespec ts
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return ts.tv_sec + ts.tv_nsec * 1e-9
-
-
-cdef extern from "<poll.h>" nogil:
-    struct pollfd:
-        int fd
-        short events
-        short revents
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-    short POLLIN
+    return now_ns() * 1e-9
 
 
 cdef class Channel:

@@ -16,7 +16,13 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, strerror
 
+from vtlstack._includes.posix cimport *
 from vtlstack._includes.xsk cimport *
+from vtlstack.proto.eth cimport ETH_HLEN, ETHERTYPE_IPV4, eth_swap_addrs, eth_type
+from vtlstack.proto.ipv4 cimport (
+    IPPROTO_UDP_, IPV4_MIN_HLEN, ipv4_hlen, ipv4_proto, ipv4_swap_addrs,
+)
+from vtlstack.proto.udp cimport UDP_HLEN, udp_swap_ports
 
 import os
 
@@ -807,23 +813,18 @@ cdef class XskPort:
 
 cdef inline bint udp_echo_in_place(uint8_t *f, uint32_t length) noexcept nogil:
     """Turn an IPv4/UDP frame around: swap MACs, IPs and ports. Swapping leaves both the
-    IPv4 header checksum and the UDP checksum (pseudo-header sums are order-free) valid."""
-    cdef uint8_t tmp[6]
+    IPv4 header checksum and the UDP checksum (pseudo-header sums are order-free) valid.
+    Checks only what the swap needs, as the C reference does (this is the bench loop)."""
+    cdef uint8_t *ip = f + ETH_HLEN
     cdef uint32_t ihl
-    if length < 14 + 20 + 8 or f[12] != 0x08 or f[13] != 0x00:
+    if length < ETH_HLEN + IPV4_MIN_HLEN + UDP_HLEN or eth_type(f) != ETHERTYPE_IPV4:
         return False
-    if f[14] >> 4 != 4 or f[14 + 9] != 17:
+    if ip[0] >> 4 != 4 or ipv4_proto(ip) != IPPROTO_UDP_:
         return False
-    ihl = (f[14] & 0x0F) * 4
-    if ihl < 20 or length < 14 + ihl + 8:
+    ihl = ipv4_hlen(ip)
+    if ihl < IPV4_MIN_HLEN or length < ETH_HLEN + ihl + UDP_HLEN:
         return False
-    memcpy(tmp, f, 6)
-    memcpy(f, f + 6, 6)
-    memcpy(f + 6, tmp, 6)
-    memcpy(tmp, f + 14 + 12, 4)
-    memcpy(f + 14 + 12, f + 14 + 16, 4)
-    memcpy(f + 14 + 16, tmp, 4)
-    memcpy(tmp, f + 14 + ihl, 2)
-    memcpy(f + 14 + ihl, f + 14 + ihl + 2, 2)
-    memcpy(f + 14 + ihl + 2, tmp, 2)
+    eth_swap_addrs(f)
+    ipv4_swap_addrs(ip)
+    udp_swap_ports(ip + ihl)
     return True

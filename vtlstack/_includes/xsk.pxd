@@ -110,20 +110,6 @@ cdef extern from "<xdp/xsk.h>" nogil:
     void xsk_socket__delete(xsk_socket *xsk)
 
 
-cdef extern from "<poll.h>" nogil:
-    enum:
-        POLLIN
-        POLLOUT
-        POLLERR
-
-    struct pollfd:
-        int fd
-        short events
-        short revents
-
-    int poll(pollfd *fds, unsigned long nfds, int timeout)
-
-
 cdef extern from "<sys/socket.h>" nogil:
     ctypedef unsigned int socklen_t
     enum:
@@ -149,16 +135,6 @@ cdef extern from "<sys/mman.h>" nogil:
 
 cdef extern from "<net/if.h>" nogil:
     unsigned int if_nametoindex(const char *ifname)
-
-
-cdef extern from "<time.h>" nogil:
-    ctypedef long time_t
-    struct timespec:
-        time_t tv_sec
-        long tv_nsec
-    enum:
-        CLOCK_MONOTONIC
-    int clock_gettime(int clk, timespec *ts)
 
 
 cdef extern from "<errno.h>" nogil:
