@@ -857,6 +857,25 @@ def test_sack_recovery_retransmits_every_hole_in_one_round():
     p.done()
 
 
+def test_data_probing_our_zero_window_is_not_a_duplicate_ack():
+    p = Peer(frames=512, rcv_buf=2048, wscale=False)
+    p.plain_open()
+    p.data(b"z" * 1024)
+    p.data(b"z" * 1024, seq=p.seq + 1024)
+    p.advance(40 * MS)
+    assert p.out()[-1].window == 0                 # our window is closed
+    p.seq += 2048
+    mss = p.eng.info(p.cid)["snd_mss"]
+    p.eng.send(p.cid, bytes(3 * mss), p.now)
+    assert len(p.out()) == 3                       # our data is in flight
+    for _ in range(4):                             # the peer probes with one byte
+        p.data(b"?", ack=p.a_seq)
+        assert p.one().ack == p.seq                # answered, the byte not taken
+    assert p.eng.counters()["fast_retransmits"] == 0
+    assert p.eng.info(p.cid)["in_recovery"] is False
+    p.done()
+
+
 def test_zero_window_persist_probe_then_resume():
     p = open_sender(rto_init=1.0, rto_min=1.0)
     p.send(win=0)

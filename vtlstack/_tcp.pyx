@@ -1156,6 +1156,7 @@ cdef class TcpEngine:
                          uint64_t paddr, uint64_t now) noexcept nogil:
         cdef uint8_t flags = tcp_flags(t)
         cdef uint32_t seq = tcp_seq(t), ack = tcp_ackno(t), seglen, wnd, cut, fseq
+        cdef uint32_t plen_in = plen    # before trimming: a segment with data is no dup ACK
         cdef bint acceptable
         if c.state == ST_SYN_SENT:
             self.syn_sent_input(c, t, o, now)
@@ -1299,7 +1300,7 @@ cdef class TcpEngine:
             c.snd_wl1 = seq
             c.snd_wl2 = ack
             self.established(c, now)
-        if not self.ack_input(c, t, o, plen, now):
+        if not self.ack_input(c, t, o, plen_in, now):
             return
         if not c.in_use or c.state == ST_CLOSED:
             return
