@@ -918,6 +918,20 @@ def test_cubic_follows_rfc9438_window_curve():
     assert r["trace"][-1][1] > w0 + 10            # convex growth beyond W_max
 
 
+def test_congestion_control_is_chosen_per_connection():
+    p = open_sender(cc="newreno")
+    assert p.eng.info(p.cid)["cc"] == "newreno"
+    before = p.eng.info(p.cid)["cwnd"]
+    p.eng.set_cc(p.cid, "cubic")
+    i = p.eng.info(p.cid)
+    assert i["cc"] == "cubic" and i["cwnd"] == before     # the window carries over
+    with pytest.raises(ValueError):
+        p.eng.set_cc(p.cid, "bbr")
+    with pytest.raises(ValueError):
+        TcpEngine(p.pool, 4, cc="vegas")
+    p.done()
+
+
 def test_newreno_avoidance_adds_one_mss_per_rtt():
     r = cc_trace("newreno", 1000, 20, 0.1, 10, loss=False)
     assert [round(cw) for _, cw in r["trace"]] == list(range(21, 31))

@@ -12,7 +12,7 @@
 #   events for the app: while (cid = eng.pop_event(&mask)) != NO_CONN: hand (cid, mask) over
 #   app requests, relayed from the handoff: c_connect, c_listen, c_accept, c_send (copies),
 #       c_peek (zero-copy fragments) + c_consume, c_shutdown, c_close, c_abort,
-#       c_set_nodelay, c_set_keepalive
+#       c_set_nodelay, c_set_keepalive, c_set_cc (another tcp_cc_ops table per connection)
 # Time is ns of a monotonic clock; addresses in network order, ports in host order.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -312,6 +312,7 @@ cdef class TcpEngine:
     cdef void c_close(self, int32_t cid, uint64_t now) noexcept nogil
     cdef void c_abort(self, int32_t cid, uint64_t now) noexcept nogil
     cdef void c_set_nodelay(self, int32_t cid, bint on, uint64_t now) noexcept nogil
+    cdef void c_set_cc(self, int32_t cid, const tcp_cc_ops *ops) noexcept nogil
     cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
                               uint8_t count, uint64_t now) noexcept nogil
     cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil

@@ -270,12 +270,7 @@ cdef class TcpEngine:
             raise ValueError(f"mss {mss} does not fit a {pool.frame_size}-byte frame")
         if eph_lo == 0 or eph_lo > eph_hi:
             raise ValueError("bad ephemeral port range")
-        if cc == "newreno":
-            self.cfg.cc = &tcp_cc_newreno
-        elif cc == "cubic":
-            self.cfg.cc = &tcp_cc_cubic
-        else:
-            raise ValueError(f"unknown congestion control {cc!r} (newreno, cubic)")
+        self.cfg.cc = _cc_ops(cc)
         self.pool = pool
         self.cfg.mss = mss
         self.cfg.rcv_buf = rcv_buf
@@ -1909,6 +1904,16 @@ cdef class TcpEngine:
         if on and self.conns[cid].state != ST_CLOSED:
             self.output(&self.conns[cid], now)      # send what Nagle held back
 
+    cdef void c_set_cc(self, int32_t cid, const tcp_cc_ops *ops) noexcept nogil:
+        """Put another congestion control module behind this connection: its own state
+        starts afresh, cwnd and ssthresh carry over."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef uint32_t cwnd = c.cc.cwnd, ssthresh = c.cc.ssthresh
+        c.ops = ops
+        ops.init(&c.cc, c.snd_mss)
+        c.cc.cwnd = cwnd
+        c.cc.ssthresh = ssthresh
+
     cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
                               uint8_t count, uint64_t now) noexcept nogil:
         """Keep-alive (RFC 9293 3.8.4, off by default): after idle_ns without a segment
@@ -2030,6 +2035,11 @@ cdef class TcpEngine:
         self._conn(cid)
         self.c_abort(cid, now)
 
+    def set_cc(self, int cid, str name):
+        if self._conn(cid).state == ST_LISTEN:
+            raise ValueError("a listener has no congestion control")
+        self.c_set_cc(cid, _cc_ops(name))
+
     def set_nodelay(self, int cid, bint on, uint64_t now):
         self._conn(cid)
         self.c_set_nodelay(cid, on, now)
@@ -2099,6 +2109,14 @@ cdef class TcpEngine:
                 for a in range(ST_NSTATES) for b in range(ST_NSTATES) if self.transitions[a][b]}
 
 
+cdef const tcp_cc_ops *_cc_ops(str name) except NULL:
+    if name == "newreno":
+        return &tcp_cc_newreno
+    if name == "cubic":
+        return &tcp_cc_cubic
+    raise ValueError(f"unknown congestion control {name!r} (newreno, cubic)")
+
+
 cdef uint32_t _ip(str s) except? 0:
     return int.from_bytes(socket.inet_aton(s), "little")
 
@@ -2164,12 +2182,7 @@ def cc_trace(str name, uint32_t mss, double w0, double rtt, int rounds, bint los
     cdef uint64_t now = 1000000000, rtt_ns = <uint64_t>(rtt * 1e9), step
     cdef uint32_t segs, i
     cdef int r
-    if name == "newreno":
-        ops = &tcp_cc_newreno
-    elif name == "cubic":
-        ops = &tcp_cc_cubic
-    else:
-        raise ValueError(name)
+    ops = _cc_ops(name)
     ops.init(&cc, mss)
     cc.cwnd = <uint32_t>(w0 * mss)
     cc.ssthresh = cc.cwnd
