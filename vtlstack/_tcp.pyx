@@ -692,16 +692,22 @@ cdef class TcpEngine:
                           uint64_t now) noexcept nogil:
         """Send one segment starting at `seq` (data from the send queue, at most `room`
         bytes and one MSS; the FIN if it is next). Returns the sequence space it covers."""
-        cdef uint32_t i, off, n = 0
+        cdef uint32_t lo = 0, hi = c.sq_n, mid, off, n = 0
         cdef tcp_frag *f = NULL
         cdef uint8_t flags = TH_ACK
         cdef uint64_t addr = 0
         if SEQ_LT(seq, c.snd_end):
-            for i in range(c.sq_n):
-                f = &c.sq[(c.sq_head + i) % SQ_MAX]
-                if SEQ_LE(f.seq, seq) and SEQ_LT(seq, f.seq + f.len):
-                    break
-                f = NULL
+            # the queue is contiguous and sorted: binary search for the frame holding seq
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if SEQ_LE(c.sq[(c.sq_head + mid) % SQ_MAX].seq, seq):
+                    lo = mid
+                else:
+                    hi = mid
+            if c.sq_n:
+                f = &c.sq[(c.sq_head + lo) % SQ_MAX]
+                if not (SEQ_LE(f.seq, seq) and SEQ_LT(seq, f.seq + f.len)):
+                    f = NULL
             if f == NULL or room == 0:
                 return 0
             off = seq - f.seq
