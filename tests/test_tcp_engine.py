@@ -1311,6 +1311,45 @@ class Link:
         return True
 
 
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.1, 0.3]),
+       dup=st.sampled_from([0.0, 0.2]), jitter=st.sampled_from([0, 10 * MS]),
+       n=st.integers(0, 20_000))
+def test_simultaneous_open_and_close_over_a_lossy_link(seed, loss, dup, jitter, n):
+    rng = random.Random(seed)
+    link = Link(rng, loss, dup, jitter, max_retries=30, syn_retries=30)
+    a, b = link.engs
+    ca = a.connect(A, 7000, B, 7001, link.now)
+    cb = b.connect(B, 7001, A, 7000, link.now)
+    d_ab, d_ba = rng.randbytes(n), rng.randbytes(n // 2)
+    ends = [(a, ca, d_ab, bytearray(), d_ba), (b, cb, d_ba, bytearray(), d_ab)]
+    sent = [0, 0]
+    shut = [False, False]
+    for _ in range(100_000):
+        for k, (e, cid, out, got, _want) in enumerate(ends):
+            state = e.state(cid)
+            if state in ("ESTABLISHED", "CLOSE-WAIT") and sent[k] < len(out):
+                sent[k] += e.send(cid, out[sent[k]:sent[k] + 4096], link.now)
+            got += e.recv(cid, link.now)
+            if sent[k] == len(out) and not shut[k] and state in ("ESTABLISHED", "CLOSE-WAIT"):
+                e.shutdown(cid, link.now)       # both shut down as soon as they can
+                shut[k] = True
+        if all(e.state(cid) in ("TIME-WAIT", "CLOSED") for e, cid, *_ in ends):
+            break
+        if not link.step():
+            break
+    for e, cid, _out, got, want in ends:
+        assert bytes(got) == want
+        assert e.state(cid) in ("TIME-WAIT", "CLOSED")
+        e.close(cid, link.now)
+    while link.step():                  # TIME-WAIT runs out
+        pass
+    for e in link.engs:
+        assert e.counters()["conns"] == 0 and e.counters()["bad_transitions"] == 0
+    for pool in link.pools:
+        pool.check_frames(expect_idle=True)
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), loss=st.sampled_from([0.0, 0.1, 0.3]),
        steps=st.integers(0, 400), who=st.sampled_from(["abort_a", "abort_b", "close_a"]))
