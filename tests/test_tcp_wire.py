@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from scapy.layers.inet import IP, TCP
 
 from vtlstack._port import FramePool
-from vtlstack._tcp import TcpEngine, emit_options, parse_options
+from vtlstack._tcp import TcpEngine, emit_options, parse_options, siphash
 
 A, B = "10.0.0.1", "10.0.0.2"
 
@@ -187,3 +187,21 @@ def test_pending_output_keeps_its_payload_frame_until_popped():
             b.close(cid, now)
     b.segments()
     pool.check_frames(expect_idle=True)
+
+
+def test_siphash_reference_vector():
+    # SipHash-2-4 paper, appendix A: key 00..0f, message 00..0e
+    assert siphash(bytes(range(16)), bytes(range(15))) == 0xA129CA6149BE45E5
+    assert siphash(bytes(range(16)), b"") == 0x726FDB47DD0E0E31
+
+
+def test_isn_differs_per_engine_key_and_per_tuple():
+    def syn_seq(seed, lport):
+        eng = TcpEngine(FramePool(16), 4, seed=seed)
+        eng.connect(A, lport, B, 80, 10**9)
+        return IP(eng.segments()[0])[TCP].seq
+
+    assert syn_seq(1, 1000) == syn_seq(1, 1000)          # a seed makes runs repeatable
+    assert syn_seq(1, 1000) != syn_seq(2, 1000)          # the key changes F()
+    assert syn_seq(1, 1000) != syn_seq(1, 1001)          # so does the 4-tuple
+    assert syn_seq(None, 1000) != syn_seq(None, 1000)    # unseeded: a random key

@@ -20,6 +20,11 @@ from vtlstack._port cimport FramePool
 from vtlstack.proto.tcp cimport tcp_opts
 
 
+cdef extern from "siphash.h" nogil:
+    uint64_t siphash24(const uint8_t *data, size_t n, uint64_t k0, uint64_t k1)
+    uint64_t siphash_words(const uint64_t *w, size_t n, uint64_t k0, uint64_t k1)
+
+
 cdef extern from "tcp_cc.h" nogil:
     struct tcp_cc:
         uint32_t cwnd
@@ -285,7 +290,7 @@ cdef class TcpEngine:
     cdef uint32_t evq_head
     cdef uint32_t evq_n
     cdef uint32_t evq_cap
-    cdef uint64_t secret
+    cdef uint64_t key[2]        # SipHash key for ISNs, timestamp offsets and SYN cookies
     cdef uint16_t ip_ident
     cdef uint16_t eph_next
     cdef uint64_t transitions[ST_NSTATES][ST_NSTATES]

@@ -38,6 +38,7 @@ from vtlstack.proto.ipv4 cimport (
 )
 from vtlstack.proto.tcp cimport *
 
+import os
 import socket
 
 __all__ = ["TcpEngine", "STATE_NAMES", "EVENT_NAMES", "cc_trace", "emit_options", "parse_options"]
@@ -94,20 +95,13 @@ cdef inline uint64_t earliest(uint64_t best, uint64_t t) noexcept nogil:
     return t if t and (best == 0 or t < best) else best
 
 
-cdef inline uint32_t mix32(uint64_t x) noexcept nogil:
-    # splitmix64 finaliser, folded to 32 bits
-    x ^= x >> 30
-    x *= <uint64_t>0xBF58476D1CE4E5B9ULL
-    x ^= x >> 27
-    x *= <uint64_t>0x94D049BB133111EBULL
-    x ^= x >> 31
-    return <uint32_t>(x ^ (x >> 32))
-
-
-cdef inline uint32_t flow_hash(uint32_t lip, uint16_t lport, uint32_t rip,
-                               uint16_t rport) noexcept nogil:
-    cdef uint64_t ports = (<uint64_t>lport << 16 | rport) * <uint64_t>0x9E3779B97F4A7C15ULL
-    return mix32((<uint64_t>lip << 32 | rip) ^ ports)
+cdef inline uint32_t flow_hash(const uint64_t *key, uint32_t lip, uint16_t lport,
+                               uint32_t rip, uint16_t rport) noexcept nogil:
+    # keyed, so a peer cannot pick 4-tuples that collide in the flow table
+    cdef uint64_t w[2]
+    w[0] = <uint64_t>lip << 32 | rip
+    w[1] = <uint64_t>lport << 16 | rport
+    return <uint32_t>siphash_words(w, 2, key[1], key[0])
 
 
 # -- the state diagram as data (RFC 9293 3.3.2, Figure 5) ------------------------------------
@@ -262,7 +256,7 @@ cdef class TcpEngine:
                   bint timestamps=True, bint sack=True, bint nodelay=False,
                   bint syncookies=True,
                   uint32_t challenge_ack_limit=1000, uint32_t out_cap=4096,
-                  uint16_t eph_lo=61000, uint16_t eph_hi=65535, uint64_t seed=0x5eed):
+                  uint16_t eph_lo=61000, uint16_t eph_hi=65535, seed=None):
         cdef uint32_t i, size = 16
         if max_conns == 0:
             raise ValueError("max_conns must be at least 1")
@@ -291,7 +285,14 @@ cdef class TcpEngine:
         self.cfg.eph_lo = eph_lo
         self.cfg.eph_hi = eph_hi
         self.eph_next = eph_lo
-        self.secret = seed
+        # the key of RFC 6528's F(): random unless a seed makes runs repeatable (tests)
+        if seed is None:
+            k = os.urandom(16)
+            self.key[0] = int.from_bytes(k[:8], "little")
+            self.key[1] = int.from_bytes(k[8:], "little")
+        else:
+            self.key[0] = <uint64_t>seed
+            self.key[1] = <uint64_t>seed ^ <uint64_t>0x9E3779B97F4A7C15ULL
         self.max_conns = max_conns
         while size < 2 * max_conns:
             size <<= 1
@@ -341,7 +342,7 @@ cdef class TcpEngine:
 
     cdef int32_t ft_find(self, uint32_t lip, uint16_t lport, uint32_t rip,
                          uint16_t rport) noexcept nogil:
-        cdef uint32_t i = flow_hash(lip, lport, rip, rport) & self.ftab_mask, n, v
+        cdef uint32_t i = flow_hash(self.key, lip, lport, rip, rport) & self.ftab_mask, n, v
         cdef tcp_conn *c
         for n in range(self.ftab_mask + 1):
             v = self.ftab[i]
@@ -356,7 +357,7 @@ cdef class TcpEngine:
 
     cdef int ft_insert(self, int32_t cid) noexcept nogil:
         cdef tcp_conn *c = &self.conns[cid]
-        cdef uint32_t i = flow_hash(c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
+        cdef uint32_t i = flow_hash(self.key, c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
         for n in range(self.ftab_mask + 1):
             if self.ftab[i] == 0 or self.ftab[i] == FT_TOMB:
                 self.ftab[i] = <uint32_t>cid + 1
@@ -366,7 +367,7 @@ cdef class TcpEngine:
 
     cdef void ft_remove(self, int32_t cid) noexcept nogil:
         cdef tcp_conn *c = &self.conns[cid]
-        cdef uint32_t i = flow_hash(c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
+        cdef uint32_t i = flow_hash(self.key, c.lip, c.lport, c.rip, c.rport) & self.ftab_mask, n
         for n in range(self.ftab_mask + 1):
             if self.ftab[i] == 0:
                 return
@@ -480,12 +481,17 @@ cdef class TcpEngine:
     cdef void conn_init(self, tcp_conn *c, uint32_t lip, uint16_t lport, uint32_t rip,
                         uint16_t rport, uint64_t now) noexcept nogil:
         cdef uint32_t ws = 0
+        cdef uint64_t w[2]
         c.lip = lip
         c.lport = lport
         c.rip = rip
         c.rport = rport
-        # RFC 9293 3.4.1 / RFC 6528: ISN = M + F(4-tuple, secret), M a 4 us clock
-        c.iss = <uint32_t>(now // 4000) + mix32(flow_hash(lip, lport, rip, rport) ^ self.secret)
+        # RFC 9293 3.4.1 / RFC 6528: ISN = M + F(localip, localport, remoteip, remoteport,
+        # secretkey), M a 4 us clock and F a keyed hash (SipHash-2-4)
+        w[0] = <uint64_t>lip << 32 | rip
+        w[1] = <uint64_t>lport << 16 | rport
+        c.iss = <uint32_t>(now // 4000) + <uint32_t>siphash_words(w, 2, self.key[0],
+                                                                   self.key[1])
         c.snd_una = c.snd_nxt = c.snd_max = c.iss
         c.snd_end = c.iss + 1
         c.recover = c.iss
@@ -497,7 +503,8 @@ cdef class TcpEngine:
             while ws < TCP_MAX_WSCALE and (self.cfg.rcv_buf >> ws) > 0xFFFF:
                 ws += 1
         c.rcv_wscale = <uint8_t>ws
-        c.ts_offset = mix32(self.secret ^ c.iss)
+        # RFC 7323 5.4: a per-connection random offset for TSval
+        c.ts_offset = <uint32_t>(siphash_words(w, 2, self.key[1], self.key[0]) >> 32)
         c.snd_mss = DEFAULT_MSS
         c.rcv_mss = <uint16_t>self.cfg.mss
         c.ops = self.cfg.cc
@@ -943,9 +950,11 @@ cdef class TcpEngine:
                          uint32_t irs, uint32_t idx, uint64_t t) noexcept nogil:
         """A SYN cookie: a keyed hash of the 4-tuple, the peer's ISN, a 68.7 s time slot and
         the MSS index, with the index itself in the low 3 bits."""
-        return (mix32((<uint64_t>flow_hash(lip, lport, rip, rport) << 32 | irs)
-                      ^ (self.secret * <uint64_t>0xD6E8FEB86659FD93ULL) ^ (t << 40)
-                      ^ (<uint64_t>idx << 56)) & ~7u) | idx
+        cdef uint64_t w[3]
+        w[0] = <uint64_t>lip << 32 | rip
+        w[1] = <uint64_t>lport << 48 | <uint64_t>rport << 32 | irs
+        w[2] = t << 8 | idx
+        return (<uint32_t>siphash_words(w, 3, self.key[0], self.key[1]) & ~7u) | idx
 
     cdef bint cookie_open(self, tcp_listener *li, uint32_t lip, uint32_t rip,
                           const uint8_t *t, const tcp_opts *o, uint32_t plen, uint64_t paddr,
@@ -2176,6 +2185,14 @@ def emit_options(dict d):
             o.sack[k][0], o.sack[k][1] = d["sack"][k]
     n = tcp_emit_opts(buf, &o)
     return PyBytes_FromStringAndSize(<char *>buf, n)
+
+
+def siphash(bytes key, bytes data):
+    """SipHash-2-4 of data under a 16-byte key (the engine's keyed hash, for tests)."""
+    if len(key) != 16:
+        raise ValueError("the key has 16 bytes")
+    return siphash24(<const uint8_t *><char *>data, len(data),
+                     int.from_bytes(key[:8], "little"), int.from_bytes(key[8:], "little"))
 
 
 def cc_trace(str name, uint32_t mss, double w0, double rtt, int rounds, bint loss=True):
