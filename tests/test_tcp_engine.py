@@ -633,6 +633,31 @@ def test_simultaneous_close_through_closing():
     p.done()
 
 
+def test_close_with_unread_data_resets():
+    p = Peer()
+    p.plain_open()
+    p.data(b"unread")
+    p.out()
+    p.eng.close(p.cid, p.now)
+    rst = p.one()
+    assert rst.flags == "R" and rst.seq == p.a_seq       # RFC 1122 4.2.2.13
+    assert not p.eng.exists(p.cid)
+    p.done()
+
+
+def test_data_after_close_resets():
+    p = Peer()
+    p.plain_open()
+    p.eng.close(p.cid, p.now)
+    fin = p.one()
+    assert fin.flags == "FA"
+    p.data(b"late", ack=fin.seq + 1)              # the peer still sends
+    rst = p.one()
+    assert rst.flags == "R" and rst.seq == fin.seq + 1
+    assert not p.eng.exists(p.cid)
+    p.done()
+
+
 def test_out_of_order_fin_waits_for_the_data():
     p = Peer()
     p.plain_open()

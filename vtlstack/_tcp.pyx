@@ -1506,6 +1506,12 @@ cdef class TcpEngine:
         cdef bint had_ooo = c.ooo_n > 0
         cdef tcp_frag *f
         cdef uint32_t k, j
+        if c.released:
+            # RFC 1122 4.2.2.13: "if new data is received after CLOSE is called, its TCP
+            # SHOULD send a RST to show that data was lost"
+            self.emit_rst(c.lip, c.lport, c.rip, c.rport, c.snd_max, 0, 0)
+            self.conn_closed(c, EV_RESET)
+            return
         if seq != c.rcv_nxt:
             # RFC 5681 4.2: "A TCP receiver SHOULD send an immediate duplicate ACK when an
             # out-of-order segment arrives"
@@ -1543,10 +1549,7 @@ cdef class TcpEngine:
             for j in range(c.ooo_n - 1):
                 c.ooo[j] = c.ooo[j + 1]
             c.ooo_n -= 1
-        if c.released:
-            self.c_consume(<int32_t>(c - self.conns), c.rq_bytes, now)
-        else:
-            self.event(c, EV_READABLE)
+        self.event(c, EV_READABLE)
         if had_ooo:
             # RFC 5681 4.2: "an immediate ACK when the segment fills in all or part of a gap"
             c.ack_now = 1
@@ -1878,8 +1881,9 @@ cdef class TcpEngine:
         self.output(c, now)
 
     cdef void c_close(self, int32_t cid, uint64_t now) noexcept nogil:
-        """The app lets go of the handle: unread bytes are dropped, the FIN goes out after
-        the queued data, and the slot is freed once the connection is CLOSED. Closing a
+        """The app lets go of the handle: the FIN goes out after the queued data and the
+        slot is freed once the connection is CLOSED. With unread bytes, or when data comes
+        after the close, the connection is reset instead (RFC 1122 4.2.2.13). Closing a
         listener aborts the children it has not handed out."""
         cdef tcp_conn *c = &self.conns[cid]
         cdef tcp_listener *li
@@ -1898,9 +1902,13 @@ cdef class TcpEngine:
             self.set_state(c, ST_CLOSED)
             self.conn_free(c)
             return
-        self.c_consume(cid, c.rq_bytes, now)
         if c.state == ST_CLOSED:
             self.conn_free(c)
+            return
+        if c.rq_bytes:
+            # RFC 1122 4.2.2.13: "If such a host issues a CLOSE call while received data is
+            # still pending in TCP ... its TCP SHOULD send a RST to show that data was lost"
+            self.c_abort(cid, now)
             return
         self.c_shutdown(cid, now)
 
