@@ -119,7 +119,7 @@ def _cpu_seconds() -> float:
     return ru.ru_utime + ru.ru_stime
 
 
-def _wait_ready(proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def wait_ready(proc: subprocess.Popen, timeout: float = 30.0) -> None:
     """C programs say `ready` on stderr, vtl commands a JSON event on stdout."""
     deadline = time.monotonic() + timeout
     streams = [proc.stdout, proc.stderr]
@@ -169,7 +169,7 @@ def one_run(tb: Any, exe: Path, steer: Path, receiver: str, size: int, seconds: 
                                                       rx_seconds, batch),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_ready(proc)
+        wait_ready(proc)
         gen = tb.exec("client", [*gen_cpu, str(exe), "gen", "-i", cli.name, "-o", str(steer),
                                  "-m", srv.mac, "-D", srv.ip, "-s", cli.ip, "-p", str(PORT),
                                  "-P", str(SPORT), "-S", str(size), "-t", str(seconds),

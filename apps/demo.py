@@ -4,19 +4,19 @@ Builds a `pair` testbed (two network namespaces on one veth link), runs `vtl ech
 server host's interface (AF_XDP, the network thread answers), and measures it with a plain
 Linux UDP client on the client host: round-trip latency with one datagram in flight, and
 packets/s with a window in flight. Then the same client against the kernel's own UDP path
-on the same link, side by side. Everything is torn down at the end, also on Ctrl-C.
+on the same link (a C echo on a kernel socket, recvmmsg/sendmmsg), side by side.
+Everything is torn down at the end, also on Ctrl-C.
 """
 
 import argparse
 import json
-import select
 import subprocess
 import sys
-import time
 
 from vtlstack.apps._common import vtl_argv
+from vtlstack.apps.bench import build_reference, wait_ready
 
-from vtlstack.errors import VtlError, require_root
+from vtlstack.errors import require_root
 
 PORT = 7777
 
@@ -31,34 +31,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _wait_ready(proc: subprocess.Popen, timeout: float = 20.0) -> dict:
-    """The `ready` line of a service we started, or its error if it died first."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, deadline - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            err = proc.stderr.read().strip().splitlines()
-            raise VtlError(f"the echo service exited early: {err[-1] if err else proc.poll()}")
-        event = json.loads(line)
-        if event.get("event") == "ready":
-            return event
-    raise VtlError("the echo service did not become ready in time")
-
-
 def _measure(tb, path: str, args: argparse.Namespace) -> dict:
     server = tb.host("server")
-    extra = ["--kernel"] if path == "kernel" else []
-    echo = tb.popen("server", vtl_argv("echo", "--iface", server.iface.name, "--port", str(PORT),
-                                   *extra),
-                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if path == "kernel":
+        argv = [str(build_reference()), "kecho", "-p", str(PORT), "-t", "600"]
+    else:
+        argv = vtl_argv("echo", "--iface", server.iface.name, "--port", str(PORT))
+    echo = tb.popen("server", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _wait_ready(echo)
+        wait_ready(echo)
         out = tb.exec("client", vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
-                                     "--seconds", str(args.seconds), "--size", str(args.size),
-                                     "--window", str(args.window)),
+                                         "--seconds", str(args.seconds), "--size",
+                                         str(args.size), "--window", str(args.window)),
                       capture_output=True, text=True, check=True)
         result = json.loads(out.stdout)
     finally:
@@ -68,6 +52,8 @@ def _measure(tb, path: str, args: argparse.Namespace) -> dict:
         event = json.loads(line)
         if event.get("event") == "stats":
             result["server"] = {k: v for k, v in event.items() if k != "event"}
+        elif path == "kernel":
+            result["server"] = event
     return result
 
 
@@ -99,6 +85,7 @@ def _table(results: dict, args: argparse.Namespace) -> None:
     ]
     print(f"\nUDP echo, {args.size}-byte payloads, Linux client in another namespace\n")
     print(f"{'':34}{'vtlstack (AF_XDP)':>20}{'kernel UDP':>14}{'ratio':>8}")
+    print(f"{'':34}{'network thread':>20}{'C, recvmmsg':>14}")
     for label, key in rows:
         a, b = stack.get(key), kernel.get(key)
         ratio = f"{a / b:.2f}" if a and b else "-"

@@ -13,6 +13,8 @@ import time
 
 from vtlstack.apps._common import emit
 
+from vtlstack.errors import VtlError
+
 _SEQ = struct.Struct("!Q")
 
 
@@ -28,7 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     host, _, port = args.to.rpartition(":")
-    emit(measure((host, int(port)), args.seconds, max(args.size, 8), args.window))
+    if not host or not port.isdigit():
+        raise VtlError(f"--to {args.to!r}: give IP:PORT")
+    try:
+        emit(measure((host, int(port)), args.seconds, max(args.size, 8), args.window))
+    except ConnectionRefusedError:
+        # A connected UDP socket reports the peer's ICMP port unreachable this way.
+        raise VtlError(f"nothing listens on {args.to} (ICMP port unreachable)") from None
     return 0
 
 

@@ -135,7 +135,7 @@ cdef class NetThread:
     """The network thread of one port. `start()` runs it; `stop()` joins it."""
 
     def __cinit__(self, XskPort port, bytes mac not None, uint32_t ip, uint32_t batch=64,
-                  uint32_t busy_poll_us=100, uint32_t channel_size=4096):
+                  uint32_t busy_poll_us=0, uint32_t channel_size=4096):
         if len(mac) != 6:
             raise ValueError("mac must be 6 bytes")
         if not 1 <= batch <= MAX_BATCH:
@@ -210,10 +210,9 @@ cdef class NetThread:
             if work:
                 last_work = 0
                 continue
-            # Idle. Keep polling the rings for a short window first (as SO_BUSY_POLL does):
-            # a request/response peer answers within it, and waking from poll() costs tens
-            # of microseconds. Then sleep in poll() until a frame or a request arrives; the
-            # channel's prepare/recheck protocol means no request is missed.
+            # Idle. Optionally keep polling the rings for a short window first (as
+            # SO_BUSY_POLL does), then sleep in poll() until a frame or a request arrives;
+            # the channel's prepare/recheck protocol means no request is missed.
             if last_work == 0:
                 last_work = now_ns()
                 continue
