@@ -339,19 +339,19 @@ def test_syn_backlog_full_is_counted():
     p.done()
 
 
-def cookie_synack(p, sport, mss=1460):
-    p.feed(pkt(BISS, 0, "S", options=[("MSS", mss), ("WScale", 7), ("SAckOK", b""),
-                                      ("Timestamp", (1, 0))], sport=sport))
+def cookie_synack(p, sport, mss=1460, ts=True):
+    o = [("MSS", mss), ("WScale", 7), ("SAckOK", b"")] + ([("Timestamp", (1, 0))] if ts else [])
+    p.feed(pkt(BISS, 0, "S", options=o, sport=sport))
     return p.one()
 
 
-def test_syn_cookie_when_backlog_full_then_valid_ack_opens():
+def test_syn_cookie_without_timestamps_keeps_only_the_mss():
     p = Peer()
     lid = p.eng.listen(A, APORT, backlog=1)
     p.feed(pkt(BISS, 0, "S", sport=1))
     p.one()                                           # the one half-open slot
     conns = p.eng.counters()["conns"]
-    sa = cookie_synack(p, sport=2, mss=1300)
+    sa = cookie_synack(p, sport=2, mss=1300, ts=False)
     assert sa.flags == "SA" and sa.ack == BISS + 1
     assert opts(sa) == {"MSS": 1460}                  # stateless: only MSS
     assert p.eng.counters()["conns"] == conns         # no state kept
@@ -368,6 +368,29 @@ def test_syn_cookie_when_backlog_full_then_valid_ack_opens():
     assert p.eng.recv(cid, p.now) == b"hi"
     c = p.eng.counters()
     assert c["syncookies_sent"] == 1 and c["syncookies_ok"] == 1
+    p.done()
+
+
+def test_syn_cookie_with_timestamps_carries_wscale_and_sack():
+    p = Peer(rcv_buf=1 << 20)
+    lid = p.eng.listen(A, APORT, backlog=1)
+    p.feed(pkt(BISS, 0, "S", sport=1))
+    p.one()
+    sa = cookie_synack(p, sport=2, mss=1460, ts=True)
+    o = opts(sa)
+    assert o["WScale"] == 5 and "SAckOK" in o and o["Timestamp"][1] == 1
+    tsval = o["Timestamp"][0]
+    assert tsval & 0x3F == 0x10 | 7                   # SACK bit and the peer's shift
+    p.feed(pkt(BISS + 1, sa.seq + 1, "A", win=100,
+               options=[("Timestamp", (2, tsval))], sport=2))
+    cid = p.eng.accept(lid)
+    i = p.eng.info(cid)
+    assert i["ts_ok"] and i["sack_ok"] and i["ws_ok"]
+    assert i["snd_wscale"] == 7 and i["rcv_wscale"] == 5 and i["snd_wnd"] == 100 << 7
+    assert i["snd_mss"] == 1460 - 12
+    p.eng.send(cid, b"x", p.now)
+    (seg,) = [s for s in p.out() if s.dport == 2]
+    assert opts(seg)["Timestamp"][0] >= tsval         # TSval never went backwards
     p.done()
 
 

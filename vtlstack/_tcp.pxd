@@ -361,6 +361,9 @@ cdef class TcpEngine:
     cdef void conn_init(self, tcp_conn *c, uint32_t lip, uint16_t lport, uint32_t rip,
                         uint16_t rport, uint64_t now) noexcept nogil
     cdef void time_wait(self, tcp_conn *c, uint64_t now) noexcept nogil
+    cdef uint8_t our_wscale(self) noexcept nogil
+    cdef uint32_t ts_offset(self, uint32_t lip, uint16_t lport, uint32_t rip,
+                            uint16_t rport) noexcept nogil
     cdef void _drop_out(self) noexcept nogil
     cdef uint32_t free_window(self, tcp_conn *c) noexcept nogil
     cdef bint window_can_open(self, tcp_conn *c) noexcept nogil

@@ -478,9 +478,24 @@ cdef class TcpEngine:
         if c.released:
             self.conn_free(c)
 
+    cdef uint8_t our_wscale(self) noexcept nogil:
+        """The shift that lets the window field say the whole receive buffer."""
+        cdef uint8_t ws = 0
+        while ws < TCP_MAX_WSCALE and (self.cfg.rcv_buf >> ws) > 0xFFFF:
+            ws += 1
+        return ws
+
+    cdef uint32_t ts_offset(self, uint32_t lip, uint16_t lport, uint32_t rip,
+                            uint16_t rport) noexcept nogil:
+        # RFC 7323 5.4: a per-connection random offset for TSval (a keyed hash of the
+        # 4-tuple, so a SYN cookie's SYN,ACK uses the one the connection will have)
+        cdef uint64_t w[2]
+        w[0] = <uint64_t>lip << 32 | rip
+        w[1] = <uint64_t>lport << 16 | rport
+        return <uint32_t>(siphash_words(w, 2, self.key[1], self.key[0]) >> 32)
+
     cdef void conn_init(self, tcp_conn *c, uint32_t lip, uint16_t lport, uint32_t rip,
                         uint16_t rport, uint64_t now) noexcept nogil:
-        cdef uint32_t ws = 0
         cdef uint64_t w[2]
         c.lip = lip
         c.lport = lport
@@ -499,12 +514,8 @@ cdef class TcpEngine:
         c.ws_ok = self.cfg.wscale
         c.ts_ok = self.cfg.timestamps
         c.sack_ok = self.cfg.sack
-        if c.ws_ok:
-            while ws < TCP_MAX_WSCALE and (self.cfg.rcv_buf >> ws) > 0xFFFF:
-                ws += 1
-        c.rcv_wscale = <uint8_t>ws
-        # RFC 7323 5.4: a per-connection random offset for TSval
-        c.ts_offset = <uint32_t>(siphash_words(w, 2, self.key[1], self.key[0]) >> 32)
+        c.rcv_wscale = self.our_wscale() if c.ws_ok else 0
+        c.ts_offset = self.ts_offset(lip, lport, rip, rport)
         c.snd_mss = DEFAULT_MSS
         c.rcv_mss = <uint16_t>self.cfg.mss
         c.ops = self.cfg.cc
@@ -960,9 +971,11 @@ cdef class TcpEngine:
                           const uint8_t *t, const tcp_opts *o, uint32_t plen, uint64_t paddr,
                           uint64_t now) noexcept nogil:
         """An ACK to a listener that carries a valid SYN cookie (ACK - 1): rebuild the
-        SYN-RECEIVED connection it stands for and let the ACK complete it. Cookie
-        connections have the cookie's MSS and no window scaling, timestamps or SACK."""
+        SYN-RECEIVED connection it stands for and let the ACK complete it. The MSS comes
+        from the cookie; window scaling and SACK from the echoed TSval when the peer uses
+        timestamps (without them, a cookie connection has none of the three)."""
         cdef uint32_t ack = tcp_ackno(t), seq = tcp_seq(t), ck = ack - 1, idx = ck & 7
+        cdef uint32_t bits, optsz
         cdef uint16_t lport = tcp_dport(t), rport = tcp_sport(t)
         cdef uint64_t slot = now >> 36
         cdef int32_t cid
@@ -988,8 +1001,20 @@ cdef class TcpEngine:
         c.rcv_adv = seq + umin(self.cfg.rcv_buf, 0xFFFF)   # what the SYN,ACK offered
         c.ws_ok = c.ts_ok = c.sack_ok = 0
         c.rcv_wscale = 0
-        c.snd_mss = <uint16_t>umin(_COOKIE_MSS[idx], self.cfg.mss)
-        c.rcv_mss = <uint16_t>self.cfg.mss
+        optsz = 0
+        if o.has & OPT_TS and self.cfg.timestamps:
+            # the options our cookie SYN,ACK carried in its TSval, echoed in TSecr
+            bits = o.tsecr & 0x3F
+            c.ts_ok = 1
+            c.ts_recent = o.tsval
+            optsz = TS_OPTLEN
+            c.sack_ok = (bits & 0x10) != 0 and self.cfg.sack
+            if bits & 0xF <= TCP_MAX_WSCALE and self.cfg.wscale:
+                c.ws_ok = 1
+                c.snd_wscale = bits & 0xF
+                c.rcv_wscale = self.our_wscale()
+        c.snd_mss = <uint16_t>(umin(_COOKIE_MSS[idx], self.cfg.mss) - optsz)
+        c.rcv_mss = <uint16_t>(self.cfg.mss - optsz)
         c.ops.init(&c.cc, c.snd_mss)
         c.parent = li.cid
         li.half_open += 1
@@ -1006,7 +1031,7 @@ cdef class TcpEngine:
                            uint64_t paddr, uint64_t now) noexcept nogil:
         cdef uint8_t flags = tcp_flags(t)
         cdef int32_t cid
-        cdef uint32_t idx, ck, irs
+        cdef uint32_t idx, ck, irs, bits, tsnow
         cdef tcp_conn *c
         cdef tcp_seg_out *s
         cdef tcp_opts so
@@ -1032,7 +1057,7 @@ cdef class TcpEngine:
             if not self.cfg.syncookies or self.out_n == self.out_cap:
                 return
             # The half-open queue is full: answer statelessly with a SYN cookie as the ISS
-            # (RFC 4987 3.6); the MSS travels in its low 3 bits, other options are dropped
+            # (RFC 4987 3.6); the MSS travels in its low 3 bits
             idx = 0
             while idx + 1 < COOKIE_NMSS and _COOKIE_MSS[idx + 1] <= \
                     (o.mss if o.has & OPT_MSS else DEFAULT_MSS):
@@ -1054,6 +1079,24 @@ cdef class TcpEngine:
             s.ack = irs + 1
             s.flags = TH_SYN | TH_ACK
             s.win = <uint16_t>umin(self.cfg.rcv_buf, 0xFFFF)
+            if o.has & OPT_TS and self.cfg.timestamps:
+                # As Linux does: the options the SYN offered ride in the low 6 bits of our
+                # TSval (the peer's window shift, 15 for none; SACK-permitted) and come back
+                # in the ACK's TSecr. The TSval is moved back, never forward in time.
+                bits = (o.wscale if o.has & OPT_WSCALE and self.cfg.wscale else 0xF) | \
+                    (0x10 if o.has & OPT_SACK_PERM and self.cfg.sack else 0)
+                tsnow = <uint32_t>(now // 1000000) + \
+                    self.ts_offset(lip, tcp_dport(t), rip, tcp_sport(t))
+                so.tsval = (tsnow & ~0x3Fu) | bits
+                if SEQ_GT(so.tsval, tsnow):
+                    so.tsval -= 64
+                so.tsecr = o.tsval
+                so.has |= OPT_TS
+                if bits & 0x10:
+                    so.has |= OPT_SACK_PERM
+                if bits & 0xF != 0xF:
+                    so.has |= OPT_WSCALE
+                    so.wscale = self.our_wscale()
             s.optlen = tcp_emit_opts(s.opts, &so)
             self.cnt.segs_out += 1
             self.cnt.syncookies_sent += 1
