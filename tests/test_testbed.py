@@ -388,8 +388,9 @@ def _running(pid):
 
 def test_down_all_after_sigkill(capsys):
     prefix = _unique("vtlkill")
-    holder = subprocess.Popen([sys.executable, "-c", _HOLDER, prefix], stdout=subprocess.PIPE,
-                              text=True)
+    # -P: the installed package, not the source tree of the working directory.
+    holder = subprocess.Popen([sys.executable, "-P", "-c", _HOLDER, prefix],
+                              stdout=subprocess.PIPE, text=True)
     try:
         name = holder.stdout.readline().strip()
         assert name, "the holder process did not bring its testbed up"
