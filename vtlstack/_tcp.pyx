@@ -10,8 +10,16 @@
 # complete IPv4+TCP packet (checksums computed) into a buffer the caller supplies and drops
 # the descriptor's reference on its payload frame.
 #
-# Time: every entry point takes now (ns, monotonic). next_deadline() says when on_timer()
-# has work (retransmission, persist, delayed ACK, TIME-WAIT).
+# Time: every entry point takes now (ns, monotonic). next_deadline() says (O(1), possibly
+# early, never late) when on_timer() may have work: retransmission, persist, delayed ACK,
+# TIME-WAIT, keep-alive.
+#
+# Loss recovery: RFC 6298 timer with Karn and backoff; RFC 6582 NewReno fast recovery, or
+# RFC 6675 with a SACK scoreboard when SACK is negotiated. Congestion control is a table of
+# C function pointers (tcp_cc.h: NewReno, CUBIC), chosen per connection.
+#
+# Listeners: bounded half-open and accept queues; SYN cookies when the half-open queue is
+# full. ISNs, timestamp offsets, cookies and the flow table use a SipHash key.
 #
 # Send side: c_send() copies the app's bytes into pool frames (the one copy), one frame per
 # segment-sized chunk; they stay referenced until acknowledged.
@@ -41,7 +49,8 @@ from vtlstack.proto.tcp cimport *
 import os
 import socket
 
-__all__ = ["TcpEngine", "STATE_NAMES", "EVENT_NAMES", "cc_trace", "emit_options", "parse_options"]
+__all__ = ["TcpEngine", "STATE_NAMES", "EVENT_NAMES", "cc_trace", "emit_options", "parse_options",
+           "siphash"]
 
 STATE_NAMES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "FIN-WAIT-1",
                "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
