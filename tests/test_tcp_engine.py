@@ -165,6 +165,19 @@ def test_passive_open_echoes_offered_options():
     p.done()
 
 
+def test_events_of_a_child_wait_for_accept():
+    p = Peer()
+    lid = p.eng.listen(A, APORT)
+    p.feed(pkt(BISS, 0, "S"))
+    sa = p.one()
+    p.feed(pkt(BISS + 1, sa.seq + 1, "PA", payload=b"early"))   # data with the final ACK
+    assert p.eng.events() == [(lid, {"connected"})]           # only the listener speaks
+    cid = p.eng.accept(lid)
+    assert p.eng.events() == [(cid, {"readable"})]            # then the child's backlog
+    assert p.eng.recv(cid, p.now) == b"early"
+    p.done()
+
+
 def test_passive_open_without_options_offers_none():
     p = Peer()
     p.lid = p.eng.listen(A, APORT)

@@ -432,6 +432,10 @@ cdef class TcpEngine:
         self.nconns -= 1
 
     cdef void event(self, tcp_conn *c, uint32_t ev) noexcept nogil:
+        if c.parent != NO_CONN:
+            # a child the app has not accepted yet: its events wait for accept()
+            c.ev_pending |= ev
+            return
         if c.ev_pending == 0:
             if self.evq_n == self.evq_cap:
                 self.cnt.evq_full += 1
@@ -1811,6 +1815,7 @@ cdef class TcpEngine:
     cdef int32_t c_accept(self, int32_t lcid) noexcept nogil:
         cdef tcp_listener *li
         cdef int32_t cid
+        cdef uint32_t ev
         if lcid < 0 or <uint32_t>lcid >= self.max_conns or self.conns[lcid].state != ST_LISTEN:
             return NO_CONN
         li = &self.listeners[self.conns[lcid].lidx]
@@ -1820,6 +1825,11 @@ cdef class TcpEngine:
         li.aq_head = (li.aq_head + 1) % ACCEPTQ_MAX
         li.aq_n -= 1
         self.conns[cid].parent = NO_CONN
+        ev = self.conns[cid].ev_pending
+        if ev:
+            # what happened before accept() (bytes, FIN) is reported now
+            self.conns[cid].ev_pending = 0
+            self.event(&self.conns[cid], ev)
         return cid
 
     cdef int64_t c_send(self, int32_t cid, const uint8_t *data, uint32_t n,
