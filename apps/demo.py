@@ -10,6 +10,7 @@ Everything is torn down at the end, also on Ctrl-C.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 
@@ -19,6 +20,13 @@ from vtlstack.apps.bench import build_reference, wait_ready
 from vtlstack.errors import require_root
 
 PORT = 7777
+
+
+def _pinned(cpu: int, argv: list[str]) -> list[str]:
+    """Pin to one core. Where a process lands moves its round trip by ~4x on a small VM
+    (a wakeup across cores costs tens of microseconds), so both paths are pinned alike:
+    services on one core, the client on another."""
+    return ["taskset", "-c", str(cpu), *argv] if (os.cpu_count() or 1) >= 2 else argv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,12 +45,14 @@ def _measure(tb, path: str, args: argparse.Namespace) -> dict:
         argv = [str(build_reference()), "kecho", "-p", str(PORT), "-t", "600"]
     else:
         argv = vtl_argv("echo", "--iface", server.iface.name, "--port", str(PORT))
-    echo = tb.popen("server", argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    echo = tb.popen("server", _pinned(1, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                    text=True)
     try:
         wait_ready(echo)
-        out = tb.exec("client", vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
-                                         "--seconds", str(args.seconds), "--size",
-                                         str(args.size), "--window", str(args.window)),
+        out = tb.exec("client", _pinned(0, vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
+                                                    "--seconds", str(args.seconds), "--size",
+                                                    str(args.size), "--window",
+                                                    str(args.window))),
                       capture_output=True, text=True, check=True)
         result = json.loads(out.stdout)
     finally:
@@ -83,7 +93,8 @@ def _table(results: dict, args: argparse.Namespace) -> None:
         (f"echo packets/s ({args.window} in flight)", "pps"),
         ("datagrams answered", "received"),
     ]
-    print(f"\nUDP echo, {args.size}-byte payloads, Linux client in another namespace\n")
+    print(f"\nUDP echo, {args.size}-byte payloads, Linux client in another namespace "
+          "(services on core 1, client on core 0)\n")
     print(f"{'':34}{'vtlstack (AF_XDP)':>20}{'kernel UDP':>14}{'ratio':>8}")
     print(f"{'':34}{'network thread':>20}{'C, recvmmsg':>14}")
     for label, key in rows:
