@@ -31,6 +31,15 @@ struct {
 	__type(value, struct steer_val);
 } owned_ports SEC(".maps");
 
+/* Whole port ranges per IP protocol (indexed by protocol number): the local ports of
+ * active opens, which must stay ours for as long as the connection may get a segment. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 256);
+	__type(key, __u32);
+	__type(value, struct steer_range);
+} owned_ranges SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
 	__uint(max_entries, STEER_NCOUNTERS);
@@ -57,6 +66,8 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 proto, void *l4, vo
 {
 	struct steer_key key = {};
 	struct ports *p = l4;
+	struct steer_range *range;
+	__u32 proto_idx = proto;
 	int ret;
 
 	if (proto != STEER_PROTO_TCP && proto != STEER_PROTO_UDP && proto != STEER_PROTO_VTL)
@@ -65,8 +76,11 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 proto, void *l4, vo
 		return count(STEER_MALFORMED, XDP_PASS);
 	key.port = bpf_ntohs(p->dst);
 	key.proto = proto;
-	if (!bpf_map_lookup_elem(&owned_ports, &key))
-		return count(STEER_PASSED, XDP_PASS);
+	if (!bpf_map_lookup_elem(&owned_ports, &key)) {
+		range = bpf_map_lookup_elem(&owned_ranges, &proto_idx);
+		if (!range || !range->lo || key.port < range->lo || key.port > range->hi)
+			return count(STEER_PASSED, XDP_PASS);
+	}
 	/* XDP_PASS as the fallback: with no socket on this queue the kernel still gets it. */
 	ret = bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);
 	if (ret == XDP_REDIRECT)

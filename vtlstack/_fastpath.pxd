@@ -1,10 +1,11 @@
 # The network thread: owns the AF_XDP port and all protocol state; talks to the
 # application thread only through the two handoff channels.
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from vtlstack._handoff cimport Channel
 from vtlstack._includes.spsc cimport vtl_msg
 from vtlstack._port cimport XskPort, vtl_desc
+from vtlstack._tcp cimport TcpEngine
 
 # Handoff message kinds (vtl_msg.kind), visible to Python as _fastpath.MSG_*. App -> net:
 cpdef enum MsgKind:
@@ -19,6 +20,40 @@ cpdef enum MsgKind:
     # Net -> app:
     MSG_RECV = 20       # addr (payload), len, ip, port, lport, sock
     MSG_GRANT = 21      # addr: a free frame, now the app's
+    # TCP. `sock` is the connection id (cid), `port` its generation: a request whose
+    # generation is not the connection's current one is stale and ignored. App -> net:
+    MSG_TCP_LISTEN = 30     # lport, arg = backlog -> RESULT (listener cid)
+    MSG_TCP_CONNECT = 31    # ip, port = remote port, lport -> RESULT (cid, gen in port)
+    MSG_TCP_ACCEPT = 32     # sock = listener cid -> RESULT (cid or -1, gen in port)
+    MSG_TCP_SEND = 33       # addr (granted frame), len -> RESULT (bytes taken)
+    MSG_TCP_CONSUME = 34    # len: bytes the app has read (its frames come back as MSG_FREE)
+    MSG_TCP_SHUTDOWN = 35
+    MSG_TCP_CLOSE = 36
+    MSG_TCP_ABORT = 37
+    # Net -> app:
+    MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed)
+    MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits
+    MSG_TCP_DATA = 42       # sock = cid, addr, len: in-order bytes, the frame ref'd for the app
+
+
+cdef enum:
+    PARSE_OK = 0
+    PARSE_MALFORMED = 1
+    PARSE_BAD_CHECKSUM = 2
+    PARSE_NOT_OURS = 3
+
+
+# What the one validation of a received frame found (Ethernet + IPv4, then UDP).
+cdef struct udp_view:
+    uint32_t src            # network byte order
+    uint32_t dst
+    uint8_t proto
+    uint16_t sport
+    uint16_t dport
+    uint16_t l4_off         # from the start of the frame
+    uint16_t payload_off
+    uint16_t payload_len
+    uint16_t frame_len      # Ethernet header + IP total length (no padding)
 
 
 cdef enum:
@@ -44,6 +79,11 @@ cdef struct net_counters:
     uint64_t tx_ring_full
     uint64_t polls
     uint64_t loops
+    uint64_t tcp_segments
+    uint64_t tcp_invalid
+    uint64_t tcp_out
+    uint64_t tcp_stale
+    uint64_t no_frame
 
 
 cdef class NetThread:
@@ -58,16 +98,34 @@ cdef class NetThread:
     cdef uint8_t neigh_mac[256][6]
     cdef uint32_t batch
     cdef uint64_t busy_poll_ns
+    cdef uint64_t linger_ns
     cdef volatile int stopping
     cdef readonly int tid
     cdef net_counters c
     cdef object _thread
+    cdef readonly TcpEngine tcp
+    cdef uint64_t now
+    cdef uint32_t max_conns
+    cdef uint32_t *delivered    # per cid: bytes handed to the app, not yet consumed
+    cdef uint16_t *gen          # per cid: generation, bumped whenever the cid changes hands
+    cdef uint8_t *redeliver     # per cid: data waits for room in to_app
+    cdef uint8_t *owned         # per cid: the app holds it (listened, connected, accepted)
+    cdef uint32_t redeliver_n
 
     cdef void loop(self) noexcept nogil
+    cdef int sleep_ms(self) noexcept nogil
+    cdef int tcp_closing(self) noexcept nogil
     cdef int input(self, vtl_desc *d, vtl_desc *out) noexcept nogil
     cdef int drop(self, vtl_desc *d) noexcept nogil
     cdef uint32_t drain_app(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil
     cdef int build_udp(self, vtl_msg *m, vtl_desc *out) noexcept nogil
     cdef void transmit(self, vtl_desc *tx, uint32_t n) noexcept nogil
-    cdef void neigh_set(self, uint32_t ip, uint64_t packed) noexcept nogil
+    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac) noexcept nogil
+    cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil
+    cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil
+    cdef void tcp_events(self) noexcept nogil
+    cdef void tcp_deliver(self, int32_t cid) noexcept nogil
+    cdef void tcp_request(self, vtl_msg *m) noexcept nogil
+    cdef int tcp_current(self, vtl_msg *m) noexcept nogil
+    cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil

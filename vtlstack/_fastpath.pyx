@@ -8,7 +8,8 @@ application thread reaches this state only through the two Channels (see _handof
 import os
 import threading
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 from posix.unistd cimport read
 
@@ -18,11 +19,15 @@ from vtlstack._includes.posix cimport (
 )
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
 from vtlstack._port cimport FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
+from vtlstack._tcp cimport (
+    EV_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX, ST_CLOSED, ST_LISTEN,
+    ST_TIME_WAIT, TcpEngine, tcp_frag,
+)
 from vtlstack.proto.eth cimport (
-    ETH_HLEN, ETHERTYPE_IPV4, eth_swap_addrs, eth_type, eth_write,
+    ETH_HLEN, ETH_SRC, ETHERTYPE_IPV4, eth_swap_addrs, eth_type, eth_write,
 )
 from vtlstack.proto.ipv4 cimport (
-    IPPROTO_UDP_, IPV4_BAD_CHECKSUM, IPV4_MIN_HLEN, IPV4_OK, ipv4_check, ipv4_dst, ipv4_hlen,
+    IPPROTO_TCP_, IPPROTO_UDP_, IPV4_BAD_CHECKSUM, IPV4_MIN_HLEN, IPV4_OK, ipv4_check, ipv4_dst, ipv4_hlen,
     ipv4_proto, ipv4_src, ipv4_swap_addrs, ipv4_tot_len, ipv4_write,
 )
 from vtlstack.proto.udp cimport (
@@ -36,22 +41,6 @@ cdef enum:
 UDP_PAYLOAD_OFFSET = UDP_PAYLOAD
 
 cdef enum:
-    PARSE_OK = 0
-    PARSE_MALFORMED = 1
-    PARSE_BAD_CHECKSUM = 2
-    PARSE_NOT_OURS = 3
-
-cdef struct udp_view:
-    uint32_t src            # network byte order
-    uint32_t dst
-    uint16_t sport
-    uint16_t dport
-    uint16_t l4_off         # from the start of the frame
-    uint16_t payload_off
-    uint16_t payload_len
-    uint16_t frame_len      # Ethernet header + IP total length (no padding)
-
-cdef enum:
     MAX_BATCH = 256
     OWNER_NONE = 0
     OWNER_ECHO = 1
@@ -59,11 +48,9 @@ cdef enum:
     IDLE_POLL_MS = 1000     # upper bound on one sleep: stop requests also wake the thread
 
 
-cdef int udp_parse(const uint8_t *f, uint32_t avail, udp_view *v) noexcept nogil:
-    """Validate an Ethernet/IPv4/UDP frame once; after PARSE_OK the view can be trusted."""
+cdef int l3_parse(const uint8_t *f, uint32_t avail, udp_view *v) noexcept nogil:
+    """Validate Ethernet + IPv4 once; after PARSE_OK, v.src/dst/proto/l4_off/frame_len hold."""
     cdef const uint8_t *ip
-    cdef const uint8_t *u
-    cdef uint16_t hl, tot, ulen
     cdef int check
     if avail < ETH_HLEN:
         return PARSE_MALFORMED
@@ -75,28 +62,42 @@ cdef int udp_parse(const uint8_t *f, uint32_t avail, udp_view *v) noexcept nogil
         return PARSE_BAD_CHECKSUM
     if check != IPV4_OK:
         return PARSE_MALFORMED
-    if ipv4_proto(ip) != IPPROTO_UDP_:
-        return PARSE_NOT_OURS
-    hl = ipv4_hlen(ip)
-    tot = ipv4_tot_len(ip)
-    u = ip + hl
-    if tot - hl < UDP_HLEN:
+    v.src = ipv4_src(ip)
+    v.dst = ipv4_dst(ip)
+    v.proto = ipv4_proto(ip)
+    v.l4_off = ETH_HLEN + ipv4_hlen(ip)
+    v.frame_len = ETH_HLEN + ipv4_tot_len(ip)
+    return PARSE_OK
+
+
+cdef int udp_parse_l4(const uint8_t *f, udp_view *v) noexcept nogil:
+    """The UDP part, after l3_parse() said PARSE_OK for a UDP packet."""
+    cdef const uint8_t *u = f + v.l4_off
+    cdef uint16_t room = v.frame_len - v.l4_off
+    cdef uint16_t ulen
+    if room < UDP_HLEN:
         return PARSE_MALFORMED
     ulen = udp_len(u)
     # RFC 768: the length covers header and data; it may not exceed what IP carries.
-    if ulen < UDP_HLEN or ulen > tot - hl:
+    if ulen < UDP_HLEN or ulen > room:
         return PARSE_MALFORMED
-    if not udp_checksum_ok(u, ulen, ipv4_src(ip), ipv4_dst(ip)):
+    if not udp_checksum_ok(u, ulen, v.src, v.dst):
         return PARSE_BAD_CHECKSUM
-    v.src = ipv4_src(ip)
-    v.dst = ipv4_dst(ip)
     v.sport = udp_sport(u)
     v.dport = udp_dport(u)
-    v.l4_off = ETH_HLEN + hl
-    v.payload_off = ETH_HLEN + hl + UDP_HLEN
+    v.payload_off = v.l4_off + UDP_HLEN
     v.payload_len = ulen - UDP_HLEN
-    v.frame_len = ETH_HLEN + tot
     return PARSE_OK
+
+
+cdef int udp_parse(const uint8_t *f, uint32_t avail, udp_view *v) noexcept nogil:
+    """Validate an Ethernet/IPv4/UDP frame once; after PARSE_OK the view can be trusted."""
+    cdef int verdict = l3_parse(f, avail, v)
+    if verdict != PARSE_OK:
+        return verdict
+    if v.proto != IPPROTO_UDP_:
+        return PARSE_NOT_OURS
+    return udp_parse_l4(f, v)
 
 
 _VERDICTS = {PARSE_OK: "ok", PARSE_MALFORMED: "malformed", PARSE_BAD_CHECKSUM: "bad_checksum",
@@ -135,7 +136,8 @@ cdef class NetThread:
     """The network thread of one port. `start()` runs it; `stop()` joins it."""
 
     def __cinit__(self, XskPort port, bytes mac not None, uint32_t ip, uint32_t batch=64,
-                  uint32_t busy_poll_us=0, uint32_t channel_size=4096):
+                  uint32_t busy_poll_us=0, uint32_t channel_size=4096,
+                  uint32_t max_conns=1024, dict tcp_options=None):
         if len(mac) != 6:
             raise ValueError("mac must be 6 bytes")
         if not 1 <= batch <= MAX_BATCH:
@@ -153,6 +155,27 @@ cdef class NetThread:
         self.stopping = 0
         self.tid = 0
         self._thread = None
+        self.tcp = TcpEngine(port.pool, max_conns, **(tcp_options or {}))
+        self.max_conns = max_conns
+        self.delivered = <uint32_t *>calloc(max_conns, sizeof(uint32_t))
+        self.gen = <uint16_t *>calloc(max_conns, sizeof(uint16_t))
+        self.redeliver = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        self.owned = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        if (self.delivered == NULL or self.gen == NULL or self.redeliver == NULL
+                or self.owned == NULL):
+            raise MemoryError("no memory for the connection tables")
+
+    def __dealloc__(self):
+        free(self.delivered)
+        free(self.gen)
+        free(self.redeliver)
+        free(self.owned)
+
+    def release_tcp(self) -> None:
+        """After stop(): give back every frame the TCP engine still holds."""
+        if self.running:
+            raise RuntimeError("the network thread is running")
+        self.tcp.release_all()
 
     def start(self) -> None:
         if self._thread is not None:
@@ -164,12 +187,14 @@ cdef class NetThread:
         with nogil:
             self.loop()
 
-    def stop(self, double timeout=5.0) -> None:
-        """Ask the thread to stop, wake it, and wait for it."""
+    def stop(self, double timeout=5.0, double linger=2.0) -> None:
+        """Ask the thread to stop, wake it, and wait for it. It lingers up to `linger`
+        seconds while TCP connections still close (FINs to send, retransmit, be acked)."""
+        self.linger_ns = <uint64_t>(linger * 1e9)
         self.stopping = 1
         os.eventfd_write(self.to_net.efd, 1)
         if self._thread is not None:
-            self._thread.join(timeout)
+            self._thread.join(timeout + linger)
             if self._thread.is_alive():
                 raise RuntimeError("the network thread did not stop")
             self._thread = None
@@ -195,14 +220,24 @@ cdef class NetThread:
         pfds[0].events = POLLIN
         pfds[1].fd = self.to_net.efd
         pfds[1].events = POLLIN
-        while not self.stopping:
+        cdef uint64_t stop_at = 0
+        while True:
             self.c.loops += 1
+            self.now = now_ns()
+            if self.stopping:
+                if stop_at == 0:
+                    stop_at = self.now + self.linger_ns
+                if self.now >= stop_at or not self.tcp_closing():
+                    break
             ntx = 0
             n = self.port.rx_burst(rx, self.batch)
             for i in range(n):
                 if self.input(&rx[i], &tx[ntx]):
                     ntx += 1
             work = n + self.drain_app(tx, &ntx)
+            self.tcp.on_timer(self.now)
+            work += self.tcp_output(tx, &ntx)
+            self.tcp_events()
             if ntx:
                 self.transmit(tx, ntx)
             self.port.complete()
@@ -221,19 +256,49 @@ cdef class NetThread:
             last_work = 0
             if spsc_prepare_sleep(self.to_net.ring):
                 self.c.polls += 1
-                poll(pfds, 2, 1 if self.port.pool.count[<int>FRAME_TX] else IDLE_POLL_MS)
+                poll(pfds, 2, self.sleep_ms())
                 read(self.to_net.efd, &drained, sizeof(drained))
                 spsc_end_sleep(self.to_net.ring)
+
+    cdef int tcp_closing(self) noexcept nogil:
+        """Is a connection still on its way to CLOSED (TIME-WAIT needs nothing from us)?"""
+        cdef uint32_t i
+        cdef uint8_t st
+        for i in range(self.max_conns):
+            if self.tcp.conns[i].in_use:
+                st = self.tcp.conns[i].state
+                if st != ST_CLOSED and st != ST_LISTEN and st != ST_TIME_WAIT:
+                    return 1
+        return 0
+
+    cdef int sleep_ms(self) noexcept nogil:
+        """How long the idle thread may sleep: until the next TCP timer, at most a second;
+        a millisecond while sent frames wait for their completions."""
+        cdef uint64_t deadline = self.tcp.next_deadline()
+        cdef uint64_t now
+        if self.port.pool.count[<int>FRAME_TX]:
+            return 1
+        if deadline == 0:
+            return IDLE_POLL_MS
+        now = now_ns()
+        if deadline <= now:
+            return 0
+        return <int>min((deadline - now) // 1000000 + 1, <uint64_t>IDLE_POLL_MS)
 
     cdef int input(self, vtl_desc *d, vtl_desc *out) noexcept nogil:
         """One received frame. Returns 1 when it became a frame to send (written to out)."""
         cdef uint8_t *f = self.port.frame_ptr(d.addr)
         cdef udp_view v
-        cdef int verdict = udp_parse(f, d.len, &v)
+        cdef int verdict = l3_parse(f, d.len, &v)
         cdef uint16_t own
         cdef vtl_msg m
         self.c.rx_packets += 1
         self.c.rx_bytes += d.len
+        if verdict == PARSE_OK:
+            if v.proto == IPPROTO_TCP_:
+                self.tcp_input(d, f, &v)
+                return self.drop(d)
+            verdict = udp_parse_l4(f, &v) if v.proto == IPPROTO_UDP_ else PARSE_NOT_OURS
         if verdict != PARSE_OK:
             if verdict == PARSE_BAD_CHECKSUM:
                 self.c.bad_checksum += 1
@@ -278,6 +343,7 @@ cdef class NetThread:
         cdef uint32_t done = 0
         cdef uint32_t k
         cdef uint64_t addr
+        cdef uint8_t mac[6]
         while ntx[0] < MAX_BATCH and spsc_pop(self.to_net.ring, &m):
             done += 1
             if m.kind == MSG_SEND:
@@ -302,7 +368,11 @@ cdef class NetThread:
             elif m.kind == MSG_ECHO:
                 self.owner[m.lport] = OWNER_ECHO
             elif m.kind == MSG_NEIGH:
-                self.neigh_set(m.ip, m.arg)
+                for k in range(6):
+                    mac[k] = (m.arg >> (8 * k)) & 0xFF
+                self.neigh_set(m.ip, mac)
+            elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_ABORT:
+                self.tcp_request(&m)
             elif m.kind == MSG_STOP:
                 self.stopping = 1
         return done
@@ -335,13 +405,188 @@ cdef class NetThread:
             self.c.tx_ring_full += 1
             self.port.free_frame(tx[i].addr)
 
+    # ---- TCP: the engine (vtlstack._tcp) is driven from here ---------------------------
+
+    cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil:
+        if self.tcp.validate(f + ETH_HLEN, v.frame_len - ETH_HLEN) != 0:
+            self.c.tcp_invalid += 1
+            return
+        # A peer that opens a connection to us was never looked up by the app: answer to
+        # the MAC its segments came from (the gateway's, for an off-link peer).
+        if self.neigh_get(v.src) == NULL:
+            self.neigh_set(v.src, f + ETH_SRC)
+        self.c.tcp_segments += 1
+        self.tcp.input(d.addr + ETH_HLEN, self.now)
+
+    cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil:
+        """Every segment the engine wants sent, each in a frame of its own."""
+        cdef uint32_t sent = 0
+        cdef uint32_t n
+        cdef uint64_t addr
+        cdef uint8_t *f
+        cdef const uint8_t *dmac
+        cdef uint32_t room = self.port.pool.frame_size - ETH_HLEN
+        while True:
+            if ntx[0] == MAX_BATCH:
+                self.transmit(tx, ntx[0])
+                ntx[0] = 0
+            addr = self.port.alloc_frame()
+            if addr == VTL_NO_FRAME:
+                self.c.no_frame += 1  # segments wait in the engine until frames return
+                return sent
+            f = self.port.frame_ptr(addr)
+            n = self.tcp.pop_out(f + ETH_HLEN, room)
+            if n == 0:
+                self.port.free_frame(addr)
+                return sent
+            dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN))
+            if dmac == NULL:
+                self.c.tx_no_neigh += 1
+                self.port.free_frame(addr)
+                continue
+            eth_write(f, dmac, self.mac, ETHERTYPE_IPV4)
+            tx[ntx[0]].addr = addr
+            tx[ntx[0]].len = ETH_HLEN + n
+            ntx[0] += 1
+            sent += 1
+            self.c.tcp_out += 1
+
+    cdef void tcp_events(self) noexcept nogil:
+        cdef uint32_t mask
+        cdef int32_t cid
+        cdef uint32_t i
+        cdef vtl_msg m
+        if self.redeliver_n:
+            self.redeliver_n = 0
+            for i in range(self.max_conns):
+                if self.redeliver[i]:
+                    self.redeliver[i] = 0
+                    self.tcp_deliver(i)
+        while True:
+            cid = self.tcp.pop_event(&mask)
+            if cid == NO_CONN:
+                return
+            if not self.owned[cid]:
+                continue  # not accepted yet (accept delivers), or closed by the app
+            if mask & EV_READABLE:
+                self.tcp_deliver(cid)   # the data goes before the event that announces it
+            m.kind = MSG_TCP_EVENT
+            m.sock = cid
+            m.port = self.gen[cid]
+            m.arg = mask
+            m.addr = 0
+            m.len = 0
+            if not self.to_app.send(&m):
+                self.c.app_ring_full += 1
+            if mask & (EV_CLOSED | EV_RESET | EV_TIMEOUT):
+                self.delivered[cid] = 0
+                self.owned[cid] = 0
+
+    cdef void tcp_deliver(self, int32_t cid) noexcept nogil:
+        """Hand the app the in-order bytes it has not seen, as frame spans (no copy). Each
+        span's frame gets the app's own reference, so a reset that makes the engine drop
+        its queues can never recycle memory the app is still reading."""
+        cdef tcp_frag frags[RQ_MAX]
+        cdef uint32_t n = self.tcp.c_peek(cid, frags, RQ_MAX)
+        cdef uint32_t skip = self.delivered[cid]
+        cdef uint32_t i
+        cdef vtl_msg m
+        m.kind = MSG_TCP_DATA
+        m.sock = cid
+        m.port = self.gen[cid]
+        m.ip = 0
+        m.lport = 0
+        m.arg = 0
+        for i in range(n):
+            if skip >= frags[i].len:
+                skip -= frags[i].len
+                continue
+            m.addr = frags[i].addr + skip
+            m.len = frags[i].len - skip
+            skip = 0
+            self.port.ref(m.addr)
+            if not self.to_app.send(&m):
+                self.port.unref(m.addr)
+                self.c.app_ring_full += 1
+                if not self.redeliver[cid]:
+                    self.redeliver[cid] = 1
+                    self.redeliver_n += 1
+                return
+            self.delivered[cid] += m.len
+
+    cdef int tcp_current(self, vtl_msg *m) noexcept nogil:
+        """Is this request about the connection the app thinks it is?"""
+        if m.sock < self.max_conns and self.gen[m.sock] == m.port:
+            return 1
+        self.c.tcp_stale += 1
+        return 0
+
+    cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil:
+        cdef vtl_msg m
+        m.kind = MSG_TCP_RESULT
+        m.arg = <uint64_t>result
+        m.port = gen
+        m.addr = 0
+        m.len = 0
+        m.sock = 0
+        if not self.to_app.send(&m):
+            self.c.app_ring_full += 1  # the app waits for this: it times out with an error
+
+    cdef void tcp_request(self, vtl_msg *m) noexcept nogil:
+        cdef int32_t cid
+        cdef int64_t taken
+        if m.kind == MSG_TCP_LISTEN:
+            cid = self.tcp.c_listen(self.ip, m.lport, <uint32_t>m.arg)
+            if cid != NO_CONN:
+                self.owned[cid] = 1
+            self.reply(cid, 0)
+        elif m.kind == MSG_TCP_CONNECT or m.kind == MSG_TCP_ACCEPT:
+            if m.kind == MSG_TCP_CONNECT:
+                cid = self.tcp.c_connect(self.ip, m.lport, m.ip, m.port, self.now)
+            else:
+                cid = self.tcp.c_accept(m.sock)
+            if cid == NO_CONN:
+                self.reply(-1, 0)
+                return
+            self.gen[cid] += 1
+            self.delivered[cid] = 0
+            self.owned[cid] = 1
+            self.reply(cid, self.gen[cid])
+            if m.kind == MSG_TCP_ACCEPT:
+                self.tcp_deliver(cid)  # bytes that came with or right after the handshake
+        elif m.kind == MSG_TCP_SEND:
+            taken = -1
+            if self.tcp_current(m):
+                taken = self.tcp.c_send(m.sock, self.port.frame_ptr(m.addr), m.len, self.now)
+            self.port.free_frame(m.addr)
+            self.reply(taken, m.port)
+        elif not self.tcp_current(m):
+            return
+        elif m.kind == MSG_TCP_CONSUME:
+            if m.len > self.delivered[m.sock]:
+                m.len = self.delivered[m.sock]
+            self.delivered[m.sock] -= m.len
+            self.tcp.c_consume(m.sock, m.len, self.now)
+        elif m.kind == MSG_TCP_SHUTDOWN:
+            self.tcp.c_shutdown(m.sock, self.now)
+        else:
+            # Close or abort: the cid is no longer the app's; later messages about it are
+            # stale, and its events are for nobody.
+            self.gen[m.sock] += 1
+            self.delivered[m.sock] = 0
+            self.owned[m.sock] = 0
+            if m.kind == MSG_TCP_CLOSE:
+                self.tcp.c_close(m.sock, self.now)
+            else:
+                self.tcp.c_abort(m.sock, self.now)
+
     # A small neighbour table (IPv4 -> MAC), open addressing with linear probing, filled
     # by the app from the kernel's routes and neighbours (pyroute2). When every slot is
     # taken the home slot is overwritten and counted; the app then resolves again.
-    cdef void neigh_set(self, uint32_t ip, uint64_t packed) noexcept nogil:
+    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac) noexcept nogil:
         cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
         cdef uint32_t slot = home
-        cdef int i, k
+        cdef int k
         for k in range(NEIGH_SLOTS):
             slot = (home + k) & (NEIGH_SLOTS - 1)
             if self.neigh_ip[slot] == 0 or self.neigh_ip[slot] == ip:
@@ -349,8 +594,7 @@ cdef class NetThread:
         else:
             slot = home
             self.c.neigh_evicted += 1
-        for i in range(6):
-            self.neigh_mac[slot][i] = (packed >> (8 * i)) & 0xFF
+        memcpy(self.neigh_mac[slot], mac, 6)
         self.neigh_ip[slot] = ip
 
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil:

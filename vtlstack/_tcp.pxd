@@ -321,6 +321,7 @@ cdef class TcpEngine:
     cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
                               uint8_t count, uint64_t now) noexcept nogil
     cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil
+    cdef void release_all(self) noexcept nogil
     # -- internals --
     cdef void set_state(self, tcp_conn *c, uint8_t to) noexcept nogil
     cdef int32_t ft_find(self, uint32_t lip, uint16_t lport, uint32_t rip,

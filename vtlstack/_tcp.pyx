@@ -321,18 +321,23 @@ cdef class TcpEngine:
         self.nfree = max_conns
 
     def __dealloc__(self):
-        cdef uint32_t i
         if self.conns != NULL and self.pool is not None:
-            for i in range(self.max_conns):
-                if self.conns[i].in_use:
-                    self.conn_release_frames(&self.conns[i], True)
-            while self.out_n:
-                self._drop_out()
+            self.release_all()
         free(self.conns)
         free(self.free_cids)
         free(self.ftab)
         free(self.out)
         free(self.evq)
+
+    cdef void release_all(self) noexcept nogil:
+        """Give every frame back to the pool (the network thread has stopped): the
+        connections' queues and the segments still waiting to be sent."""
+        cdef uint32_t i
+        for i in range(self.max_conns):
+            if self.conns[i].in_use:
+                self.conn_release_frames(&self.conns[i], True)
+        while self.out_n:
+            self._drop_out()
 
     cdef void _drop_out(self) noexcept nogil:
         cdef tcp_seg_out *s = &self.out[self.out_head]

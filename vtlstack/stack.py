@@ -20,6 +20,7 @@ from typing import Any
 
 from vtlstack import _fastpath
 from vtlstack._port import XskPort
+from vtlstack._tcp import EVENT_NAMES
 from vtlstack.errors import InterfaceError, VtlError, require_root
 from vtlstack.xdp import Steering
 
@@ -27,6 +28,11 @@ from vtlstack.xdp import Steering
 _MSG = _fastpath.MsgKind
 _GRANT_BATCH = 32
 _WAIT_STEP = 0.05
+# Event bits of the TCP engine, by name (defined once, in vtlstack._tcp).
+_EV = {name: bit for bit, name in EVENT_NAMES.items()}
+# Local ports for active opens: above the kernel's ephemeral range (32768-60999), so the
+# kernel never hands one of them out and never answers for our flows.
+EPHEMERAL_PORTS = range(61000, 65536)
 
 
 def _iface_addresses(ifname: str) -> tuple[bytes, str, int]:
@@ -68,12 +74,17 @@ class Stack:
 
     def __init__(self, iface: str, *, mode: str = "auto", queue: int = 0,
                  frame_count: int = 4096, frame_size: int = 2048, batch: int = 64,
-                 busy_poll_us: int = 0) -> None:
+                 busy_poll_us: int = 0, max_conns: int = 1024,
+                 tcp_options: dict[str, Any] | None = None) -> None:
         require_root("vtlstack.Stack")
         self.iface = iface
         self.mac, self.ip, self.mtu = _iface_addresses(iface)
         self._lock = threading.Lock()
         self._sockets: dict[int, UdpSocket] = {}
+        self._tcp: dict[int, TcpSocket | TcpListener] = {}
+        self._results: deque[tuple[int, int]] = deque()
+        self._ports_in_use: set[int] = set()
+        self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
         self._neigh: set[str] = set()
@@ -81,13 +92,19 @@ class Stack:
         self._port: XskPort | None = None
         self._net: _fastpath.NetThread | None = None
         self.final_stats: dict[str, Any] = {}
+        self._stopped_net: _fastpath.NetThread | None = None
         try:
             self._steering = Steering(iface, mode=mode)
+            # Active opens use these local ports: steered to us for the stack's lifetime,
+            # so a late segment of a closed connection never reaches the kernel (RST).
+            self._steering.own_range(socket.IPPROTO_TCP, EPHEMERAL_PORTS.start,
+                                     EPHEMERAL_PORTS.stop - 1)
             self._port = XskPort(iface, queue_id=queue, frame_count=frame_count,
                                  frame_size=frame_size, batch=batch, mode=mode,
                                  xsks_map_fd=self._steering.xsks_map_fd)
             self._net = _fastpath.NetThread(self._port, self.mac, _ip_to_net(self.ip),
-                                            batch=batch, busy_poll_us=busy_poll_us)
+                                            batch=batch, busy_poll_us=busy_poll_us,
+                                            max_conns=max_conns, tcp_options=tcp_options)
             self._net.start()
         except BaseException:
             self.close()
@@ -110,13 +127,18 @@ class Stack:
         if self._net is not None:
             cpu = self.net_thread_cpu_seconds()
             self._net.stop()
-            self.final_stats = {"net": self._net.stats(), "net_cpu_seconds": cpu}
+            self._stopped_net = self._net
+            self.final_stats = {"net": self._net.stats(), "tcp": self._net.tcp.counters(),
+                                "net_cpu_seconds": cpu}
             if self._steering is not None:
                 self.final_stats["steering"] = self._steering.counters()
             self._net = None
         if self._port is not None:
-            # The network thread is gone: the app side may hand its frames back directly.
+            # The network thread is gone: the app side may hand its frames back directly,
+            # those of messages it never read included.
             pool = self._port.pool
+            if self._stopped_net is not None:
+                self._drain_unread(self._stopped_net.to_app, pool.free)
             for addr in self._granted:
                 pool.free(addr)
             self._granted.clear()
@@ -124,6 +146,11 @@ class Stack:
                 for addr, *_ in sock._queue:
                     pool.free(addr)
                 sock._queue.clear()
+            for conn in self._tcp.values():
+                conn._drop_received(pool.free)
+            if self._net is None and self._stopped_net is not None:
+                self._stopped_net.release_tcp()
+                self._stopped_net = None
             try:
                 self._port.check_frames(expect_idle=True)
             finally:
@@ -153,9 +180,58 @@ class Stack:
         self._send_ctl(_MSG.MSG_BIND, lport=port, sock=sock.id)
         return sock
 
-    def _own(self, port: int) -> None:
+    def tcp_listen(self, port: int, backlog: int = 128) -> TcpListener:
+        """A listening TCP socket on `port` of the interface's address."""
+        if not 0 < port < 65536:
+            raise OSError(errno.EINVAL, f"bad TCP port {port}")
+        with self._lock:
+            self._own(port, socket.IPPROTO_TCP)
+            cid, _ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
+            if cid < 0:
+                self._steering.disown(socket.IPPROTO_TCP, port)
+                raise OSError(errno.EADDRINUSE, f"cannot listen on TCP port {port}")
+            listener = TcpListener(self, cid, port)
+            self._tcp[cid] = listener
+        return listener
+
+    def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0) -> TcpSocket:
+        """Open a TCP connection to (ip, port); raises ECONNREFUSED, ETIMEDOUT..."""
+        ip, port = address
+        ipaddress.IPv4Address(ip)
+        with self._lock:
+            self._ensure_neighbour(ip)
+            lport = self._pick_port()
+            cid, gen = self._request(_MSG.MSG_TCP_CONNECT, ip=_ip_to_net(ip), port=port,
+                                     lport=lport)
+            if cid < 0:
+                self._release_port(lport)
+                raise OSError(errno.ENOBUFS, "no room for another TCP connection")
+            conn = TcpSocket(self, cid, gen, (ip, port), lport)
+            self._tcp[cid] = conn
+        try:
+            conn._wait(lambda: conn._connected, timeout, "connect")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _pick_port(self) -> int:
+        # Round robin: a port just closed (maybe in TIME-WAIT) is the last to come back.
+        for _ in EPHEMERAL_PORTS:
+            port = self._next_port
+            self._next_port = port + 1 if port + 1 < EPHEMERAL_PORTS.stop else \
+                EPHEMERAL_PORTS.start
+            if port not in self._ports_in_use:
+                self._ports_in_use.add(port)
+                return port
+        raise OSError(errno.EADDRNOTAVAIL, "all local ports for TCP connections are in use")
+
+    def _release_port(self, port: int) -> None:
+        self._ports_in_use.discard(port)
+
+    def _own(self, port: int, proto: int = socket.IPPROTO_UDP) -> None:
         assert self._steering is not None
-        self._steering.own(socket.IPPROTO_UDP, port)
+        self._steering.own(proto, port)
 
     # ---- statistics ------------------------------------------------------------------
 
@@ -166,7 +242,7 @@ class Stack:
             return self.final_stats
         assert self._port is not None and self._steering is not None
         return {"net": self._net.stats(), "port": self._port.stats(),
-                "steering": self._steering.counters(),
+                "steering": self._steering.counters(), "tcp": self._net.tcp.counters(),
                 "net_cpu_seconds": self.net_thread_cpu_seconds()}
 
     def net_thread_cpu_seconds(self) -> float:
@@ -187,6 +263,17 @@ class Stack:
                 raise VtlError("the network thread stopped taking requests")
             time.sleep(0.0001)
 
+    def _request(self, kind: int, timeout: float = 5.0, **fields: int) -> tuple[int, int]:
+        """Send a request that the network thread answers; (result, generation)."""
+        self._send_ctl(kind, **fields)
+        deadline = time.monotonic() + timeout
+        while not self._results:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise VtlError("the network thread did not answer a request")
+            self._pump(min(left, _WAIT_STEP))
+        return self._results.popleft()
+
     def _pump(self, timeout: float) -> bool:
         """Move what the network thread handed over to the sockets; wait up to timeout."""
         assert self._net is not None
@@ -206,8 +293,32 @@ class Stack:
                     target._queue.append((addr, length, ip, port))
             elif kind == _MSG.MSG_GRANT:
                 self._granted.append(addr)
+            elif kind == _MSG.MSG_TCP_DATA:
+                conn = self._tcp.get(sock)
+                if isinstance(conn, TcpSocket) and conn.gen == port:
+                    conn._rx.append((addr, length))
+                else:
+                    self._send_ctl(_MSG.MSG_FREE, addr=addr)  # for a socket closed since
+            elif kind == _MSG.MSG_TCP_EVENT:
+                conn = self._tcp.get(sock)
+                if conn is not None and conn.gen == port:
+                    conn._on_event(msg[7])
+            elif kind == _MSG.MSG_TCP_RESULT:
+                result = msg[7]
+                self._results.append((result - (1 << 64) if result >> 63 else result, port))
+                # Stop here: what follows may be about the connection this result creates,
+                # so the caller must register it before those messages are dispatched.
+                return True
             msg = ch.pop()
         return True
+
+    @staticmethod
+    def _drain_unread(channel: Any, free: Any) -> None:
+        """Frames carried by messages the app will never read (after the thread stopped)."""
+        carry = (_MSG.MSG_RECV, _MSG.MSG_GRANT, _MSG.MSG_TCP_DATA)
+        while (msg := channel.pop()) is not None:
+            if msg[0] in carry:
+                free(msg[1])
 
     def _take_frame(self, timeout: float) -> int:
         if len(self._granted) < _GRANT_BATCH // 4:
@@ -282,6 +393,195 @@ class UdpSocket:
             del stack._sockets[self.id]
 
     def __enter__(self) -> UdpSocket:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class _TcpBase:
+    """What listeners and connections share: identity, events, waiting."""
+
+    def __init__(self, stack: Stack, cid: int, gen: int) -> None:
+        self._stack = stack
+        self.cid = cid
+        self.gen = gen
+        self.closed = False
+        self._events = 0
+        self._error: int | None = None
+
+    def _on_event(self, mask: int) -> None:
+        self._events |= mask
+
+    def _wait(self, ready: Any, timeout: float | None, what: str) -> None:
+        """Pump the handoff until ready() or an error; the stack's lock must not be held."""
+        stack = self._stack
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with stack._lock:
+            while not ready():
+                self._raise_error()
+                left = _WAIT_STEP if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"TCP {what} timed out")
+                stack._pump(min(left, _WAIT_STEP))
+
+    def _raise_error(self) -> None:
+        if self._error is not None:
+            raise OSError(self._error, os.strerror(self._error))
+        if self.closed:
+            raise OSError(errno.EBADF, "socket is closed")
+
+    def _drop_received(self, free: Any) -> None:
+        """Hand back received frames still held (at stack close)."""
+
+
+class TcpListener(_TcpBase):
+    """A listening socket: accept() gives TcpSockets."""
+
+    def __init__(self, stack: Stack, cid: int, port: int) -> None:
+        super().__init__(stack, cid, 0)
+        self.port = port
+
+    def accept(self, timeout: float | None = None) -> TcpSocket:
+        stack = self._stack
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            with stack._lock:
+                self._raise_error()
+                self._events = 0
+                cid, gen = stack._request(_MSG.MSG_TCP_ACCEPT, sock=self.cid)
+                if cid >= 0:
+                    conn = TcpSocket(stack, cid, gen, None, self.port)
+                    conn._connected = True
+                    stack._tcp[cid] = conn
+                    return conn
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no connection to accept on TCP port {self.port}")
+            # A child becoming ready shows up as an event on the listener.
+            self._wait(lambda: self._events != 0, left, "accept")
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        stack = self._stack
+        with stack._lock:
+            stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
+            stack._tcp.pop(self.cid, None)
+            if stack._steering is not None:
+                stack._steering.disown(socket.IPPROTO_TCP, self.port)
+
+    def __enter__(self) -> TcpListener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class TcpSocket(_TcpBase):
+    """A TCP connection of the stack. Received bytes arrive as spans of UMEM frames (no
+    copy in the stack); recv() copies them out and hands the frames back."""
+
+    def __init__(self, stack: Stack, cid: int, gen: int, peer: tuple[str, int] | None,
+                 local_port: int) -> None:
+        super().__init__(stack, cid, gen)
+        self.peer = peer
+        self.local_port = local_port
+        self._rx: deque[tuple[int, int]] = deque()
+        self._connected = False
+        self._eof = False
+
+    def _on_event(self, mask: int) -> None:
+        super()._on_event(mask)
+        if mask & _EV["connected"]:
+            self._connected = True
+        if mask & _EV["peer_closed"]:
+            self._eof = True
+        if mask & _EV["reset"]:
+            self._error = errno.ECONNRESET if self._connected else errno.ECONNREFUSED
+        if mask & _EV["timed_out"]:
+            self._error = errno.ETIMEDOUT
+
+    def recv(self, bufsize: int = 65536, timeout: float | None = None) -> bytes:
+        """Up to bufsize bytes; b"" once the peer has closed and everything was read."""
+        self._wait(lambda: bool(self._rx) or self._eof or self._error is not None,
+                   timeout, "recv")
+        stack = self._stack
+        with stack._lock:
+            if not self._rx:
+                if self._eof:
+                    return b""
+                self._raise_error()
+            parts = []
+            taken = 0
+            read = stack._port.pool.read
+            while self._rx and taken < bufsize:
+                addr, length = self._rx[0]
+                n = min(length, bufsize - taken)
+                parts.append(read(addr, n))
+                taken += n
+                if n == length:
+                    self._rx.popleft()
+                    stack._send_ctl(_MSG.MSG_FREE, addr=addr)
+                else:
+                    self._rx[0] = (addr + n, length - n)
+            stack._send_ctl(_MSG.MSG_TCP_CONSUME, sock=self.cid, port=self.gen, length=taken)
+        return b"".join(parts)
+
+    def send(self, data: bytes, timeout: float | None = None) -> int:
+        """Queue what fits in the send buffer (at least one byte, waiting for room)."""
+        view = memoryview(data)
+        if not view:
+            return 0
+        stack = self._stack
+        chunk = stack._port.pool.frame_size_
+        while True:
+            with stack._lock:
+                self._raise_error()
+                frame = stack._take_frame(timeout=5.0)
+                piece = view[:chunk]
+                stack._port.pool.write(frame, piece)
+                self._events &= ~_EV["writable"]
+                taken, _ = stack._request(_MSG.MSG_TCP_SEND, addr=frame, length=len(piece),
+                                          sock=self.cid, port=self.gen)
+            if taken < 0:
+                raise OSError(errno.EPIPE, "the connection cannot send any more")
+            if taken:
+                return taken
+            self._wait(lambda: self._events & _EV["writable"] or self._error is not None,
+                       timeout, "send")
+
+    def sendall(self, data: bytes, timeout: float | None = None) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[self.send(view, timeout):]
+
+    def shutdown(self, how: int = socket.SHUT_WR) -> None:
+        """Half-close: our FIN goes out after the queued bytes (SHUT_WR or SHUT_RDWR)."""
+        if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            with self._stack._lock:
+                self._stack._send_ctl(_MSG.MSG_TCP_SHUTDOWN, sock=self.cid, port=self.gen)
+
+    def close(self) -> None:
+        """Graceful close (a FIN); with unread received bytes the peer gets a RST."""
+        if self.closed:
+            return
+        stack = self._stack
+        with stack._lock:
+            self._drop_received(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
+            self.closed = True
+            stack._tcp.pop(self.cid, None)
+            if self.peer is not None:  # an active open: its local port is ours to reuse
+                stack._release_port(self.local_port)
+
+    def _drop_received(self, free: Any) -> None:
+        for addr, _ in self._rx:
+            free(addr)
+        self._rx.clear()
+
+    def __enter__(self) -> TcpSocket:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 PROG_NAME = "vtl_steer"
 MAP_XSKS = "xsks_map"
 MAP_OWNED = "owned_ports"
+MAP_RANGES = "owned_ranges"
 MAP_COUNTERS = "steer_counters"
 
 BPFFS = "/sys/fs/bpf"
@@ -456,6 +457,7 @@ class Steering:
             obj = xdp.xdp_program__bpf_obj(prog)
             self.xsks_map_fd = self._map_fd(obj, MAP_XSKS)
             self._owned_fd = self._map_fd(obj, MAP_OWNED)
+            self._ranges_fd = self._map_fd(obj, MAP_RANGES)
             self._counters_fd = self._map_fd(obj, MAP_COUNTERS)
             if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
                 # libxdp tries its dispatcher and quietly falls back when the kernel refuses
@@ -508,6 +510,17 @@ class Steering:
         self._check_open()
         _own(self._owned_fd, proto, port)
         self._owned.add((proto, port))
+
+    def own_range(self, proto: int, lo: int, hi: int) -> None:
+        """Send (proto, every dst port in lo..hi) to the AF_XDP sockets from now on."""
+        self._check_open()
+        if not 0 < lo <= hi < 65536:
+            raise ValueError(f"port range {lo}..{hi} out of 1..65535")
+        ffi, _, bpf = _libs()
+        key = ffi.new("__u32 *", _key(proto, lo).proto)
+        value = ffi.new("struct steer_range *", {"lo": lo, "hi": hi})
+        if bpf.bpf_map_update_elem(self._ranges_fd, key, value, 0) != 0:
+            raise VtlError(f"cannot own ports {lo}..{hi}: {os.strerror(ffi.errno)}")
 
     def disown(self, proto: int, port: int) -> None:
         """Give (proto, dst port) back to the kernel (no error if it was not owned)."""

@@ -30,6 +30,13 @@ struct steer_val {
 	__u32 flags;
 };
 
+/* owned_ranges value, indexed by IP protocol: dst ports lo..hi (host order) are owned.
+ * lo == 0 means no range. */
+struct steer_range {
+	__u16 lo;
+	__u16 hi;
+};
+
 enum steer_proto {
 	STEER_PROTO_TCP = 6,
 	STEER_PROTO_UDP = 17,

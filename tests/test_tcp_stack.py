@@ -1,0 +1,133 @@
+"""TCP through the whole stack with real Linux peers: a kernel client into `vtl sink`,
+`vtl source` into a kernel server, refusals, and lossy links. Every run ends with every
+frame back in the pool (Stack.close() raises otherwise, and the stats say so)."""
+
+import hashlib
+import json
+import subprocess
+import sys
+
+import pytest
+from vtlstack.apps._common import vtl_argv
+from vtlstack.apps.source import stream_block
+
+from vtlstack.testbed import Testbed
+
+pytestmark = pytest.mark.root
+
+PORT = 5001
+
+CLIENT = r"""
+import hashlib, os, socket, sys, json
+ip, port, size, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+out = []
+for i in range(conns):
+    data = os.urandom(size)
+    s = socket.create_connection((ip, port), timeout=20)
+    s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+    s.settimeout(30)
+    assert s.recv(1) == b"", "the sink sends nothing"
+    s.close()
+    out.append(hashlib.sha256(data).hexdigest())
+print(json.dumps(out))
+"""
+
+SERVER = r"""
+import hashlib, socket, json
+srv = socket.create_server(("0.0.0.0", 6001))
+print("up", flush=True)
+c, _ = srv.accept()
+h, n = hashlib.sha256(), 0
+while True:
+    b = c.recv(1 << 20)
+    if not b:
+        break
+    h.update(b)
+    n += len(b)
+c.close()
+print(json.dumps({"bytes": n, "sha256": h.hexdigest()}), flush=True)
+"""
+
+
+def lines(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def sink_transfer(tb: Testbed, size: int, conns: int) -> tuple[list[str], list[dict]]:
+    server = tb.host("server").iface
+    sink = tb.popen("server", vtl_argv("sink", "--iface", server.name, "--port", str(PORT),
+                                       "--count", str(conns)),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(sink.stdout.readline())["event"] == "ready"
+        client = tb.exec("client", [sys.executable, "-c", CLIENT, server.ip, str(PORT),
+                                    str(size), str(conns)],
+                         capture_output=True, text=True, timeout=240)
+        assert client.returncode == 0, client.stderr
+        out, err = sink.communicate(timeout=60)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.communicate()
+    assert sink.returncode == 0, err
+    return json.loads(client.stdout), lines(out)
+
+
+def assert_clean(stats: dict) -> None:
+    assert stats["port"]["held"] == 0 and stats["port"]["in_tx"] == 0, stats["port"]
+    assert stats["net"]["tx_no_neigh"] == 0
+
+
+def test_linux_client_into_vtl_sink():
+    with Testbed.up(topology="pair") as tb:
+        sent, events = sink_transfer(tb, 8_000_000, 3)
+    conns = [e for e in events if e["event"] == "connection"]
+    assert [c["sha256"] for c in conns] == sent
+    assert all(c["bytes"] == 8_000_000 for c in conns)
+    assert_clean(events[-1])
+
+
+@pytest.mark.parametrize("impair", [{"loss_pct": 1.0}, {"loss_pct": 5.0},
+                                    {"delay_ms": 5, "reorder_pct": 2.0}],
+                         ids=["loss1", "loss5", "delay-reorder"])
+def test_linux_client_into_vtl_sink_over_a_bad_link(impair):
+    with Testbed.up(topology="pair", **impair) as tb:
+        sent, events = sink_transfer(tb, 2_000_000, 1)
+    conns = [e for e in events if e["event"] == "connection"]
+    assert [c["sha256"] for c in conns] == sent
+    assert_clean(events[-1])
+
+
+def test_vtl_source_into_a_linux_server():
+    size = 6_000_000
+    with Testbed.up(topology="pair") as tb:
+        server = tb.popen("client", [sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+        try:
+            assert server.stdout.readline().strip() == "up"
+            out = tb.exec("server", vtl_argv("source", "--iface", tb.host("server").iface.name,
+                                             "--connect", f"{tb.host('client').iface.ip}:6001",
+                                             "--bytes", str(size)),
+                          capture_output=True, text=True, timeout=120)
+            assert out.returncode == 0, out.stderr
+            got = json.loads(server.stdout.readline())
+        finally:
+            server.kill()
+            server.communicate()
+    sent = lines(out.stdout)
+    block = stream_block(0)
+    expect = hashlib.sha256((block * (size // len(block) + 1))[:size]).hexdigest()
+    assert sent[0]["sha256"] == expect == got["sha256"] and got["bytes"] == size
+    assert_clean(sent[-1])
+
+
+def test_connection_refused_is_one_clear_line():
+    with Testbed.up(topology="pair") as tb:
+        out = tb.exec("server", vtl_argv("source", "--iface", tb.host("server").iface.name,
+                                         "--connect", f"{tb.host('client').iface.ip}:6009",
+                                         "--bytes", "10"),
+                      capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1
+    err = out.stderr.strip().splitlines()
+    assert len(err) == 1 and "refused" in err[0], err
