@@ -707,6 +707,38 @@ def test_out_of_order_fin_waits_for_the_data():
     p.done()
 
 
+def test_out_of_order_queue_holds_a_whole_window():
+    """Everything after one lost segment, up to the advertised window, waits in the OOO
+    queue (a receiver that drops it would make the sender resend the whole window)."""
+    p = Peer(frames=1024)
+    p.passive_open(options=(("MSS", 1460), ("SAckOK", b""), ("WScale", 7)))
+    mss = 1460
+    window = p.eng.info(p.cid)["rcv_wnd"]
+    n = window // mss
+    chunks = [bytes([i % 251]) * mss for i in range(n)]
+    for i in range(1, n):
+        p.data(chunks[i], seq=p.seq + i * mss)
+    p.out()
+    assert p.eng.counters()["ooo_full"] == 0
+    assert p.eng.info(p.cid)["ooo_frags"] == n - 1
+    p.data(chunks[0])
+    assert p.out()[-1].ack == p.seq + n * mss
+    assert p.eng.recv(p.cid, p.now) == b"".join(chunks)
+    p.seq += n * mss
+    p.done()
+
+
+def test_out_of_order_queue_full_is_counted():
+    p = Peer(frames=1024)
+    p.passive_open(options=(("MSS", 1460), ("SAckOK", b""), ("WScale", 7)))
+    for i in range(300):                              # tiny segments, each its own hole
+        p.data(b"x", seq=p.seq + 2 + 2 * i)
+    p.out()
+    c = p.eng.counters()
+    assert c["ooo_full"] == 300 - p.eng.info(p.cid)["ooo_frags"] > 0
+    p.done()
+
+
 # -- RST and challenge ACKs (RFC 5961) -------------------------------------------------------
 
 

@@ -64,8 +64,8 @@ def sink_transfer(tb: Testbed, size: int, conns: int) -> tuple[list[str], list[d
         client = tb.exec("client", [sys.executable, "-c", CLIENT, server.ip, str(PORT),
                                     str(size), str(conns)],
                          capture_output=True, text=True, timeout=240)
-        assert client.returncode == 0, client.stderr
         out, err = sink.communicate(timeout=60)
+        assert client.returncode == 0, f"{client.stderr}\nsink said:\n{out}{err}"
     finally:
         if sink.poll() is None:
             sink.kill()
@@ -131,3 +131,54 @@ def test_connection_refused_is_one_clear_line():
     assert out.returncode == 1
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and "refused" in err[0], err
+
+
+LISTEN_ONCE = r"""
+import json, sys
+from vtlstack.stack import Stack
+with Stack(sys.argv[1]) as stack:
+    listener = stack.tcp_listen(int(sys.argv[2]))
+    print("ready", flush=True)
+    conn = listener.accept(timeout=20)
+    listener.close()
+    conn.sendall(b"go")
+    n = 0
+    while data := conn.recv(1 << 16, timeout=20):
+        n += len(data)
+    conn.close()
+print(json.dumps({"bytes": n, **stack.final_stats}), flush=True)
+"""
+
+GO_CLIENT = r"""
+import socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+assert s.recv(2) == b"go"
+s.sendall(b"x" * 100_000)
+s.shutdown(socket.SHUT_WR)
+assert s.recv(1) == b""
+"""
+
+
+def test_accepted_connection_outlives_its_listener():
+    """Closing the listener leaves the port steered to the stack: the connection accepted
+    on it keeps receiving and closes cleanly (the kernel would answer it with a RST)."""
+    with Testbed.up(topology="pair") as tb:
+        server = tb.host("server").iface
+        srv = tb.popen("server", [sys.executable, "-P", "-c", LISTEN_ONCE, server.name,
+                                  str(PORT)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                       text=True)
+        try:
+            assert srv.stdout.readline().strip() == "ready"
+            client = tb.exec("client", [sys.executable, "-c", GO_CLIENT, server.ip, str(PORT)],
+                             capture_output=True, text=True, timeout=60)
+            out, err = srv.communicate(timeout=60)
+        finally:
+            if srv.poll() is None:
+                srv.kill()
+                srv.communicate()
+    assert client.returncode == 0, client.stderr
+    assert srv.returncode == 0, err
+    stats = json.loads(out)
+    assert stats["bytes"] == 100_000
+    assert stats["tcp_left"] == {} and stats["net"]["linger_expired"] == 0
+    assert_clean(stats)

@@ -84,6 +84,8 @@ cdef struct net_counters:
     uint64_t tcp_out
     uint64_t tcp_stale
     uint64_t no_frame
+    uint64_t linger_ms          # how long the thread waited for connections to close
+    uint64_t linger_expired     # it stopped with connections still closing
 
 
 cdef class NetThread:

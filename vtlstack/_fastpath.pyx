@@ -228,6 +228,8 @@ cdef class NetThread:
                 if stop_at == 0:
                     stop_at = self.now + self.linger_ns
                 if self.now >= stop_at or not self.tcp_closing():
+                    self.c.linger_ms = (self.now - (stop_at - self.linger_ns)) // 1000000
+                    self.c.linger_expired = self.tcp_closing()
                     break
             ntx = 0
             n = self.port.rx_burst(rx, self.batch)

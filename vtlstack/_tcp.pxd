@@ -74,7 +74,7 @@ cdef enum:
 # Per-connection fixed-size queues (each has a counter when it is full).
 cdef enum:
     RQ_MAX = 256        # in-order fragments not yet consumed
-    OOO_MAX = 64        # out-of-order fragments
+    OOO_MAX = 256       # out-of-order fragments: a whole receive window of segments
     SQ_MAX = 256        # send queue frames (unsent + unacknowledged)
     ACCEPTQ_MAX = 128
     SB_MAX = 8          # SACK scoreboard: ranges the peer holds above SND.UNA

@@ -2192,6 +2192,16 @@ cdef class TcpEngine:
         d["pending_out"] = self.out_n
         return d
 
+    def open_states(self):
+        """{state: count} of the connections that hold a slot (listeners included)."""
+        cdef uint32_t i
+        out = {}
+        for i in range(self.max_conns):
+            if self.conns[i].in_use:
+                name = STATE_NAMES[self.conns[i].state]
+                out[name] = out.get(name, 0) + 1
+        return out
+
     def transition_counts(self):
         """{(from, to): count} of every state change so far."""
         cdef int a, b

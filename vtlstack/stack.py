@@ -129,6 +129,7 @@ class Stack:
             self._net.stop()
             self._stopped_net = self._net
             self.final_stats = {"net": self._net.stats(), "tcp": self._net.tcp.counters(),
+                                "tcp_left": self._net.tcp.open_states(),
                                 "net_cpu_seconds": cpu}
             if self._steering is not None:
                 self.final_stats["steering"] = self._steering.counters()
@@ -185,10 +186,13 @@ class Stack:
         if not 0 < port < 65536:
             raise OSError(errno.EINVAL, f"bad TCP port {port}")
         with self._lock:
+            assert self._steering is not None
+            steered = (socket.IPPROTO_TCP, port) in self._steering.owned
             self._own(port, socket.IPPROTO_TCP)
             cid, _ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
             if cid < 0:
-                self._steering.disown(socket.IPPROTO_TCP, port)
+                if not steered:
+                    self._steering.disown(socket.IPPROTO_TCP, port)
                 raise OSError(errno.EADDRINUSE, f"cannot listen on TCP port {port}")
             listener = TcpListener(self, cid, port)
             self._tcp[cid] = listener
@@ -469,8 +473,9 @@ class TcpListener(_TcpBase):
         with stack._lock:
             stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
             stack._tcp.pop(self.cid, None)
-            if stack._steering is not None:
-                stack._steering.disown(socket.IPPROTO_TCP, self.port)
+            # The port stays steered to us until the stack closes: connections accepted
+            # on it may still be closing (a FIN to resend, a last ACK to take), and the
+            # kernel would reset them. A SYN for it now gets our RST, as from a closed port.
 
     def __enter__(self) -> TcpListener:
         return self
