@@ -2186,6 +2186,11 @@ cdef class TcpEngine:
             "nodelay": bool(c.nodelay),
         }
 
+    @property
+    def snd_buf(self):
+        """Bytes of send queue per connection (what an app may have unacknowledged)."""
+        return self.cfg.snd_buf
+
     def counters(self):
         d = dict(self.cnt)
         d["conns"] = self.nconns
