@@ -77,6 +77,9 @@ def sink_transfer(tb: Testbed, size: int, conns: int) -> tuple[list[str], list[d
 def assert_clean(stats: dict) -> None:
     assert stats["port"]["held"] == 0 and stats["port"]["in_tx"] == 0, stats["port"]
     assert stats["net"]["tx_no_neigh"] == 0
+    # every connection and listener was closed before the stack stopped (TIME-WAIT is
+    # the active closer's normal end)
+    assert set(stats["tcp_left"]) <= {"TIME-WAIT"}, stats["tcp_left"]
 
 
 def test_linux_client_into_vtl_sink():

@@ -57,8 +57,10 @@ cdef struct udp_view:
 
 
 cdef enum:
-    NEIGH_BITS = 8
+    NEIGH_BITS = 12
     NEIGH_SLOTS = 1 << NEIGH_BITS
+    HINT_BITS = 10              # MACs of senders we hold no connection with (SYNs...)
+    HINT_SLOTS = 1 << HINT_BITS
 
 
 cdef struct net_counters:
@@ -86,6 +88,8 @@ cdef struct net_counters:
     uint64_t no_frame
     uint64_t linger_ms          # how long the thread waited for connections to close
     uint64_t linger_expired     # it stopped with connections still closing
+    uint64_t tcp_send_short     # a send the engine could not take whole: reset instead
+    uint64_t tcp_send_refused   # a send on a connection that can no longer send
 
 
 cdef class NetThread:
@@ -96,8 +100,10 @@ cdef class NetThread:
     cdef uint8_t mac[6]
     cdef uint32_t ip
     cdef uint16_t ip_id
-    cdef uint32_t neigh_ip[256]
-    cdef uint8_t neigh_mac[256][6]
+    cdef uint32_t neigh_ip[NEIGH_SLOTS]
+    cdef uint8_t neigh_mac[NEIGH_SLOTS][6]
+    cdef uint32_t hint_ip[HINT_SLOTS]
+    cdef uint8_t hint_mac[HINT_SLOTS][6]
     cdef uint32_t batch
     cdef uint64_t busy_poll_ns
     cdef uint64_t linger_ns
@@ -110,7 +116,8 @@ cdef class NetThread:
     cdef uint32_t max_conns
     cdef uint32_t *delivered    # per cid: bytes handed to the app, not yet consumed
     cdef uint16_t *gen          # per cid: generation, bumped whenever the cid changes hands
-    cdef uint8_t *redeliver     # per cid: data waits for room in to_app
+    cdef uint8_t *redeliver     # per cid: data or events wait for room in to_app
+    cdef uint32_t *ev_held      # per cid: event bits that found to_app full
     cdef uint8_t *owned         # per cid: the app holds it (listened, connected, accepted)
     cdef uint32_t redeliver_n
 
@@ -126,8 +133,11 @@ cdef class NetThread:
     cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil
     cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil
     cdef void tcp_events(self) noexcept nogil
-    cdef void tcp_deliver(self, int32_t cid) noexcept nogil
+    cdef void tcp_notify(self, int32_t cid, uint32_t mask, bint data) noexcept nogil
+    cdef int tcp_deliver(self, int32_t cid) noexcept nogil
+    cdef void tcp_retry(self, int32_t cid) noexcept nogil
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil
     cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil
+    cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil

@@ -30,6 +30,7 @@ from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_, IPPROTO_UDP_, IPV4_BAD_CHECKSUM, IPV4_MIN_HLEN, IPV4_OK, ipv4_check, ipv4_dst, ipv4_hlen,
     ipv4_proto, ipv4_src, ipv4_swap_addrs, ipv4_tot_len, ipv4_write,
 )
+from vtlstack.proto.tcp cimport tcp_dport, tcp_sport
 from vtlstack.proto.udp cimport (
     UDP_HLEN, udp_checksum_ok, udp_dport, udp_len, udp_sport, udp_swap_ports, udp_write,
 )
@@ -147,6 +148,7 @@ cdef class NetThread:
         self.to_net = Channel(channel_size)
         memset(self.owner, 0, sizeof(self.owner))
         memset(self.neigh_ip, 0, sizeof(self.neigh_ip))
+        memset(self.hint_ip, 0, sizeof(self.hint_ip))
         memset(&self.c, 0, sizeof(self.c))
         memcpy(self.mac, <const char *>mac, 6)
         self.ip = ip
@@ -161,8 +163,9 @@ cdef class NetThread:
         self.gen = <uint16_t *>calloc(max_conns, sizeof(uint16_t))
         self.redeliver = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.owned = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        self.ev_held = <uint32_t *>calloc(max_conns, sizeof(uint32_t))
         if (self.delivered == NULL or self.gen == NULL or self.redeliver == NULL
-                or self.owned == NULL):
+                or self.owned == NULL or self.ev_held == NULL):
             raise MemoryError("no memory for the connection tables")
 
     def __dealloc__(self):
@@ -170,6 +173,33 @@ cdef class NetThread:
         free(self.gen)
         free(self.redeliver)
         free(self.owned)
+        free(self.ev_held)
+
+    def app_send(self, object frames, const uint8_t[:] data, int cid, int gen) -> int:
+        """Application thread: copy `data` into frames the app holds (popped from the
+        deque `frames`) and hand each to the network thread as a send on connection
+        (cid, gen). Returns the bytes handed over: fewer when the frames run out or
+        to_net is full. The caller keeps within its send credit."""
+        cdef uint32_t fs = self.port.pool.frame_size
+        cdef Py_ssize_t done = 0, n = data.shape[0]
+        cdef uint32_t k
+        cdef vtl_msg m
+        m.kind = MSG_TCP_SEND
+        m.sock = cid
+        m.port = gen
+        m.ip = 0
+        m.lport = 0
+        m.arg = 0
+        while done < n and frames:
+            m.addr = frames.popleft()
+            k = <uint32_t>min(<Py_ssize_t>fs, n - done)
+            memcpy(self.port.pool.frame_ptr(m.addr), &data[done], k)
+            m.len = k
+            if not self.to_net.send(&m):
+                frames.appendleft(m.addr)
+                break
+            done += k
+        return done
 
     def release_tcp(self) -> None:
         """After stop(): give back every frame the TCP engine still holds."""
@@ -226,8 +256,9 @@ cdef class NetThread:
             self.now = now_ns()
             if self.stopping:
                 if stop_at == 0:
+                    # one more pass first: requests the app sent before stop() are served
                     stop_at = self.now + self.linger_ns
-                if self.now >= stop_at or not self.tcp_closing():
+                elif self.now >= stop_at or not self.tcp_closing():
                     self.c.linger_ms = (self.now - (stop_at - self.linger_ns)) // 1000000
                     self.c.linger_expired = self.tcp_closing()
                     break
@@ -275,11 +306,11 @@ cdef class NetThread:
 
     cdef int sleep_ms(self) noexcept nogil:
         """How long the idle thread may sleep: until the next TCP timer, at most a second;
-        a millisecond while sent frames wait for their completions."""
+        a millisecond while sent frames wait for their completions or while stopping."""
         cdef uint64_t deadline = self.tcp.next_deadline()
         cdef uint64_t now
-        if self.port.pool.count[<int>FRAME_TX]:
-            return 1
+        if self.port.pool.count[<int>FRAME_TX] or self.stopping:
+            return 1    # completions to reap, or connections closing on the way out
         if deadline == 0:
             return IDLE_POLL_MS
         now = now_ns()
@@ -413,10 +444,21 @@ cdef class NetThread:
         if self.tcp.validate(f + ETH_HLEN, v.frame_len - ETH_HLEN) != 0:
             self.c.tcp_invalid += 1
             return
+        cdef const uint8_t *t = f + v.l4_off
+        cdef uint32_t hint
         # A peer that opens a connection to us was never looked up by the app: answer to
-        # the MAC its segments came from (the gateway's, for an off-link peer).
-        if self.neigh_get(v.src) == NULL:
-            self.neigh_set(v.src, f + ETH_SRC)
+        # the MAC its segments came from (the gateway's, for an off-link peer). Until it
+        # holds a connection that MAC is only a hint, in a table of its own that spoofed
+        # SYNs may churn without evicting the peers we talk to.
+        if self.neigh_find(v.src) == NULL:
+            hint = (v.src * 2654435761u) >> (32 - HINT_BITS)
+            self.hint_ip[hint] = v.src
+            memcpy(self.hint_mac[hint], f + ETH_SRC, 6)
+            self.c.tcp_segments += 1
+            self.tcp.input(d.addr + ETH_HLEN, self.now)
+            if self.tcp.ft_find(v.dst, tcp_dport(t), v.src, tcp_sport(t)) != NO_CONN:
+                self.neigh_set(v.src, f + ETH_SRC)
+            return
         self.c.tcp_segments += 1
         self.tcp.input(d.addr + ETH_HLEN, self.now)
 
@@ -457,37 +499,59 @@ cdef class NetThread:
         cdef uint32_t mask
         cdef int32_t cid
         cdef uint32_t i
-        cdef vtl_msg m
         if self.redeliver_n:
             self.redeliver_n = 0
             for i in range(self.max_conns):
                 if self.redeliver[i]:
                     self.redeliver[i] = 0
-                    self.tcp_deliver(i)
+                    self.tcp_notify(i, 0, 1)
         while True:
             cid = self.tcp.pop_event(&mask)
             if cid == NO_CONN:
                 return
-            if not self.owned[cid]:
-                continue  # not accepted yet (accept delivers), or closed by the app
-            if mask & EV_READABLE:
-                self.tcp_deliver(cid)   # the data goes before the event that announces it
-            m.kind = MSG_TCP_EVENT
-            m.sock = cid
-            m.port = self.gen[cid]
-            m.arg = mask
-            m.addr = 0
-            m.len = 0
-            if not self.to_app.send(&m):
-                self.c.app_ring_full += 1
-            if mask & (EV_CLOSED | EV_RESET | EV_TIMEOUT):
-                self.delivered[cid] = 0
-                self.owned[cid] = 0
+            self.tcp_notify(cid, mask, mask & EV_READABLE)
 
-    cdef void tcp_deliver(self, int32_t cid) noexcept nogil:
+    cdef void tcp_notify(self, int32_t cid, uint32_t mask, bint data) noexcept nogil:
+        """Tell the app about a connection: its new bytes first, then one event message.
+        The event carries the bytes acknowledged so far (low 32 bits): the app's send
+        credit. Nothing is lost when to_app is full: it waits and is retried."""
+        cdef vtl_msg m
+        if not self.owned[cid]:
+            return  # not accepted yet (accept delivers), or closed by the app
+        mask |= self.ev_held[cid]
+        self.ev_held[cid] = 0
+        if data and not self.tcp_deliver(cid):
+            self.ev_held[cid] = mask   # the data goes before the event that announces it
+            return
+        if mask == 0:
+            return
+        m.kind = MSG_TCP_EVENT
+        m.sock = cid
+        m.port = self.gen[cid]
+        m.arg = mask
+        m.addr = 0
+        m.len = <uint32_t>self.tcp.conns[cid].bytes_acked
+        m.ip = 0
+        m.lport = 0
+        if not self.to_app.send(&m):
+            self.c.app_ring_full += 1
+            self.ev_held[cid] = mask
+            self.tcp_retry(cid)
+            return
+        if mask & (EV_CLOSED | EV_RESET | EV_TIMEOUT):
+            self.delivered[cid] = 0
+            self.owned[cid] = 0
+
+    cdef void tcp_retry(self, int32_t cid) noexcept nogil:
+        if not self.redeliver[cid]:
+            self.redeliver[cid] = 1
+            self.redeliver_n += 1
+
+    cdef int tcp_deliver(self, int32_t cid) noexcept nogil:
         """Hand the app the in-order bytes it has not seen, as frame spans (no copy). Each
         span's frame gets the app's own reference, so a reset that makes the engine drop
-        its queues can never recycle memory the app is still reading."""
+        its queues can never recycle memory the app is still reading. 0 if to_app filled
+        up (the rest is retried)."""
         cdef tcp_frag frags[RQ_MAX]
         cdef uint32_t n = self.tcp.c_peek(cid, frags, RQ_MAX)
         cdef uint32_t skip = self.delivered[cid]
@@ -510,11 +574,10 @@ cdef class NetThread:
             if not self.to_app.send(&m):
                 self.port.unref(m.addr)
                 self.c.app_ring_full += 1
-                if not self.redeliver[cid]:
-                    self.redeliver[cid] = 1
-                    self.redeliver_n += 1
-                return
+                self.tcp_retry(cid)
+                return 0
             self.delivered[cid] += m.len
+        return 1
 
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil:
         """Is this request about the connection the app thinks it is?"""
@@ -552,16 +615,26 @@ cdef class NetThread:
                 return
             self.gen[cid] += 1
             self.delivered[cid] = 0
+            self.ev_held[cid] = 0
             self.owned[cid] = 1
             self.reply(cid, self.gen[cid])
             if m.kind == MSG_TCP_ACCEPT:
                 self.tcp_deliver(cid)  # bytes that came with or right after the handshake
         elif m.kind == MSG_TCP_SEND:
-            taken = -1
+            # No answer: the app sends only within its credit (snd_buf minus what is not
+            # acknowledged yet), so the engine has room for every byte of it.
             if self.tcp_current(m):
                 taken = self.tcp.c_send(m.sock, self.port.frame_ptr(m.addr), m.len, self.now)
-            self.port.free_frame(m.addr)
-            self.reply(taken, m.port)
+                if taken < 0:
+                    self.c.tcp_send_refused += 1   # reset or closed: the app gets that event
+                elif taken < m.len:
+                    # out of frames or send-queue slots: bytes would go missing silently
+                    self.c.tcp_send_short += 1
+                    self.tcp.c_abort(m.sock, self.now)
+            # The frame goes straight back to the app for its next send: no asking.
+            m.kind = MSG_GRANT
+            if not self.to_app.send(m):
+                self.port.free_frame(m.addr)
         elif not self.tcp_current(m):
             return
         elif m.kind == MSG_TCP_CONSUME:
@@ -577,14 +650,16 @@ cdef class NetThread:
             self.gen[m.sock] += 1
             self.delivered[m.sock] = 0
             self.owned[m.sock] = 0
+            self.ev_held[m.sock] = 0
             if m.kind == MSG_TCP_CLOSE:
                 self.tcp.c_close(m.sock, self.now)
             else:
                 self.tcp.c_abort(m.sock, self.now)
 
-    # A small neighbour table (IPv4 -> MAC), open addressing with linear probing, filled
-    # by the app from the kernel's routes and neighbours (pyroute2). When every slot is
-    # taken the home slot is overwritten and counted; the app then resolves again.
+    # The neighbour table (IPv4 -> MAC), open addressing with linear probing, filled by
+    # the app from the kernel's routes and neighbours (pyroute2) and from peers that hold
+    # a connection with us. When every slot is taken the home slot is overwritten and
+    # counted; the app then resolves again.
     cdef void neigh_set(self, uint32_t ip, const uint8_t *mac) noexcept nogil:
         cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
         cdef uint32_t slot = home
@@ -600,6 +675,15 @@ cdef class NetThread:
         self.neigh_ip[slot] = ip
 
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil:
+        cdef const uint8_t *mac = self.neigh_find(ip)
+        cdef uint32_t hint
+        if mac == NULL and ip != 0:
+            hint = (ip * 2654435761u) >> (32 - HINT_BITS)
+            if self.hint_ip[hint] == ip:
+                return self.hint_mac[hint]
+        return mac
+
+    cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil:
         cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
         cdef uint32_t slot
         cdef int k

@@ -273,6 +273,11 @@ cdef class TcpEngine:
             raise ValueError(f"mss {mss} does not fit a {pool.frame_size}-byte frame")
         if eph_lo == 0 or eph_lo > eph_hi:
             raise ValueError("bad ephemeral port range")
+        if snd_buf > SQ_MAX * (pool.frame_size // 2):
+            # the send queue must take every byte of snd_buf (the app sends within it
+            # without waiting for an answer)
+            raise ValueError(f"snd_buf {snd_buf} is above {SQ_MAX} frames of half "
+                             f"{pool.frame_size} bytes ({SQ_MAX * (pool.frame_size // 2)})")
         self.cfg.cc = _cc_ops(cc)
         self.pool = pool
         self.cfg.mss = mss
@@ -1853,7 +1858,10 @@ cdef class TcpEngine:
         if n > room:
             self.cnt.sq_full += 1
             n = room
+        # Whole segments per frame (a segment never spans two): every frame holds more
+        # than half a frame of data, so SQ_MAX frames always cover snd_buf (see __cinit__).
         chunk = umin(c.snd_mss, self.pool.frame_size)
+        chunk = self.pool.frame_size // chunk * chunk
         while done < n:
             f = &c.sq[(c.sq_head + c.sq_n - 1) % SQ_MAX] if c.sq_n else NULL
             if f != NULL:

@@ -26,7 +26,8 @@ from vtlstack.xdp import Steering
 
 # Message kinds, defined once beside the network thread that handles them (_fastpath.pxd).
 _MSG = _fastpath.MsgKind
-_GRANT_BATCH = 32
+_GRANT_BATCH = 128      # frames the app keeps for sending (a send returns its frame)
+_WANT_AGAIN = 0.001     # seconds before frames are asked for again
 _WAIT_STEP = 0.05
 # Event bits of the TCP engine, by name (defined once, in vtlstack._tcp).
 _EV = {name: bit for bit, name in EVENT_NAMES.items()}
@@ -87,6 +88,7 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
+        self._wanted_at = -1.0
         self._neigh: set[str] = set()
         self._steering: Steering | None = None
         self._port: XskPort | None = None
@@ -105,6 +107,7 @@ class Stack:
             self._net = _fastpath.NetThread(self._port, self.mac, _ip_to_net(self.ip),
                                             batch=batch, busy_poll_us=busy_poll_us,
                                             max_conns=max_conns, tcp_options=tcp_options)
+            self.snd_buf = self._net.tcp.snd_buf
             self._net.start()
         except BaseException:
             self.close()
@@ -140,6 +143,7 @@ class Stack:
             pool = self._port.pool
             if self._stopped_net is not None:
                 self._drain_unread(self._stopped_net.to_app, pool.free)
+                self._drain_unread(self._stopped_net.to_net, pool.free)
             for addr in self._granted:
                 pool.free(addr)
             self._granted.clear()
@@ -306,7 +310,7 @@ class Stack:
             elif kind == _MSG.MSG_TCP_EVENT:
                 conn = self._tcp.get(sock)
                 if conn is not None and conn.gen == port:
-                    conn._on_event(msg[7])
+                    conn._on_event(msg[7], length)
             elif kind == _MSG.MSG_TCP_RESULT:
                 result = msg[7]
                 self._results.append((result - (1 << 64) if result >> 63 else result, port))
@@ -318,22 +322,32 @@ class Stack:
 
     @staticmethod
     def _drain_unread(channel: Any, free: Any) -> None:
-        """Frames carried by messages the app will never read (after the thread stopped)."""
-        carry = (_MSG.MSG_RECV, _MSG.MSG_GRANT, _MSG.MSG_TCP_DATA)
+        """Frames carried by messages never read, either way (after the thread stopped)."""
+        carry = (_MSG.MSG_RECV, _MSG.MSG_GRANT, _MSG.MSG_TCP_DATA,   # to the app
+                 _MSG.MSG_SEND, _MSG.MSG_FREE, _MSG.MSG_TCP_SEND)    # to the network
         while (msg := channel.pop()) is not None:
             if msg[0] in carry:
                 free(msg[1])
 
     def _take_frame(self, timeout: float) -> int:
-        if len(self._granted) < _GRANT_BATCH // 4:
-            self._send_ctl(_MSG.MSG_WANT, length=_GRANT_BATCH)
-        deadline = time.monotonic() + timeout
-        while not self._granted:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise OSError(errno.ENOBUFS, "no free frame for sending (all held)")
-            self._pump(min(left, _WAIT_STEP))
+        """A free frame for the app to fill."""
+        self._want_frames(timeout)
         return self._granted.popleft()
+
+    def _want_frames(self, timeout: float) -> None:
+        """Until the app holds a free frame. Frames are asked for in batches ahead of
+        need, and not again while an answer may still be on its way."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = time.monotonic()
+            if len(self._granted) < _GRANT_BATCH // 4 and now - self._wanted_at > _WANT_AGAIN:
+                self._send_ctl(_MSG.MSG_WANT, length=_GRANT_BATCH)
+                self._wanted_at = now
+            if self._granted:
+                return
+            if now >= deadline:
+                raise OSError(errno.ENOBUFS, "no free frame for sending (all held)")
+            self._pump(min(deadline - now, _WANT_AGAIN))
 
     def _ensure_neighbour(self, ip: str) -> None:
         if ip in self._neigh:
@@ -414,7 +428,7 @@ class _TcpBase:
         self._events = 0
         self._error: int | None = None
 
-    def _on_event(self, mask: int) -> None:
+    def _on_event(self, mask: int, acked: int) -> None:
         self._events |= mask
 
     def _wait(self, ready: Any, timeout: float | None, what: str) -> None:
@@ -496,9 +510,17 @@ class TcpSocket(_TcpBase):
         self._rx: deque[tuple[int, int]] = deque()
         self._connected = False
         self._eof = False
+        self._shut_wr = False
+        # Send credit: the engine takes every byte while sent - acked <= snd_buf, so
+        # sends need no answer from the network thread.
+        self._sent = 0
+        self._acked = 0
+        self._snd_buf = stack.snd_buf
 
-    def _on_event(self, mask: int) -> None:
-        super()._on_event(mask)
+    def _on_event(self, mask: int, acked: int) -> None:
+        super()._on_event(mask, acked)
+        # the low 32 bits of the bytes acknowledged so far: whatever moved is credit back
+        self._acked += (acked - self._acked) & 0xFFFFFFFF
         if mask & _EV["connected"]:
             self._connected = True
         if mask & _EV["peer_closed"]:
@@ -535,27 +557,35 @@ class TcpSocket(_TcpBase):
         return b"".join(parts)
 
     def send(self, data: bytes, timeout: float | None = None) -> int:
-        """Queue what fits in the send buffer (at least one byte, waiting for room)."""
-        view = memoryview(data)
+        """Queue as much as the send credit allows (at least one byte, waiting for room);
+        returns how many bytes were queued. The network thread copies them into the
+        connection's send queue in order; nothing waits for its answer."""
+        view = memoryview(data).cast("B")
         if not view:
             return 0
+        if self._shut_wr:
+            raise OSError(errno.EPIPE, "the sending side was shut down")
+        self._wait(lambda: self._credit() > 0 or self._error is not None, timeout, "send")
         stack = self._stack
-        chunk = stack._port.pool.frame_size_
-        while True:
-            with stack._lock:
-                self._raise_error()
-                frame = stack._take_frame(timeout=5.0)
-                piece = view[:chunk]
-                stack._port.pool.write(frame, piece)
-                self._events &= ~_EV["writable"]
-                taken, _ = stack._request(_MSG.MSG_TCP_SEND, addr=frame, length=len(piece),
-                                          sock=self.cid, port=self.gen)
-            if taken < 0:
-                raise OSError(errno.EPIPE, "the connection cannot send any more")
-            if taken:
-                return taken
-            self._wait(lambda: self._events & _EV["writable"] or self._error is not None,
-                       timeout, "send")
+        with stack._lock:
+            self._raise_error()
+            budget = min(len(view), self._credit())
+            done = 0
+            deadline = time.monotonic() + 5.0
+            while done < budget:
+                stack._want_frames(timeout=5.0)
+                n = stack._net.app_send(stack._granted, view[done:budget], self.cid, self.gen)
+                if n == 0:
+                    # to_net is full: the network thread is busy and drains it every loop
+                    if time.monotonic() > deadline:
+                        raise VtlError("the network thread stopped taking requests")
+                    time.sleep(0.0001)
+                done += n
+            self._sent += done
+        return done
+
+    def _credit(self) -> int:
+        return self._snd_buf - (self._sent - self._acked)
 
     def sendall(self, data: bytes, timeout: float | None = None) -> None:
         view = memoryview(data)
@@ -565,6 +595,7 @@ class TcpSocket(_TcpBase):
     def shutdown(self, how: int = socket.SHUT_WR) -> None:
         """Half-close: our FIN goes out after the queued bytes (SHUT_WR or SHUT_RDWR)."""
         if how in (socket.SHUT_WR, socket.SHUT_RDWR):
+            self._shut_wr = True
             with self._stack._lock:
                 self._stack._send_ctl(_MSG.MSG_TCP_SHUTDOWN, sock=self.cid, port=self.gen)
 
