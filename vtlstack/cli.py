@@ -9,7 +9,7 @@ import sys
 from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
-_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "bench")
+_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench")
 
 
 class Terminated(SystemExit):
