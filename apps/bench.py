@@ -12,6 +12,9 @@ full speed, counting the answers it gets back). The server host runs, in turn:
 Each one runs one-way RX drop and UDP echo, at 64 and 1400 bytes. Then the stack sits idle
 for a while, to measure the CPU of its network thread. The numbers move from run to run,
 so compare the ratios of a single run, not absolute figures across runs.
+
+`vtl bench tcp` (apps/bench_tcp.py) sets the stack's TCP against kernel TCP: bulk both ways,
+connections per second and request/response latency, with iperf3 as the ceiling.
 """
 
 from __future__ import annotations
@@ -62,32 +65,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop.add_argument("seconds", type=float)
     loop.add_argument("batch", type=int)
     loop.set_defaults(func=run_port_loop)
+    from vtlstack.apps import bench_tcp  # here: bench_tcp imports this module
+
+    bench_tcp.register(which)
 
 
 # ---- the C reference -------------------------------------------------------------------
 
-def build_reference() -> Path:
-    """Compile the C reference (shipped as package data) once per source version."""
-    from vtlstack._resources import bpf_path, data_dir
+def build_c(name: str, *, headers: tuple[Path, ...] = (), libs: tuple[str, ...] = ()) -> Path:
+    """Compile bench/NAME.c (shipped as package data) once per source version, into the
+    user's cache; the headers it includes count in the version."""
+    from vtlstack._resources import data_dir
 
-    source = data_dir("bench") / "xsk_ref.c"
-    header = bpf_path("steer.h")
-    digest = hashlib.sha256(source.read_bytes() + header.read_bytes()).hexdigest()[:12]
+    source = data_dir("bench") / f"{name}.c"
+    text = source.read_bytes() + b"".join(h.read_bytes() for h in headers)
+    digest = hashlib.sha256(text).hexdigest()[:12]
     cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "vtlstack"
-    exe = cache / f"xsk_ref-{digest}"
+    exe = cache / f"{name}-{digest}"
     if exe.exists():
         return exe
     cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
     if cc is None:
-        raise VtlError("no C compiler to build the reference program: apt-get install gcc")
+        raise VtlError(f"no C compiler to build {name}: apt-get install gcc")
     cache.mkdir(parents=True, exist_ok=True)
     tmp = exe.with_suffix(f".tmp{os.getpid()}")
-    out = subprocess.run([cc, "-O2", "-Wall", "-I", str(header.parent), str(source), "-o",
-                          str(tmp), "-lxdp", "-lbpf"], capture_output=True, text=True)
+    includes = [arg for h in headers for arg in ("-I", str(h.parent))]
+    out = subprocess.run([cc, "-O2", "-Wall", *includes, str(source), "-o", str(tmp),
+                          *libs], capture_output=True, text=True)
     if out.returncode:
-        raise VtlError(f"building the C reference failed: {out.stderr.strip()}")
+        raise VtlError(f"building {name} failed: {out.stderr.strip()}")
     tmp.replace(exe)  # atomic: a concurrent run never sees a half-written binary
     return exe
+
+
+def build_reference() -> Path:
+    """The C reference (bench/xsk_ref.c): the same rings as the Cython port, in C."""
+    from vtlstack._resources import bpf_path
+
+    return build_c("xsk_ref", headers=(bpf_path("steer.h"),), libs=("-lxdp", "-lbpf"))
 
 
 # ---- one receiver against the generator ------------------------------------------------

@@ -7,6 +7,7 @@ line comes first, once the port is listening. Connections are served one after a
 import argparse
 import hashlib
 import time
+from typing import Any
 
 from vtlstack.apps._common import RunUntil, emit
 
@@ -28,25 +29,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from vtlstack.stack import Stack
 
-    served = 0
     stack = Stack(args.iface, mode=args.mode)
     with stack, RunUntil(args.duration) as running:
         listener = stack.tcp_listen(args.port)
         emit({"event": "ready", "iface": args.iface, "ip": stack.ip, "port": args.port})
-        while running and (args.count is None or served < args.count):
-            try:
-                conn = listener.accept(timeout=0.2)
-            except TimeoutError:
-                continue
-            with conn:
-                emit(consume(conn, running))
-            served += 1
+        serve(listener, running, args.count)
         listener.close()
     emit({"event": "stats", **stack.final_stats})
     return 0
 
 
-def consume(conn, running: RunUntil) -> dict:
+def serve(listener: Any, running: RunUntil, count: int | None) -> int:
+    """Accept and consume connections one after another (a line each); how many."""
+    served = 0
+    while running and (count is None or served < count):
+        try:
+            conn = listener.accept(timeout=0.2)
+        except TimeoutError:
+            continue
+        with conn:
+            emit(consume(conn, running))
+        served += 1
+    return served
+
+
+def consume(conn: Any, running: RunUntil) -> dict:
     digest = hashlib.sha256()
     total = 0
     start = time.monotonic()

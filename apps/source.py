@@ -8,6 +8,7 @@ import argparse
 import hashlib
 import random
 import time
+from typing import Any
 
 from vtlstack.apps._common import emit
 
@@ -40,8 +41,6 @@ def run(args: argparse.Namespace) -> int:
     host, _, port = args.connect.rpartition(":")
     if not host or not port.isdigit():
         raise VtlError(f"--connect {args.connect!r}: give IP:PORT")
-    block = stream_block(args.seed)
-    digest = hashlib.sha256()
     stack = Stack(args.iface, mode=args.mode)
     with stack:
         try:
@@ -50,21 +49,29 @@ def run(args: argparse.Namespace) -> int:
             raise VtlError(f"{args.connect} refused the connection") from None
         except TimeoutError:
             raise VtlError(f"no answer from {args.connect}") from None
-        start = time.monotonic()
-        left = args.bytes
         with conn:
-            while left:
-                piece = block[:min(left, BLOCK)]
-                conn.sendall(piece, timeout=args.timeout)
-                digest.update(piece)
-                left -= len(piece)
-            conn.shutdown()
-            # Wait for the server's FIN: everything we sent was received and acknowledged.
-            while conn.recv(BLOCK, timeout=args.timeout):
-                pass
-        seconds = time.monotonic() - start
-    emit({"event": "connection", "bytes": args.bytes, "sha256": digest.hexdigest(),
-          "seconds": round(seconds, 4),
-          "mbit_per_s": round(args.bytes * 8 / seconds / 1e6, 1) if seconds else None})
+            report = produce(conn, args.bytes, args.seed, args.timeout)
+    emit(report)
     emit({"event": "stats", **stack.final_stats})
     return 0
+
+
+def produce(conn: Any, nbytes: int, seed: int, timeout: float) -> dict:
+    """Send the stream, half-close, and wait for the peer's FIN; the report line."""
+    block = stream_block(seed)
+    digest = hashlib.sha256()
+    start = time.monotonic()
+    left = nbytes
+    while left:
+        piece = block[:min(left, BLOCK)]
+        conn.sendall(piece, timeout=timeout)
+        digest.update(piece)
+        left -= len(piece)
+    conn.shutdown()
+    # Wait for the server's FIN: everything we sent was received and acknowledged.
+    while conn.recv(BLOCK, timeout=timeout):
+        pass
+    seconds = time.monotonic() - start
+    return {"event": "connection", "bytes": nbytes, "sha256": digest.hexdigest(),
+            "seconds": round(seconds, 4),
+            "mbit_per_s": round(nbytes * 8 / seconds / 1e6, 1) if seconds else None}
