@@ -77,6 +77,7 @@ cdef struct net_counters:
     uint64_t no_listener
     uint64_t app_ring_full
     uint64_t tx_no_neigh
+    uint64_t synack_no_neigh    # SYN-ACKs to senders with no MAC left (spoofed, flooding)
     uint64_t neigh_evicted
     uint64_t tx_ring_full
     uint64_t polls

@@ -21,7 +21,7 @@ from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_slee
 from vtlstack._port cimport FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
 from vtlstack._tcp cimport (
     EV_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX, ST_CLOSED, ST_LISTEN,
-    ST_TIME_WAIT, TcpEngine, tcp_frag,
+    ST_SYN_RECEIVED, ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_frag,
 )
 from vtlstack.proto.eth cimport (
     ETH_HLEN, ETH_SRC, ETHERTYPE_IPV4, eth_swap_addrs, eth_type, eth_write,
@@ -30,7 +30,7 @@ from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_, IPPROTO_UDP_, IPV4_BAD_CHECKSUM, IPV4_MIN_HLEN, IPV4_OK, ipv4_check, ipv4_dst, ipv4_hlen,
     ipv4_proto, ipv4_src, ipv4_swap_addrs, ipv4_tot_len, ipv4_write,
 )
-from vtlstack.proto.tcp cimport tcp_dport, tcp_sport
+from vtlstack.proto.tcp cimport TH_SYN, tcp_dport, tcp_flags, tcp_sport
 from vtlstack.proto.udp cimport (
     UDP_HLEN, udp_checksum_ok, udp_dport, udp_len, udp_sport, udp_swap_ports, udp_write,
 )
@@ -294,13 +294,15 @@ cdef class NetThread:
                 spsc_end_sleep(self.to_net.ring)
 
     cdef int tcp_closing(self) noexcept nogil:
-        """Is a connection still on its way to CLOSED (TIME-WAIT needs nothing from us)?"""
+        """Is a connection still on its way to CLOSED? TIME-WAIT needs nothing from us,
+        and half-open ones (a SYN flood's, say) are not worth waiting for."""
         cdef uint32_t i
         cdef uint8_t st
         for i in range(self.max_conns):
             if self.tcp.conns[i].in_use:
                 st = self.tcp.conns[i].state
-                if st != ST_CLOSED and st != ST_LISTEN and st != ST_TIME_WAIT:
+                if st != ST_CLOSED and st != ST_LISTEN and st != ST_TIME_WAIT and \
+                        st != ST_SYN_SENT and st != ST_SYN_RECEIVED:
                     return 1
         return 0
 
@@ -485,7 +487,11 @@ cdef class NetThread:
                 return sent
             dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN))
             if dmac == NULL:
-                self.c.tx_no_neigh += 1
+                # a SYN-ACK to a sender whose MAC hint a flood overwrote, or a real miss
+                if tcp_flags(f + ETH_HLEN + ipv4_hlen(f + ETH_HLEN)) & TH_SYN:
+                    self.c.synack_no_neigh += 1
+                else:
+                    self.c.tx_no_neigh += 1
                 self.port.free_frame(addr)
                 continue
             eth_write(f, dmac, self.mac, ETHERTYPE_IPV4)

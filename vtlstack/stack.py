@@ -128,6 +128,10 @@ class Stack:
         the last counters stay readable as `final_stats`.
         """
         if self._net is not None:
+            # Sockets the app left open close as if it had closed them: FINs go out (or
+            # RSTs, for unread data) while the thread lingers.
+            for sock in list(self._tcp.values()):
+                sock.close()
             cpu = self.net_thread_cpu_seconds()
             self._net.stop()
             self._stopped_net = self._net
