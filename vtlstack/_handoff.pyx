@@ -105,6 +105,21 @@ cdef class Channel:
             ready = self.wait(ms)
         return bool(ready)
 
+    def arm(self) -> bool:
+        """Consumer, for an event loop that sleeps on `efd` itself (select, epoll, asyncio):
+        mark the consumer as sleeping, as `wait()` does before its poll(). True: the ring
+        is empty and the next message makes `efd` readable. False: a message is ready now
+        (not armed): pop it, then arm again. Between an arm and the loop's sleep the
+        consumer may pop freely; it may only miss a wakeup if it sleeps unarmed."""
+        return bool(spsc_prepare_sleep(self.ring))
+
+    def disarm(self) -> None:
+        """Consumer, woken by `efd` (or done sleeping): stop asking the producer for
+        eventfd writes and clear the eventfd, in the order `wait()` uses."""
+        cdef uint64_t drained
+        spsc_end_sleep(self.ring)
+        read(self.efd, &drained, sizeof(drained))
+
     def produce_seq(self, uint64_t n, double timeout=10.0) -> int:
         """Test helper: push 0..n-1 without the GIL, spinning while the ring is full.
         Gives up after `timeout` seconds without progress; returns how many were pushed."""

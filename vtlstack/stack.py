@@ -4,6 +4,10 @@ The application thread never touches protocol state: it asks the network thread 
 things (bind a port, send a datagram, return a frame) through the `to_net` channel and
 reads what the network thread hands it from `to_app`. Calls on one Stack may come from
 several application threads; a lock keeps the channels single-producer/single-consumer.
+
+Readiness: sockets can be non-blocking (`setblocking(False)`: BlockingIOError instead of
+waiting), `Stack.wait()` is an epoll-like wait over many sockets (select.EPOLL* bits), and
+an external event loop can watch `Stack.fileno()` with `arm()`/`pump()` (see vtlstack.aio).
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import struct
 import threading
 import time
 from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, POLLNVAL
 from typing import Any
 
 from vtlstack import _fastpath
@@ -34,6 +40,8 @@ _EV = {name: bit for bit, name in EVENT_NAMES.items()}
 # Local ports for active opens: above the kernel's ephemeral range (32768-60999), so the
 # kernel never hands one of them out and never answers for our flows.
 EPHEMERAL_PORTS = range(61000, 65536)
+# Stack.wait() reports these whether asked for or not, as epoll does (POLLNVAL: closed).
+_ALWAYS = EPOLLERR | EPOLLHUP | POLLNVAL
 
 
 def _iface_addresses(ifname: str) -> tuple[bytes, str, int]:
@@ -83,6 +91,8 @@ class Stack:
         self._lock = threading.Lock()
         self._sockets: dict[int, UdpSocket] = {}
         self._tcp: dict[int, TcpSocket | TcpListener] = {}
+        # TCP sockets that took a message since the last pump(): what an event loop checks
+        self._touched: set[TcpSocket | TcpListener] = set()
         self._results: deque[tuple[int, int]] = deque()
         self._ports_in_use: set[int] = set()
         self._next_port = EPHEMERAL_PORTS.start
@@ -206,8 +216,14 @@ class Stack:
             self._tcp[cid] = listener
         return listener
 
-    def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0) -> TcpSocket:
-        """Open a TCP connection to (ip, port); raises ECONNREFUSED, ETIMEDOUT..."""
+    def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0, *,
+                    blocking: bool = True) -> TcpSocket:
+        """Open a TCP connection to (ip, port); raises ECONNREFUSED, ETIMEDOUT...
+
+        `blocking=False`: return at once a non-blocking socket whose handshake is in
+        progress (the SYN is out). It turns writable (EPOLLOUT) when connected; a failure
+        shows as EPOLLERR and `sock.error` (an errno, like SO_ERROR). Only the next-hop
+        lookup may still wait (the kernel's ARP, at most 2 s, once per peer)."""
         ip, port = address
         ipaddress.IPv4Address(ip)
         with self._lock:
@@ -220,12 +236,76 @@ class Stack:
                 raise OSError(errno.ENOBUFS, "no room for another TCP connection")
             conn = TcpSocket(self, cid, gen, (ip, port), lport)
             self._tcp[cid] = conn
+        if not blocking:
+            conn._timeout = 0.0
+            return conn
         try:
             conn._wait(lambda: conn._connected, timeout, "connect")
         except BaseException:
             conn.close()
             raise
         return conn
+
+    # ---- readiness: wait() and hooks for an external event loop ------------------------
+
+    def wait(self, sockets: Mapping[TcpAny, int] | Iterable[TcpAny],
+             timeout: float | None = None) -> list[tuple[TcpAny, int]]:
+        """Wait until some of `sockets` are ready, like epoll_wait(); [] after `timeout`.
+
+        `sockets` maps each socket to the events wanted (select.EPOLLIN | EPOLLOUT...); a
+        plain iterable of sockets asks for EPOLLIN. Returns (socket, events) pairs, events
+        being EPOLL* bits: EPOLLIN data, EOF or an error to read (a listener: a connection
+        to accept); EPOLLOUT connected with send credit; EPOLLRDHUP the peer closed;
+        EPOLLERR an error (`sock.error`); EPOLLHUP reset, timed out, or closed both ways;
+        POLLNVAL the socket was closed by the app. ERR, HUP and NVAL come unasked.
+        Level-triggered: a socket stays ready until it is read, written or accepted."""
+        if isinstance(sockets, Mapping):
+            interest = list(sockets.items())
+        else:
+            interest = [(sock, EPOLLIN) for sock in sockets]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._lock:
+            while True:
+                self._pump(0)
+                ready = []
+                for sock, mask in interest:
+                    events = sock._readiness() & (mask | _ALWAYS)
+                    if events:
+                        ready.append((sock, events))
+                if ready:
+                    return ready
+                left = _WAIT_STEP if deadline is None else deadline - time.monotonic()
+                if left <= 0:
+                    return []
+                self._pump(min(left, _WAIT_STEP))
+
+    def fileno(self) -> int:
+        """The eventfd the network thread signals when it hands the app something, for an
+        event loop to watch (readable). It is only signalled after `arm()` said True."""
+        assert self._net is not None
+        return self._net.to_app.efd
+
+    def arm(self) -> bool:
+        """Call right before an event loop sleeps on `fileno()`. True: nothing is pending
+        and the next message will make the fd readable. False: messages are pending: call
+        `pump()` and arm again. Blocking calls on the stack (recv, accept, wait...) may
+        sleep on the fd themselves, which disarms it: arm after them too."""
+        with self._lock:
+            assert self._net is not None
+            return bool(self._net.to_app.arm())
+
+    def pump(self) -> set[TcpSocket | TcpListener]:
+        """Without waiting: take what the network thread handed over (clearing the fd) and
+        return the TCP sockets whose state may have changed since the last pump() (data,
+        EOF, errors, send credit, connections to accept), by this call or another one."""
+        with self._lock:
+            assert self._net is not None
+            self._net.to_app.disarm()
+            for _ in range(4):  # bounded: a busy network thread is left to arm() to report
+                if not self._pump(0):
+                    break
+            touched, self._touched = self._touched, set()
+        return touched
 
     def _pick_port(self) -> int:
         # Round robin: a port just closed (maybe in TIME-WAIT) is the last to come back.
@@ -309,12 +389,14 @@ class Stack:
                 conn = self._tcp.get(sock)
                 if isinstance(conn, TcpSocket) and conn.gen == port:
                     conn._rx.append((addr, length))
+                    self._touched.add(conn)
                 else:
                     self._send_ctl(_MSG.MSG_FREE, addr=addr)  # for a socket closed since
             elif kind == _MSG.MSG_TCP_EVENT:
                 conn = self._tcp.get(sock)
                 if conn is not None and conn.gen == port:
                     conn._on_event(msg[7], length)
+                    self._touched.add(conn)
             elif kind == _MSG.MSG_TCP_RESULT:
                 result = msg[7]
                 self._results.append((result - (1 << 64) if result >> 63 else result, port))
@@ -354,9 +436,12 @@ class Stack:
             self._pump(min(deadline - now, _WANT_AGAIN))
 
     def _ensure_neighbour(self, ip: str) -> None:
-        if ip in self._neigh:
-            return
-        mac = resolve_neighbour(ip, self.iface)
+        if ip not in self._neigh:
+            self._add_neighbour(ip, resolve_neighbour(ip, self.iface))
+
+    def _add_neighbour(self, ip: str, mac: bytes) -> None:
+        """Tell the network thread a peer's MAC (vtlstack.aio resolves it off the loop:
+        pyroute2 cannot run inside a running asyncio loop)."""
         self._send_ctl(_MSG.MSG_NEIGH, ip=_ip_to_net(ip), arg=int.from_bytes(mac, "little"))
         self._neigh.add(ip)
 
@@ -422,7 +507,10 @@ class UdpSocket:
 
 
 class _TcpBase:
-    """What listeners and connections share: identity, events, waiting."""
+    """What listeners and connections share: identity, events, waiting, blocking mode.
+
+    Every call's `timeout` argument overrides the socket's default (`settimeout`): None
+    waits for ever, 0 is non-blocking (BlockingIOError when the call would wait)."""
 
     def __init__(self, stack: Stack, cid: int, gen: int) -> None:
         self._stack = stack
@@ -431,13 +519,50 @@ class _TcpBase:
         self.closed = False
         self._events = 0
         self._error: int | None = None
+        self._timeout: float | None = None
 
     def _on_event(self, mask: int, acked: int) -> None:
         self._events |= mask
 
-    def _wait(self, ready: Any, timeout: float | None, what: str) -> None:
-        """Pump the handoff until ready() or an error; the stack's lock must not be held."""
+    # ---- blocking mode, as on socket.socket ---------------------------------------------
+
+    def setblocking(self, flag: bool) -> None:
+        self._timeout = None if flag else 0.0
+
+    def getblocking(self) -> bool:
+        return self._timeout != 0.0
+
+    def settimeout(self, value: float | None) -> None:
+        if value is not None and value < 0:
+            raise ValueError("timeout must be None or >= 0")
+        self._timeout = value
+
+    def gettimeout(self) -> float | None:
+        return self._timeout
+
+    @property
+    def error(self) -> int:
+        """The pending error as an errno (ECONNREFUSED, ECONNRESET, ETIMEDOUT), else 0."""
+        return self._error or 0
+
+    def _readiness(self) -> int:
+        """EPOLL* bits of what would not block now (see Stack.wait)."""
+        raise NotImplementedError
+
+    def _wait(self, ready: Callable[[], bool], timeout: float | None, what: str) -> None:
+        """Pump the handoff until ready() or an error; the stack's lock must not be held.
+        Non-blocking (timeout 0): take what is there without waiting, or BlockingIOError."""
         stack = self._stack
+        if timeout is None:
+            timeout = self._timeout
+        if timeout == 0:
+            with stack._lock:
+                if not ready():
+                    stack._pump(0)
+                    if not ready():
+                        self._raise_error()
+                        raise BlockingIOError(errno.EAGAIN, f"TCP {what} would block")
+            return
         deadline = None if timeout is None else time.monotonic() + timeout
         with stack._lock:
             while not ready():
@@ -465,23 +590,44 @@ class TcpListener(_TcpBase):
         self.port = port
 
     def accept(self, timeout: float | None = None) -> TcpSocket:
+        """The next established connection. Non-blocking: BlockingIOError when none is
+        announced (no request goes to the network thread then)."""
         stack = self._stack
+        if timeout is None:
+            timeout = self._timeout
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             with stack._lock:
                 self._raise_error()
-                self._events = 0
+                if timeout == 0 and not self._events:
+                    stack._pump(0)
+                    if not self._events:
+                        raise BlockingIOError(errno.EAGAIN, "no connection to accept")
                 cid, gen = stack._request(_MSG.MSG_TCP_ACCEPT, sock=self.cid)
                 if cid >= 0:
+                    # _events stays set: more may be queued (an extra request finds out)
                     conn = TcpSocket(stack, cid, gen, None, self.port)
                     conn._connected = True
                     stack._tcp[cid] = conn
                     return conn
+                # The queue was empty when the network thread looked. A child that arrives
+                # later announces itself after the result, so it is not cleared here.
+                self._events = 0
+                if timeout == 0:
+                    raise BlockingIOError(errno.EAGAIN, "no connection to accept")
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"no connection to accept on TCP port {self.port}")
             # A child becoming ready shows up as an event on the listener.
             self._wait(lambda: self._events != 0, left, "accept")
+
+    def _readiness(self) -> int:
+        if self.closed:
+            return POLLNVAL
+        return EPOLLIN if self._events else 0
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._stack.ip, self.port
 
     def close(self) -> None:
         if self.closed:
@@ -491,6 +637,7 @@ class TcpListener(_TcpBase):
         with stack._lock:
             stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
             stack._tcp.pop(self.cid, None)
+            stack._touched.discard(self)
             # The port stays steered to us until the stack closes: connections accepted
             # on it may still be closing (a FIN to resend, a last ACK to take), and the
             # kernel would reset them. A SYN for it now gets our RST, as from a closed port.
@@ -521,6 +668,34 @@ class TcpSocket(_TcpBase):
         self._acked = 0
         self._snd_buf = stack.snd_buf
 
+    @property
+    def connected(self) -> bool:
+        """The handshake completed (it stays True after the connection ends)."""
+        return self._connected
+
+    def getpeername(self) -> tuple[str, int] | None:
+        """(ip, port) of the peer for an active open; None for an accepted connection
+        (the network thread does not hand the app the peer's address)."""
+        return self.peer
+
+    def getsockname(self) -> tuple[str, int]:
+        return self._stack.ip, self.local_port
+
+    def _readiness(self) -> int:
+        if self.closed:
+            return POLLNVAL
+        if self._error is not None:
+            # as on Linux: everything is "ready", so that the next call reports the error
+            return EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP | (EPOLLRDHUP if self._eof else 0)
+        events = 0
+        if self._rx or self._eof:
+            events |= EPOLLIN
+        if self._eof:
+            events |= EPOLLRDHUP | (EPOLLHUP if self._shut_wr else 0)
+        if self._connected and not self._shut_wr and self._credit() > 0:
+            events |= EPOLLOUT
+        return events
+
     def _on_event(self, mask: int, acked: int) -> None:
         super()._on_event(mask, acked)
         # the low 32 bits of the bytes acknowledged so far: whatever moved is credit back
@@ -535,7 +710,8 @@ class TcpSocket(_TcpBase):
             self._error = errno.ETIMEDOUT
 
     def recv(self, bufsize: int = 65536, timeout: float | None = None) -> bytes:
-        """Up to bufsize bytes; b"" once the peer has closed and everything was read."""
+        """Up to bufsize bytes; b"" once the peer has closed and everything was read.
+        Non-blocking: BlockingIOError when nothing is there yet."""
         self._wait(lambda: bool(self._rx) or self._eof or self._error is not None,
                    timeout, "recv")
         stack = self._stack
@@ -563,13 +739,16 @@ class TcpSocket(_TcpBase):
     def send(self, data: bytes, timeout: float | None = None) -> int:
         """Queue as much as the send credit allows (at least one byte, waiting for room);
         returns how many bytes were queued. The network thread copies them into the
-        connection's send queue in order; nothing waits for its answer."""
+        connection's send queue in order; nothing waits for its answer. Before the
+        handshake completes it waits for it. Non-blocking: BlockingIOError without credit
+        (or while connecting); it may still wait briefly for free frames."""
         view = memoryview(data).cast("B")
         if not view:
             return 0
         if self._shut_wr:
             raise OSError(errno.EPIPE, "the sending side was shut down")
-        self._wait(lambda: self._credit() > 0 or self._error is not None, timeout, "send")
+        self._wait(lambda: (self._connected and self._credit() > 0) or
+                   self._error is not None, timeout, "send")
         stack = self._stack
         with stack._lock:
             self._raise_error()
@@ -613,6 +792,7 @@ class TcpSocket(_TcpBase):
             stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
             self.closed = True
             stack._tcp.pop(self.cid, None)
+            stack._touched.discard(self)
             if self.peer is not None:  # an active open: its local port is ours to reuse
                 stack._release_port(self.local_port)
 
@@ -626,6 +806,9 @@ class TcpSocket(_TcpBase):
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+TcpAny = TcpSocket | TcpListener
 
 
 def next_hop(ip: str, ifname: str) -> str:
