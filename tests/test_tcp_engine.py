@@ -223,7 +223,7 @@ def test_active_open_sends_options_and_completes():
 
 
 def test_window_scaling_applies_both_ways_after_the_handshake():
-    p = Peer(rcv_buf=1 << 20)
+    p = Peer(frames=2048, rcv_buf=1 << 20)    # a pool big enough not to bound the window
     synack = p.passive_open()
     ours = opts(synack)["WScale"]
     assert ours == 5                                 # 2**20 >> 5 fits 16 bits
@@ -238,6 +238,28 @@ def test_window_scaling_applies_both_ways_after_the_handshake():
     rcv_mss = p.eng.info(p.cid)["rcv_mss"]
     want = min((1 << 20) - 100, 255 * rcv_mss)
     assert want - (1 << ours) < ack.window << ours <= want
+    p.done()
+
+
+def test_windows_stop_opening_when_the_pool_runs_low():
+    """Every connection's window is backed by the same pool: past three quarters in use,
+    a window offers only what the spare frames above that quarter can hold."""
+    p = Peer(frames=128, rcv_buf=1 << 20)
+    ours = opts(p.passive_open(options=(("MSS", 1460), ("WScale", 7))))["WScale"]
+    mss = p.eng.info(p.cid)["rcv_mss"]
+    free = p.pool.stats()["free"]
+    assert p.eng.info(p.cid)["rcv_wnd"] <= (free - 128 // 4) * mss
+    held = [p.pool.alloc() for _ in range(free - 128 // 4)]   # others use the rest
+    p.data(b"x" * 10)
+    p.seq += 10
+    p.advance(40 * MS)
+    ack = p.out()[-1]
+    assert ack.ack == p.seq and ack.window << ours <= p.eng.info(p.cid)["rcv_wnd"]
+    # the right edge does not move left (RFC 9293 3.8.6.2.2), it just stops moving right
+    assert p.eng.info(p.cid)["rcv_wnd"] <= (free - 128 // 4) * mss - 10
+    for addr in held:
+        p.pool.free(addr)
+    p.eng.recv(p.cid, p.now)
     p.done()
 
 

@@ -89,8 +89,8 @@ cdef struct net_counters:
     uint64_t no_frame
     uint64_t linger_ms          # how long the thread waited for connections to close
     uint64_t linger_expired     # it stopped with connections still closing
-    uint64_t tcp_send_short     # a send the engine could not take whole: reset instead
-    uint64_t tcp_send_refused   # a send on a connection that can no longer send
+    uint64_t tcp_send_waits     # sends the engine could not take whole yet (they wait)
+    uint64_t tcp_send_refused   # sends on a connection that can no longer send
 
 
 cdef class NetThread:
@@ -119,10 +119,23 @@ cdef class NetThread:
     cdef uint16_t *gen          # per cid: generation, bumped whenever the cid changes hands
     cdef uint8_t *redeliver     # per cid: data or events wait for room in to_app
     cdef uint32_t *ev_held      # per cid: event bits that found to_app full
+    # Sends the engine could not take yet (its send queue or the pool was full): the app's
+    # frames wait here in order, per cid, with the shutdown or close that follows them.
+    cdef int32_t *pend_head
+    cdef int32_t *pend_tail
+    cdef uint8_t *pend_then
+    cdef uint64_t *pend_addr    # nodes: one per frame at most
+    cdef uint32_t *pend_len
+    cdef int32_t *pend_next
+    cdef int32_t pend_free
+    cdef int32_t *pend_cids     # the cids with a queue (or a close behind one)
+    cdef uint8_t *pend_listed   # per cid: in pend_cids
+    cdef uint32_t pend_ncids
     cdef uint8_t *owned         # per cid: the app holds it (listened, connected, accepted)
     cdef uint32_t redeliver_n
 
     cdef void loop(self) noexcept nogil
+    cdef void _push(self, vtl_msg *m) except *
     cdef int sleep_ms(self) noexcept nogil
     cdef int tcp_closing(self) noexcept nogil
     cdef int input(self, vtl_desc *d, vtl_desc *out) noexcept nogil
@@ -139,6 +152,12 @@ cdef class NetThread:
     cdef void tcp_retry(self, int32_t cid) noexcept nogil
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil
+    cdef void tcp_send(self, vtl_msg *m) noexcept nogil
+    cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil
+    cdef void pend_flush(self, int32_t cid) noexcept nogil
+    cdef void pend_drop(self, int32_t cid, bint to_app) noexcept nogil
+    cdef void tcp_pending(self) noexcept nogil
+    cdef void recycle(self, uint64_t addr) noexcept nogil
     cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil
     cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil

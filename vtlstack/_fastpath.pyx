@@ -9,16 +9,17 @@ import os
 import threading
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
-from libc.stdlib cimport calloc, free
+from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
-from posix.unistd cimport read
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
+from posix.unistd cimport read, usleep
 
 from vtlstack._handoff cimport Channel
 from vtlstack._includes.posix cimport (
     POLLIN, SYS_gettid, now_ns, poll, pollfd, syscall,
 )
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
-from vtlstack._port cimport FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
+from vtlstack._port cimport FRAME_FREE, FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
 from vtlstack._tcp cimport (
     EV_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX, ST_CLOSED, ST_LISTEN,
     ST_SYN_RECEIVED, ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_frag,
@@ -164,9 +165,28 @@ cdef class NetThread:
         self.redeliver = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.owned = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.ev_held = <uint32_t *>calloc(max_conns, sizeof(uint32_t))
+        self.pend_head = <int32_t *>malloc(max_conns * sizeof(int32_t))
+        self.pend_tail = <int32_t *>malloc(max_conns * sizeof(int32_t))
+        self.pend_then = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        self.pend_listed = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        self.pend_cids = <int32_t *>malloc(max_conns * sizeof(int32_t))
+        nodes = port.pool.frame_count
+        self.pend_addr = <uint64_t *>malloc(nodes * sizeof(uint64_t))
+        self.pend_len = <uint32_t *>malloc(nodes * sizeof(uint32_t))
+        self.pend_next = <int32_t *>malloc(nodes * sizeof(int32_t))
         if (self.delivered == NULL or self.gen == NULL or self.redeliver == NULL
-                or self.owned == NULL or self.ev_held == NULL):
+                or self.owned == NULL or self.ev_held == NULL or self.pend_head == NULL
+                or self.pend_tail == NULL or self.pend_then == NULL or self.pend_cids == NULL
+                or self.pend_listed == NULL
+                or self.pend_addr == NULL or self.pend_len == NULL or self.pend_next == NULL):
             raise MemoryError("no memory for the connection tables")
+        for i in range(max_conns):
+            self.pend_head[i] = -1
+            self.pend_tail[i] = -1
+        for i in range(nodes):
+            self.pend_next[i] = i + 1 if i + 1 < nodes else -1
+        self.pend_free = 0
+        self.pend_ncids = 0
 
     def __dealloc__(self):
         free(self.delivered)
@@ -174,6 +194,14 @@ cdef class NetThread:
         free(self.redeliver)
         free(self.owned)
         free(self.ev_held)
+        free(self.pend_head)
+        free(self.pend_tail)
+        free(self.pend_then)
+        free(self.pend_listed)
+        free(self.pend_cids)
+        free(self.pend_addr)
+        free(self.pend_len)
+        free(self.pend_next)
 
     def app_send(self, object frames, const uint8_t[:] data, int cid, int gen) -> int:
         """Application thread: copy `data` into frames the app holds (popped from the
@@ -201,10 +229,67 @@ cdef class NetThread:
             done += k
         return done
 
+    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen) -> bytes:
+        """Application thread: copy up to bufsize bytes out of the received spans (a deque
+        of (addr, length), oldest first), hand each emptied frame back, and tell the
+        network thread how much was consumed (its window reopens)."""
+        cdef Py_ssize_t total = 0, done = 0
+        cdef uint64_t addr
+        cdef uint32_t length, n
+        cdef vtl_msg m
+        for addr, length in spans:
+            total += length
+            if total >= bufsize:
+                break
+        if total > bufsize:
+            total = bufsize
+        out = PyBytes_FromStringAndSize(NULL, total)
+        cdef char *dst = PyBytes_AS_STRING(out)
+        m.ip = 0
+        m.lport = 0
+        m.arg = 0
+        while done < total:
+            addr, length = spans[0]
+            n = <uint32_t>min(<Py_ssize_t>length, total - done)
+            memcpy(dst + done, self.port.pool.frame_ptr(addr), n)
+            done += n
+            if n == length:
+                spans.popleft()
+                m.kind = MSG_FREE
+                m.addr = addr
+                m.len = 0
+                m.sock = 0
+                m.port = 0
+                self._push(&m)
+            else:
+                spans[0] = (addr + n, length - n)
+        if total:
+            m.kind = MSG_TCP_CONSUME
+            m.addr = 0
+            m.len = <uint32_t>total
+            m.sock = cid
+            m.port = gen
+            self._push(&m)
+        return out
+
+    cdef void _push(self, vtl_msg *m) except *:
+        # The network thread drains to_net every loop: full means busy, not gone.
+        cdef int tries = 0
+        while not self.to_net.send(m):
+            tries += 1
+            if tries > 50000:
+                raise RuntimeError("the network thread stopped taking requests")
+            with nogil:
+                usleep(100)
+
     def release_tcp(self) -> None:
         """After stop(): give back every frame the TCP engine still holds."""
         if self.running:
             raise RuntimeError("the network thread is running")
+        while self.pend_ncids:
+            self.pend_ncids -= 1
+            self.pend_drop(self.pend_cids[self.pend_ncids], 0)
+            self.pend_listed[self.pend_cids[self.pend_ncids]] = 0
         self.tcp.release_all()
 
     def start(self) -> None:
@@ -269,6 +354,8 @@ cdef class NetThread:
                     ntx += 1
             work = n + self.drain_app(tx, &ntx)
             self.tcp.on_timer(self.now)
+            if self.pend_ncids:
+                self.tcp_pending()
             work += self.tcp_output(tx, &ntx)
             self.tcp_events()
             if ntx:
@@ -298,6 +385,8 @@ cdef class NetThread:
         and half-open ones (a SYN flood's, say) are not worth waiting for."""
         cdef uint32_t i
         cdef uint8_t st
+        if self.pend_ncids:
+            return 1    # sends still waiting for the engine (a FIN may follow them)
         for i in range(self.max_conns):
             if self.tcp.conns[i].in_use:
                 st = self.tcp.conns[i].state
@@ -388,6 +477,10 @@ cdef class NetThread:
                 self.port.free_frame(m.addr)
             elif m.kind == MSG_WANT:
                 for k in range(m.len):
+                    # a quarter of the pool is not for the app: receiving and the send
+                    # queues need frames for the app's frames to ever come back
+                    if self.port.pool.count[<int>FRAME_FREE] <= self.port.pool.frame_count // 4:
+                        break
                     addr = self.port.alloc_frame()
                     if addr == VTL_NO_FRAME:
                         break
@@ -605,7 +698,6 @@ cdef class NetThread:
 
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil:
         cdef int32_t cid
-        cdef int64_t taken
         if m.kind == MSG_TCP_LISTEN:
             cid = self.tcp.c_listen(self.ip, m.lport, <uint32_t>m.arg)
             if cid != NO_CONN:
@@ -627,20 +719,7 @@ cdef class NetThread:
             if m.kind == MSG_TCP_ACCEPT:
                 self.tcp_deliver(cid)  # bytes that came with or right after the handshake
         elif m.kind == MSG_TCP_SEND:
-            # No answer: the app sends only within its credit (snd_buf minus what is not
-            # acknowledged yet), so the engine has room for every byte of it.
-            if self.tcp_current(m):
-                taken = self.tcp.c_send(m.sock, self.port.frame_ptr(m.addr), m.len, self.now)
-                if taken < 0:
-                    self.c.tcp_send_refused += 1   # reset or closed: the app gets that event
-                elif taken < m.len:
-                    # out of frames or send-queue slots: bytes would go missing silently
-                    self.c.tcp_send_short += 1
-                    self.tcp.c_abort(m.sock, self.now)
-            # The frame goes straight back to the app for its next send: no asking.
-            m.kind = MSG_GRANT
-            if not self.to_app.send(m):
-                self.port.free_frame(m.addr)
+            self.tcp_send(m)
         elif not self.tcp_current(m):
             return
         elif m.kind == MSG_TCP_CONSUME:
@@ -649,7 +728,10 @@ cdef class NetThread:
             self.delivered[m.sock] -= m.len
             self.tcp.c_consume(m.sock, m.len, self.now)
         elif m.kind == MSG_TCP_SHUTDOWN:
-            self.tcp.c_shutdown(m.sock, self.now)
+            if self.pend_head[m.sock] >= 0:
+                self.pend_then[m.sock] = MSG_TCP_SHUTDOWN   # after the bytes that wait
+            else:
+                self.tcp.c_shutdown(m.sock, self.now)
         else:
             # Close or abort: the cid is no longer the app's; later messages about it are
             # stale, and its events are for nobody.
@@ -657,10 +739,131 @@ cdef class NetThread:
             self.delivered[m.sock] = 0
             self.owned[m.sock] = 0
             self.ev_held[m.sock] = 0
-            if m.kind == MSG_TCP_CLOSE:
+            if m.kind == MSG_TCP_CLOSE and self.pend_head[m.sock] >= 0:
+                self.pend_then[m.sock] = MSG_TCP_CLOSE      # after the bytes that wait
+            elif m.kind == MSG_TCP_CLOSE:
                 self.tcp.c_close(m.sock, self.now)
             else:
+                self.pend_drop(m.sock, 1)
                 self.tcp.c_abort(m.sock, self.now)
+
+    cdef void tcp_send(self, vtl_msg *m) noexcept nogil:
+        """Bytes from the app, in one of its frames. The engine copies what its send queue
+        and the pool allow; the rest waits here, in order, until they do. The app keeps
+        within its credit, so waiting is the exception (many connections, a small pool)."""
+        cdef int64_t taken
+        if not self.tcp_current(m):
+            self.recycle(m.addr)
+        elif self.pend_head[m.sock] >= 0:
+            self.pend_add(m.sock, m.addr, m.len)
+        else:
+            taken = self.tcp.c_send(m.sock, self.port.frame_ptr(m.addr), m.len, self.now)
+            if taken < 0:
+                self.c.tcp_send_refused += 1   # reset or closed: the app gets that event
+                self.recycle(m.addr)
+            elif taken < m.len:
+                self.c.tcp_send_waits += 1
+                self.pend_add(m.sock, m.addr + <uint64_t>taken, m.len - <uint32_t>taken)
+            else:
+                self.recycle(m.addr)
+
+    cdef void recycle(self, uint64_t addr) noexcept nogil:
+        """An app frame the engine is done with goes straight back to the app for its next
+        send: no asking."""
+        cdef vtl_msg m
+        m.kind = MSG_GRANT
+        m.addr = addr - addr % self.port.pool.frame_size
+        m.len = 0
+        m.ip = 0
+        m.port = 0
+        m.sock = 0
+        m.lport = 0
+        m.arg = 0
+        if not self.to_app.send(&m):
+            self.port.free_frame(m.addr)
+
+    cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil:
+        cdef int32_t i = self.pend_free
+        if i < 0:
+            # cannot happen (a node per frame); never lose bytes silently
+            self.recycle(addr)
+            self.tcp.c_abort(cid, self.now)
+            return
+        self.pend_free = self.pend_next[i]
+        self.pend_addr[i] = addr
+        self.pend_len[i] = n
+        self.pend_next[i] = -1
+        if self.pend_head[cid] < 0:
+            self.pend_head[cid] = i
+            if not self.pend_listed[cid]:
+                self.pend_listed[cid] = 1
+                self.pend_cids[self.pend_ncids] = cid
+                self.pend_ncids += 1
+        else:
+            self.pend_next[self.pend_tail[cid]] = i
+        self.pend_tail[cid] = i
+
+    cdef void pend_flush(self, int32_t cid) noexcept nogil:
+        """Hand the engine what waits for cid, as far as it takes it; then the shutdown or
+        close that waited behind it."""
+        cdef int32_t i
+        cdef int64_t taken
+        cdef uint8_t then
+        while self.pend_head[cid] >= 0:
+            i = self.pend_head[cid]
+            taken = self.tcp.c_send(cid, self.port.frame_ptr(self.pend_addr[i]),
+                                    self.pend_len[i], self.now)
+            if taken < 0:
+                self.c.tcp_send_refused += 1
+                self.pend_drop(cid, 1)
+                break
+            if taken < self.pend_len[i]:
+                self.pend_addr[i] += <uint64_t>taken
+                self.pend_len[i] -= <uint32_t>taken
+                return
+            self.recycle(self.pend_addr[i])
+            self.pend_head[cid] = self.pend_next[i]
+            self.pend_next[i] = self.pend_free
+            self.pend_free = i
+        self.pend_tail[cid] = -1
+        then = self.pend_then[cid]
+        self.pend_then[cid] = 0
+        if then == MSG_TCP_SHUTDOWN:
+            self.tcp.c_shutdown(cid, self.now)
+        elif then == MSG_TCP_CLOSE:
+            self.tcp.c_close(cid, self.now)
+
+    cdef void pend_drop(self, int32_t cid, bint to_app) noexcept nogil:
+        """Give up what waits for cid (the connection is gone): its frames go back."""
+        cdef int32_t i
+        while self.pend_head[cid] >= 0:
+            i = self.pend_head[cid]
+            if to_app:
+                self.recycle(self.pend_addr[i])
+            else:
+                self.port.free_frame(self.pend_addr[i] - self.pend_addr[i] %
+                                     self.port.pool.frame_size)
+            self.pend_head[cid] = self.pend_next[i]
+            self.pend_next[i] = self.pend_free
+            self.pend_free = i
+        self.pend_tail[cid] = -1
+
+    cdef void tcp_pending(self) noexcept nogil:
+        """Retry the waiting sends of connections whose send queue has room again."""
+        cdef uint32_t j = 0, k = 0
+        cdef int32_t cid
+        while j < self.pend_ncids:
+            cid = self.pend_cids[j]
+            j += 1
+            if self.pend_head[cid] >= 0 and \
+                    self.tcp.conns[cid].sq_bytes < self.tcp.cfg.snd_buf:
+                self.pend_flush(cid)
+            if self.pend_head[cid] >= 0 or self.pend_then[cid]:
+                self.pend_cids[k] = cid
+                k += 1
+            else:
+                self.pend_listed[cid] = 0
+        self.pend_ncids = k
 
     # The neighbour table (IPv4 -> MAC), open addressing with linear probing, filled by
     # the app from the kernel's routes and neighbours (pyroute2) and from peers that hold

@@ -587,13 +587,16 @@ cdef class XskPort:
         more than the ring size at once: libxdp's reserve fails outright beyond that."""
         cdef uint32_t idx = 0, i, n, budget
         cdef uint64_t addr = 0
-        if self.closed or self.pool.free_top == 0:
+        # An eighth of the pool is never given to receiving: the stack's own sends (and so
+        # the ACKs that free its memory) must go on when received data is not consumed.
+        cdef uint32_t reserve = self.pool.frame_count // 8
+        if self.closed or self.pool.free_top <= reserve:
             return 0
         if self.pool.count[FRAME_FILL] >= self.q.fill.size:
             return 0
         budget = self.q.fill.size - <uint32_t>self.pool.count[FRAME_FILL]
-        if budget > self.pool.free_top:
-            budget = self.pool.free_top
+        if budget > self.pool.free_top - reserve:
+            budget = self.pool.free_top - reserve
         n = xsk_prod_nb_free(&self.q.fill, budget)
         if n > budget:
             n = budget

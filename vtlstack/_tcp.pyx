@@ -31,7 +31,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memset
 
-from vtlstack._port cimport VTL_NO_FRAME, FramePool
+from vtlstack._port cimport FRAME_FREE, VTL_NO_FRAME, FramePool
 from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_,
     IPV4_MIN_HLEN,
@@ -579,6 +579,11 @@ cdef class TcpEngine:
         slots and by what the window field can say."""
         cdef uint32_t free_b = self.cfg.rcv_buf - c.rq_bytes if self.cfg.rcv_buf > c.rq_bytes else 0
         cdef uint32_t slots = RQ_MAX - c.rq_n if c.rq_n < RQ_MAX else 0
+        cdef uint64_t spare = self.pool.count[FRAME_FREE]
+        # Memory pressure: windows stop opening when a quarter of the pool is left (every
+        # connection's window is backed by the same frames)
+        spare = spare - self.pool.frame_count // 4 if spare > self.pool.frame_count // 4 else 0
+        slots = <uint32_t>umin(slots, <uint32_t>umin(spare, RQ_MAX))
         free_b = umin(free_b, slots * <uint32_t>c.rcv_mss)
         return umin(free_b, <uint32_t>0xFFFF << c.rcv_wscale)
 
@@ -1875,7 +1880,11 @@ cdef class TcpEngine:
                 if c.sq_n == SQ_MAX:
                     self.cnt.sq_full += 1
                     break
-                a = self.pool.alloc_frame()
+                # the last sixteenth of the pool is for segments out (ACKs among them):
+                # queued data waits (in the network thread) rather than take those
+                a = VTL_NO_FRAME
+                if self.pool.count[FRAME_FREE] > self.pool.frame_count // 16:
+                    a = self.pool.alloc_frame()
                 if a == VTL_NO_FRAME:
                     self.cnt.no_frames += 1
                     break

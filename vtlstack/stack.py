@@ -720,21 +720,9 @@ class TcpSocket(_TcpBase):
                 if self._eof:
                     return b""
                 self._raise_error()
-            parts = []
-            taken = 0
-            read = stack._port.pool.read
-            while self._rx and taken < bufsize:
-                addr, length = self._rx[0]
-                n = min(length, bufsize - taken)
-                parts.append(read(addr, n))
-                taken += n
-                if n == length:
-                    self._rx.popleft()
-                    stack._send_ctl(_MSG.MSG_FREE, addr=addr)
-                else:
-                    self._rx[0] = (addr + n, length - n)
-            stack._send_ctl(_MSG.MSG_TCP_CONSUME, sock=self.cid, port=self.gen, length=taken)
-        return b"".join(parts)
+            # one copy out of the frames, in Cython; emptied frames go back, and the
+            # network thread learns what was consumed (the window reopens)
+            return stack._net.app_recv(self._rx, bufsize, self.cid, self.gen)
 
     def send(self, data: bytes, timeout: float | None = None) -> int:
         """Queue as much as the send credit allows (at least one byte, waiting for room);
