@@ -171,18 +171,20 @@ with Stack(sys.argv[1]) as stack:
     listener = stack.tcp_listen(int(sys.argv[2]))
     print("ready", flush=True)
     conn = listener.accept(timeout=20)
+    peer = conn.getpeername()
     listener.close()
     conn.sendall(b"go")
     n = 0
     while data := conn.recv(1 << 16, timeout=20):
         n += len(data)
     conn.close()
-print(json.dumps({"bytes": n, **stack.final_stats}), flush=True)
+print(json.dumps({"bytes": n, "peer": peer, **stack.final_stats}), flush=True)
 """
 
 GO_CLIENT = r"""
 import socket, sys
 s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+print(s.getsockname()[1], flush=True)
 assert s.recv(2) == b"go"
 s.sendall(b"x" * 100_000)
 s.shutdown(socket.SHUT_WR)
@@ -211,5 +213,7 @@ def test_accepted_connection_outlives_its_listener():
     assert srv.returncode == 0, err
     stats = json.loads(out)
     assert stats["bytes"] == 100_000
+    # accept() knows who connected
+    assert stats["peer"] == [tb.host("client").iface.ip, int(client.stdout)]
     assert stats["tcp_left"] == {} and stats["net"]["linger_expired"] == 0
     assert_clean(stats)

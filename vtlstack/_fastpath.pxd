@@ -158,6 +158,7 @@ cdef class NetThread:
     cdef void pend_drop(self, int32_t cid, bint to_app) noexcept nogil
     cdef void tcp_pending(self) noexcept nogil
     cdef void recycle(self, uint64_t addr) noexcept nogil
-    cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil
+    cdef void reply(self, int64_t result, uint16_t gen, uint32_t ip=*,
+                    uint16_t port=*) noexcept nogil
     cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil
     cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil

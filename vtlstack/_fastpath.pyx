@@ -685,7 +685,9 @@ cdef class NetThread:
         self.c.tcp_stale += 1
         return 0
 
-    cdef void reply(self, int64_t result, uint16_t gen) noexcept nogil:
+    cdef void reply(self, int64_t result, uint16_t gen, uint32_t ip=0,
+                    uint16_t port=0) noexcept nogil:
+        """The answer to a request; with the peer's address for a connection."""
         cdef vtl_msg m
         m.kind = MSG_TCP_RESULT
         m.arg = <uint64_t>result
@@ -693,6 +695,8 @@ cdef class NetThread:
         m.addr = 0
         m.len = 0
         m.sock = 0
+        m.ip = ip
+        m.lport = port
         if not self.to_app.send(&m):
             self.c.app_ring_full += 1  # the app waits for this: it times out with an error
 
@@ -715,7 +719,7 @@ cdef class NetThread:
             self.delivered[cid] = 0
             self.ev_held[cid] = 0
             self.owned[cid] = 1
-            self.reply(cid, self.gen[cid])
+            self.reply(cid, self.gen[cid], self.tcp.conns[cid].rip, self.tcp.conns[cid].rport)
             if m.kind == MSG_TCP_ACCEPT:
                 self.tcp_deliver(cid)  # bytes that came with or right after the handshake
         elif m.kind == MSG_TCP_SEND:

@@ -93,7 +93,7 @@ class Stack:
         self._tcp: dict[int, TcpSocket | TcpListener] = {}
         # TCP sockets that took a message since the last pump(): what an event loop checks
         self._touched: set[TcpSocket | TcpListener] = set()
-        self._results: deque[tuple[int, int]] = deque()
+        self._results: deque[tuple[int, int, str, int]] = deque()
         self._ports_in_use: set[int] = set()
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
@@ -207,7 +207,7 @@ class Stack:
             assert self._steering is not None
             steered = (socket.IPPROTO_TCP, port) in self._steering.owned
             self._own(port, socket.IPPROTO_TCP)
-            cid, _ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
+            cid, *_ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
             if cid < 0:
                 if not steered:
                     self._steering.disown(socket.IPPROTO_TCP, port)
@@ -229,7 +229,7 @@ class Stack:
         with self._lock:
             self._ensure_neighbour(ip)
             lport = self._pick_port()
-            cid, gen = self._request(_MSG.MSG_TCP_CONNECT, ip=_ip_to_net(ip), port=port,
+            cid, gen, *_ = self._request(_MSG.MSG_TCP_CONNECT, ip=_ip_to_net(ip), port=port,
                                      lport=lport)
             if cid < 0:
                 self._release_port(lport)
@@ -355,8 +355,10 @@ class Stack:
                 raise VtlError("the network thread stopped taking requests")
             time.sleep(0.0001)
 
-    def _request(self, kind: int, timeout: float = 5.0, **fields: int) -> tuple[int, int]:
-        """Send a request that the network thread answers; (result, generation)."""
+    def _request(self, kind: int, timeout: float = 5.0,
+                 **fields: int) -> tuple[int, int, str, int]:
+        """Send a request that the network thread answers: (result, generation, and for
+        a connection the peer's ip and port)."""
         self._send_ctl(kind, **fields)
         deadline = time.monotonic() + timeout
         while not self._results:
@@ -399,7 +401,8 @@ class Stack:
                     self._touched.add(conn)
             elif kind == _MSG.MSG_TCP_RESULT:
                 result = msg[7]
-                self._results.append((result - (1 << 64) if result >> 63 else result, port))
+                self._results.append((result - (1 << 64) if result >> 63 else result, port,
+                                      _ip_from_net(ip), lport))
                 # Stop here: what follows may be about the connection this result creates,
                 # so the caller must register it before those messages are dispatched.
                 return True
@@ -603,10 +606,12 @@ class TcpListener(_TcpBase):
                     stack._pump(0)
                     if not self._events:
                         raise BlockingIOError(errno.EAGAIN, "no connection to accept")
-                cid, gen = stack._request(_MSG.MSG_TCP_ACCEPT, sock=self.cid)
+                cid, gen, peer_ip, peer_port = stack._request(_MSG.MSG_TCP_ACCEPT,
+                                                              sock=self.cid)
                 if cid >= 0:
                     # _events stays set: more may be queued (an extra request finds out)
-                    conn = TcpSocket(stack, cid, gen, None, self.port)
+                    conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
+                                     accepted=True)
                     conn._connected = True
                     stack._tcp[cid] = conn
                     return conn
@@ -653,11 +658,12 @@ class TcpSocket(_TcpBase):
     """A TCP connection of the stack. Received bytes arrive as spans of UMEM frames (no
     copy in the stack); recv() copies them out and hands the frames back."""
 
-    def __init__(self, stack: Stack, cid: int, gen: int, peer: tuple[str, int] | None,
-                 local_port: int) -> None:
+    def __init__(self, stack: Stack, cid: int, gen: int, peer: tuple[str, int],
+                 local_port: int, *, accepted: bool = False) -> None:
         super().__init__(stack, cid, gen)
         self.peer = peer
         self.local_port = local_port
+        self.accepted = accepted
         self._rx: deque[tuple[int, int]] = deque()
         self._connected = False
         self._eof = False
@@ -673,9 +679,7 @@ class TcpSocket(_TcpBase):
         """The handshake completed (it stays True after the connection ends)."""
         return self._connected
 
-    def getpeername(self) -> tuple[str, int] | None:
-        """(ip, port) of the peer for an active open; None for an accepted connection
-        (the network thread does not hand the app the peer's address)."""
+    def getpeername(self) -> tuple[str, int]:
         return self.peer
 
     def getsockname(self) -> tuple[str, int]:
@@ -781,7 +785,7 @@ class TcpSocket(_TcpBase):
             self.closed = True
             stack._tcp.pop(self.cid, None)
             stack._touched.discard(self)
-            if self.peer is not None:  # an active open: its local port is ours to reuse
+            if not self.accepted:  # an active open: its local port is ours to reuse
                 stack._release_port(self.local_port)
 
     def _drop_received(self, free: Any) -> None:
