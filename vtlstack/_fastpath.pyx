@@ -134,6 +134,10 @@ def build_udp_frame(bytes dst_mac not None, bytes src_mac not None, uint32_t src
     return bytes(buf)
 
 
+cdef inline uint32_t hint_slot(uint32_t ip) noexcept nogil:
+    return (ip * 2654435761u) >> (32 - HINT_BITS)
+
+
 cdef class NetThread:
     """The network thread of one port. `start()` runs it; `stop()` joins it."""
 
@@ -545,17 +549,15 @@ cdef class NetThread:
         # the MAC its segments came from (the gateway's, for an off-link peer). Until it
         # holds a connection that MAC is only a hint, in a table of its own that spoofed
         # SYNs may churn without evicting the peers we talk to.
-        if self.neigh_find(v.src) == NULL:
-            hint = (v.src * 2654435761u) >> (32 - HINT_BITS)
+        cdef bint unknown = self.neigh_find(v.src) == NULL
+        if unknown:
+            hint = hint_slot(v.src)
             self.hint_ip[hint] = v.src
             memcpy(self.hint_mac[hint], f + ETH_SRC, 6)
-            self.c.tcp_segments += 1
-            self.tcp.input(d.addr + ETH_HLEN, self.now)
-            if self.tcp.ft_find(v.dst, tcp_dport(t), v.src, tcp_sport(t)) != NO_CONN:
-                self.neigh_set(v.src, f + ETH_SRC)
-            return
         self.c.tcp_segments += 1
         self.tcp.input(d.addr + ETH_HLEN, self.now)
+        if unknown and self.tcp.ft_find(v.dst, tcp_dport(t), v.src, tcp_sport(t)) != NO_CONN:
+            self.neigh_set(v.src, f + ETH_SRC)
 
     cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil:
         """Every segment the engine wants sent, each in a frame of its own."""
@@ -891,7 +893,7 @@ cdef class NetThread:
         cdef const uint8_t *mac = self.neigh_find(ip)
         cdef uint32_t hint
         if mac == NULL and ip != 0:
-            hint = (ip * 2654435761u) >> (32 - HINT_BITS)
+            hint = hint_slot(ip)
             if self.hint_ip[hint] == ip:
                 return self.hint_mac[hint]
         return mac
