@@ -90,13 +90,13 @@ def register(which: argparse._SubParsersAction) -> None:
 
 def run_kernel_sink(args: argparse.Namespace) -> int:
     """`vtl sink` on kernel sockets: sink's own serving loop over kernel connections."""
-    from vtlstack.apps.sink import serve
+    from vtlstack.apps.sink import KernelEvents, serve
 
     with KernelListener(args.port, args.iface) as listener, \
             RunUntil(args.duration) as running:
         emit({"event": "ready", "iface": args.iface, "port": args.port, "path": "kernel"})
-        served = serve(listener, running, args.count)
-    emit({"event": "stats", "connections": served})
+        served = serve(listener, running, args.count, KernelEvents(listener))
+    emit({"event": "stats", **served})
     return 0
 
 

@@ -8,6 +8,7 @@ import hashlib
 import json
 import subprocess
 import sys
+import threading
 
 import pytest
 from vtlstack.apps._common import vtl_argv
@@ -56,24 +57,34 @@ def lines(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
-def sink_transfer(tb: Testbed, size: int, conns: int,
-                  client_script: str = CLIENT) -> tuple[list[str], list[dict]]:
+def sink_transfer(tb: Testbed, size: int, conns: int, client_script: str = CLIENT,
+                  sink_args: tuple[str, ...] = ()) -> tuple[list[str], list[dict]]:
     """`vtl sink` for `conns` connections, a Linux client script sending `size` bytes on
     each; the client's SHA-256 list and the sink's JSON lines."""
     server = tb.host("server").iface
     sink = tb.popen("server", vtl_argv("sink", "--iface", server.name, "--port", str(PORT),
-                                       "--count", str(conns)),
+                                       "--count", str(conns), *sink_args),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    reader = None
     try:
         assert json.loads(sink.stdout.readline())["event"] == "ready"
+        # the sink's lines are read while the client runs: a line per connection would
+        # otherwise fill the pipe and stall the sink
+        said: list[tuple[str, str]] = []
+        reader = threading.Thread(target=lambda: said.append(sink.communicate()))
+        reader.start()
         client = tb.exec("client", [sys.executable, "-c", client_script, server.ip,
                                     str(PORT), str(size), str(conns)],
                          capture_output=True, text=True, timeout=300)
-        out, err = sink.communicate(timeout=60)
+        reader.join(60)
+        out, err = said[0] if said else ("", "(the sink did not exit)")
         assert client.returncode == 0, f"{client.stderr}\nsink said:\n{out}{err}"
     finally:
         if sink.poll() is None:
             sink.kill()
+        if reader is not None:
+            reader.join()
+        else:
             sink.communicate()
     assert sink.returncode == 0, err
     return json.loads(client.stdout), lines(out)
@@ -94,6 +105,54 @@ def test_linux_client_into_vtl_sink():
     assert [c["sha256"] for c in conns] == sent
     assert all(c["bytes"] == 8_000_000 for c in conns)
     assert_clean(events[-1])
+
+
+MANY_CLIENT = r"""
+import hashlib, json, resource, socket, struct, sys, time
+ip, port, size, conns = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+socks = [socket.create_connection((ip, port), timeout=30) for _ in range(conns)]
+out = []
+for i, s in enumerate(socks):
+    data = i.to_bytes(4, "big") * (size // 4)
+    s.sendall(data)
+    out.append(hashlib.sha256(data).hexdigest())
+# No connection ends before the stack has acknowledged every byte on all of them, so it
+# holds them all open at once. TCP_INFO: 8 bytes, then u32 rto, ato, snd_mss, rcv_mss,
+# unacked.
+deadline = time.monotonic() + 60
+waiting = socks
+while waiting:
+    assert time.monotonic() < deadline, f"{len(waiting)} connections still unacknowledged"
+    waiting = [s for s in waiting
+               if struct.unpack_from("24xI", s.getsockopt(socket.IPPROTO_TCP,
+                                                         socket.TCP_INFO, 104))[0]]
+    if waiting:
+        time.sleep(0.01)
+for s in socks:
+    s.shutdown(socket.SHUT_WR)
+for s in socks:
+    assert s.recv(1) == b"", "the sink sends nothing"
+    s.close()
+print(json.dumps(out))
+"""
+
+
+def test_ten_thousand_concurrent_connections_all_served():
+    conns = 10_000
+    with Testbed.up(topology="pair") as tb:
+        sent, events = sink_transfer(tb, 400, conns, MANY_CLIENT,
+                                     ("--max-conns", str(conns + 64)))
+    got = [e for e in events if e["event"] == "connection"]
+    assert len(got) == conns and all(c["bytes"] == 400 for c in got)
+    # served concurrently, in whatever order they ended: each stream arrived whole
+    assert sorted(c["sha256"] for c in got) == sorted(sent)
+    stats = events[-1]
+    assert stats["errors"] == 0
+    # all of them established in the stack at once, and the listener
+    assert stats["tcp"]["conns_peak"] >= conns + 1, stats["tcp"]
+    assert_clean(stats)
 
 
 GIGA_CLIENT = r"""

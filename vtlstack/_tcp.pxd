@@ -277,6 +277,7 @@ cdef class TcpEngine:
     cdef tcp_conn *conns
     cdef uint32_t max_conns
     cdef uint32_t nconns
+    cdef uint32_t nconns_peak    # the most slots held at once (listeners included)
     cdef int32_t *free_cids
     cdef uint32_t nfree
     cdef uint32_t *ftab         # flow table: cid + 1, 0 empty, FT_TOMB deleted

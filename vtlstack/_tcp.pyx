@@ -413,6 +413,8 @@ cdef class TcpEngine:
         self.conns[cid].parent = NO_CONN
         self.conns[cid].lidx = -1
         self.nconns += 1
+        if self.nconns > self.nconns_peak:
+            self.nconns_peak = self.nconns
         return cid
 
     cdef void conn_release_frames(self, tcp_conn *c, bint rx_too) noexcept nogil:
@@ -2211,6 +2213,7 @@ cdef class TcpEngine:
     def counters(self):
         d = dict(self.cnt)
         d["conns"] = self.nconns
+        d["conns_peak"] = self.nconns_peak
         d["pending_out"] = self.out_n
         return d
 
