@@ -35,6 +35,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "(about 13 KB each; default 1024)")
     p.add_argument("--frames", type=int, default=4096,
                    help="UMEM frames, 2 KB each (default 4096)")
+    p.add_argument("--net-cpu", type=int, default=None,
+                   help="pin the network thread to this CPU (default: not pinned)")
     p.set_defaults(func=run)
 
 
@@ -42,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     from vtlstack.stack import Stack
 
     stack = Stack(args.iface, mode=args.mode, max_conns=args.max_conns,
-                  frame_count=args.frames)
+                  frame_count=args.frames, net_cpu=args.net_cpu)
     with stack, RunUntil(args.duration) as running:
         listener = stack.tcp_listen(args.port)
         emit({"event": "ready", "iface": args.iface, "ip": stack.ip, "port": args.port})

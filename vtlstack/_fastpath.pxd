@@ -133,9 +133,10 @@ cdef class NetThread:
     cdef uint32_t pend_ncids
     cdef uint8_t *owned         # per cid: the app holds it (listened, connected, accepted)
     cdef uint32_t redeliver_n
+    cdef uint32_t want_owed     # frames the app asked for and has not been granted yet
 
     cdef void loop(self) noexcept nogil
-    cdef void _push(self, vtl_msg *m) except *
+    cdef void _push(self, vtl_msg *m, bint wake=*) except *
     cdef int sleep_ms(self) noexcept nogil
     cdef int tcp_closing(self) noexcept nogil
     cdef int input(self, vtl_desc *d, vtl_desc *out) noexcept nogil
@@ -157,6 +158,7 @@ cdef class NetThread:
     cdef void pend_flush(self, int32_t cid) noexcept nogil
     cdef void pend_drop(self, int32_t cid, bint to_app) noexcept nogil
     cdef void tcp_pending(self) noexcept nogil
+    cdef void grant_owed(self) noexcept nogil
     cdef void recycle(self, uint64_t addr) noexcept nogil
     cdef void reply(self, int64_t result, uint16_t gen, uint32_t ip=*,
                     uint16_t port=*) noexcept nogil

@@ -264,7 +264,7 @@ cdef class NetThread:
                 m.len = 0
                 m.sock = 0
                 m.port = 0
-                self._push(&m)
+                self._push(&m, 0)
             else:
                 spans[0] = (addr + n, length - n)
         if total:
@@ -273,18 +273,25 @@ cdef class NetThread:
             m.len = <uint32_t>total
             m.sock = cid
             m.port = gen
-            self._push(&m)
+            self._push(&m, 0)
+        # one wakeup for the whole call: woken per frame, a network thread on this core
+        # would run (and sleep again) between every two of them
+        self.to_net.flush()
         return out
 
-    cdef void _push(self, vtl_msg *m) except *:
+    cdef void _push(self, vtl_msg *m, bint wake=1) except *:
+        """Hand a message to the network thread; without `wake`, the caller flushes."""
         # The network thread drains to_net every loop: full means busy, not gone.
         cdef int tries = 0
-        while not self.to_net.send(m):
+        while not self.to_net.post(m):
+            self.to_net.flush()
             tries += 1
             if tries > 50000:
                 raise RuntimeError("the network thread stopped taking requests")
             with nogil:
                 usleep(100)
+        if wake:
+            self.to_net.flush()
 
     def release_tcp(self) -> None:
         """After stop(): give back every frame the TCP engine still holds."""
@@ -296,13 +303,19 @@ cdef class NetThread:
             self.pend_listed[self.pend_cids[self.pend_ncids]] = 0
         self.tcp.release_all()
 
-    def start(self) -> None:
+    def start(self, cpu=None) -> None:
+        """Start the thread; `cpu` pins it to that CPU (None: wherever the process may run)."""
         if self._thread is not None:
             raise RuntimeError("the network thread is already running")
-        self._thread = threading.Thread(target=self._run, name="vtl-net", daemon=True)
+        if cpu is not None and cpu not in range(os.cpu_count() or 1):
+            raise ValueError(f"no CPU {cpu} on this machine (0..{(os.cpu_count() or 1) - 1})")
+        self._thread = threading.Thread(target=self._run, args=(cpu,), name="vtl-net",
+                                        daemon=True)
         self._thread.start()
 
-    def _run(self) -> None:
+    def _run(self, cpu) -> None:
+        if cpu is not None:
+            os.sched_setaffinity(0, {cpu})  # 0: the calling thread, not the process
         with nogil:
             self.loop()
 
@@ -356,14 +369,18 @@ cdef class NetThread:
             for i in range(n):
                 if self.input(&rx[i], &tx[ntx]):
                     ntx += 1
+            self.tcp.flush_acks(self.now)
             work = n + self.drain_app(tx, &ntx)
             self.tcp.on_timer(self.now)
             if self.pend_ncids:
                 self.tcp_pending()
             work += self.tcp_output(tx, &ntx)
             self.tcp_events()
+            if self.want_owed:
+                self.grant_owed()
             if ntx:
                 self.transmit(tx, ntx)
+            self.to_app.flush()     # once per pass: what this pass handed over, in one go
             self.port.complete()
             self.port.refill()
             if work:
@@ -455,7 +472,7 @@ cdef class NetThread:
         m.lport = v.dport
         m.sock = own - OWNER_SOCK_BASE
         m.arg = 0
-        if not self.to_app.send(&m):
+        if not self.to_app.post(&m):
             self.c.app_ring_full += 1
             return self.drop(d)
         self.c.delivered += 1
@@ -480,19 +497,10 @@ cdef class NetThread:
             elif m.kind == MSG_FREE:
                 self.port.free_frame(m.addr)
             elif m.kind == MSG_WANT:
-                for k in range(m.len):
-                    # a quarter of the pool is not for the app: receiving and the send
-                    # queues need frames for the app's frames to ever come back
-                    if self.port.pool.count[<int>FRAME_FREE] <= self.port.pool.frame_count // 4:
-                        break
-                    addr = self.port.alloc_frame()
-                    if addr == VTL_NO_FRAME:
-                        break
-                    m.kind = MSG_GRANT
-                    m.addr = addr
-                    if not self.to_app.send(&m):
-                        self.port.free_frame(addr)
-                        break
+                # the latest ask replaces older ones; what cannot be granted now is granted
+                # as frames come back (the app's sends that wait for frames go on then)
+                self.want_owed = m.len
+                self.grant_owed()
             elif m.kind == MSG_BIND:
                 self.owner[m.lport] = m.sock + OWNER_SOCK_BASE
             elif m.kind == MSG_UNBIND:
@@ -634,7 +642,7 @@ cdef class NetThread:
         m.len = <uint32_t>self.tcp.conns[cid].bytes_acked
         m.ip = 0
         m.lport = 0
-        if not self.to_app.send(&m):
+        if not self.to_app.post(&m):
             self.c.app_ring_full += 1
             self.ev_held[cid] = mask
             self.tcp_retry(cid)
@@ -672,7 +680,7 @@ cdef class NetThread:
             m.len = frags[i].len - skip
             skip = 0
             self.port.ref(m.addr)
-            if not self.to_app.send(&m):
+            if not self.to_app.post(&m):
                 self.port.unref(m.addr)
                 self.c.app_ring_full += 1
                 self.tcp_retry(cid)
@@ -699,7 +707,7 @@ cdef class NetThread:
         m.sock = 0
         m.ip = ip
         m.lport = port
-        if not self.to_app.send(&m):
+        if not self.to_app.post(&m):
             self.c.app_ring_full += 1  # the app waits for this: it times out with an error
 
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil:
@@ -785,7 +793,7 @@ cdef class NetThread:
         m.sock = 0
         m.lport = 0
         m.arg = 0
-        if not self.to_app.send(&m):
+        if not self.to_app.post(&m):
             self.port.free_frame(m.addr)
 
     cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil:
@@ -853,6 +861,23 @@ cdef class NetThread:
             self.pend_next[i] = self.pend_free
             self.pend_free = i
         self.pend_tail[cid] = -1
+
+    cdef void grant_owed(self) noexcept nogil:
+        cdef vtl_msg m
+        memset(&m, 0, sizeof(m))
+        m.kind = MSG_GRANT
+        while self.want_owed:
+            # a quarter of the pool is not for the app: receiving and the send queues need
+            # frames for the app's frames to ever come back
+            if self.port.pool.count[<int>FRAME_FREE] <= self.port.pool.frame_count // 4:
+                return
+            m.addr = self.port.alloc_frame()
+            if m.addr == VTL_NO_FRAME:
+                return
+            if not self.to_app.post(&m):
+                self.port.free_frame(m.addr)
+                return
+            self.want_owed -= 1
 
     cdef void tcp_pending(self) noexcept nogil:
         """Retry the waiting sends of connections whose send queue has room again."""

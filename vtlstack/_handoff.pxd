@@ -7,7 +7,10 @@ cdef class Channel:
     cdef spsc_ring *ring
     cdef readonly int efd
     cdef readonly unsigned long long wakeups
+    cdef bint unsignalled
 
     cdef int send(self, const vtl_msg *m) noexcept nogil
+    cdef int post(self, const vtl_msg *m) noexcept nogil
+    cdef void flush(self) noexcept nogil
     cdef void wake_if_sleeping(self) noexcept nogil
     cdef int wait(self, int timeout_ms) noexcept nogil

@@ -47,6 +47,21 @@ cdef class Channel:
         self.wake_if_sleeping()
         return 1
 
+    cdef int post(self, const vtl_msg *m) noexcept nogil:
+        """Producer: push one message; the consumer is woken by the next flush(). A batch
+        costs one wakeup: woken per message, a consumer on the producer's core would run
+        (and sleep again) between every two messages."""
+        if not spsc_push(self.ring, m):
+            return 0
+        self.unsignalled = 1
+        return 1
+
+    cdef void flush(self) noexcept nogil:
+        """Producer: wake a sleeping consumer if messages were posted since the last flush."""
+        if self.unsignalled:
+            self.unsignalled = 0
+            self.wake_if_sleeping()
+
     cdef void wake_if_sleeping(self) noexcept nogil:
         cdef uint64_t one = 1
         if spsc_consumer_sleeping(self.ring):

@@ -40,6 +40,7 @@ __all__ = ["FramePool", "XskPort"]
 # The largest burst the benchmark loops keep on the stack.
 cdef enum:
     MAX_BATCH = 256
+    FILL_FLOOR = 64     # frames the kernel keeps to receive into, whatever the pool's state
 
 _STATE_NAMES = ("free", "fill", "rx", "tx", "held")
 
@@ -561,7 +562,7 @@ cdef class XskPort:
 
     cdef void kick_tx(self) noexcept nogil:
         # Copy mode always asks for a wakeup: sendto() is what transmits (a bounded number
-        # of frames per call), so completions below kick again while frames are pending.
+        # of frames per call), so complete() kicks again while descriptors wait.
         if xsk_ring_prod__needs_wakeup(&self.q.tx):
             sendto(self.q.fd, NULL, 0, MSG_DONTWAIT, NULL, 0)
             self.q.tx_kicks += 1
@@ -576,7 +577,10 @@ cdef class XskPort:
             self.pool.tx_done(xsk_ring_cons__comp_addr(&self.q.comp, idx + i)[0])
         if n:
             xsk_ring_cons__release(&self.q.comp, n)
-        if self.pool.count[FRAME_TX]:
+        # Kick again only while the kernel has not taken every descriptor yet (sendto()
+        # takes a bounded number per call); frames it took complete without one.
+        if self.pool.count[FRAME_TX] and \
+                xsk_prod_nb_free(&self.q.tx, self.q.tx.size) < self.q.tx.size:
             self.kick_tx()
         return n
 
@@ -585,18 +589,31 @@ cdef class XskPort:
         read) is capped at the fill ring size, so the other frames stay free for TX and
         for frames the stack holds: RX bursts can never starve alloc_frame(). Also never
         more than the ring size at once: libxdp's reserve fails outright beyond that."""
-        cdef uint32_t idx = 0, i, n, budget
+        cdef uint32_t idx = 0, i, n, budget, avail
         cdef uint64_t addr = 0
         # An eighth of the pool is never given to receiving: the stack's own sends (and so
         # the ACKs that free its memory) must go on when received data is not consumed.
         cdef uint32_t reserve = self.pool.frame_count // 8
-        if self.closed or self.pool.free_top <= reserve:
+        # ... but the kernel always has a few frames to receive into: with sends holding
+        # the rest of the pool, the ACKs that would free them could not arrive otherwise
+        # (a frame that carries only an ACK comes back at once).
+        cdef uint32_t floor = FILL_FLOOR if FILL_FLOOR < self.q.fill.size else self.q.fill.size
+        cdef uint32_t have = <uint32_t>self.pool.count[FRAME_FILL]
+        # and never more than half the pool: what is left must be able to open receive
+        # windows and hand the app frames to send (both wait for a quarter of the pool)
+        cdef uint32_t cap = self.pool.frame_count // 2
+        if cap > self.q.fill.size:
+            cap = self.q.fill.size
+        if self.closed or have >= cap:
             return 0
-        if self.pool.count[FRAME_FILL] >= self.q.fill.size:
-            return 0
-        budget = self.q.fill.size - <uint32_t>self.pool.count[FRAME_FILL]
-        if budget > self.pool.free_top - reserve:
-            budget = self.pool.free_top - reserve
+        budget = cap - have
+        avail = self.pool.free_top - reserve if self.pool.free_top > reserve else 0
+        if have + avail < floor:
+            avail = floor - have
+            if avail > self.pool.free_top:
+                avail = self.pool.free_top
+        if budget > avail:
+            budget = avail
         n = xsk_prod_nb_free(&self.q.fill, budget)
         if n > budget:
             n = budget

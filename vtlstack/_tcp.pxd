@@ -180,6 +180,7 @@ ctypedef struct tcp_conn:
     uint8_t fin_queued      # app shut down the send side: FIN follows the queued data
     uint8_t rcv_fin_pending # FIN seen beyond RCV.NXT (out of order)
     uint8_t ack_now
+    uint8_t ack_batched     # owes an ACK at the end of this receive batch (on acks list)
     uint8_t timing          # an RTT measurement is running (Karn: never on a retransmit)
     uint8_t in_recovery
     uint8_t retries
@@ -279,6 +280,8 @@ cdef class TcpEngine:
     cdef uint32_t nconns
     cdef uint32_t nconns_peak    # the most slots held at once (listeners included)
     cdef int32_t *free_cids
+    cdef int32_t *acks          # connections owing an ACK at the end of the receive batch
+    cdef uint32_t acks_n
     cdef uint32_t nfree
     cdef uint32_t *ftab         # flow table: cid + 1, 0 empty, FT_TOMB deleted
     cdef uint32_t ftab_mask
@@ -302,6 +305,8 @@ cdef class TcpEngine:
     # -- network thread: input, timers, output --
     cdef int validate(self, const uint8_t *ip, uint32_t avail) noexcept nogil
     cdef void input(self, uint64_t ip_addr, uint64_t now) noexcept nogil
+    cdef void flush_acks(self, uint64_t now) noexcept nogil
+    cdef void defer_ack(self, tcp_conn *c) noexcept nogil
     cdef uint64_t next_deadline(self) noexcept nogil
     cdef void on_timer(self, uint64_t now) noexcept nogil
     cdef uint32_t pop_out(self, uint8_t *buf, uint32_t cap) noexcept nogil

@@ -313,12 +313,13 @@ cdef class TcpEngine:
         self.ftab_mask = size - 1
         self.conns = <tcp_conn *>calloc(max_conns, sizeof(tcp_conn))
         self.free_cids = <int32_t *>calloc(max_conns, sizeof(int32_t))
+        self.acks = <int32_t *>calloc(max_conns, sizeof(int32_t))
         self.ftab = <uint32_t *>calloc(size, sizeof(uint32_t))
         self.out_cap = out_cap
         self.out = <tcp_seg_out *>calloc(out_cap, sizeof(tcp_seg_out))
         self.evq_cap = 2 * max_conns + 16
         self.evq = <int32_t *>calloc(self.evq_cap, sizeof(int32_t))
-        if not self.conns or not self.free_cids or not self.ftab or not self.out \
+        if not self.conns or not self.free_cids or not self.acks or not self.ftab or not self.out \
                 or not self.evq:
             raise MemoryError()
         for i in range(max_conns):
@@ -330,6 +331,7 @@ cdef class TcpEngine:
             self.release_all()
         free(self.conns)
         free(self.free_cids)
+        free(self.acks)
         free(self.ftab)
         free(self.out)
         free(self.evq)
@@ -1628,8 +1630,9 @@ cdef class TcpEngine:
             c.ack_now = 1
         elif c.rcv_nxt - c.last_ack_sent >= 2 * <uint32_t>c.rcv_mss:
             # RFC 9293 3.8.6.3: "an ACK SHOULD be generated for at least every second
-            # full-sized segment"
-            c.ack_now = 1
+            # full-sized segment": one ACK for all that a receive batch brought, as Linux
+            # sends one per GRO batch (each ACK sent costs a syscall and the peer a wakeup)
+            self.defer_ack(c)
         elif c.delack_at == NO_DEADLINE:
             # "... MUST NOT excessively delay acknowledgments ... the delay MUST be less than
             # 0.5 seconds"
@@ -1637,6 +1640,30 @@ cdef class TcpEngine:
             self.arm(c.delack_at)
         if c.rcv_fin_pending and c.rcv_nxt == c.rcv_fin_seq:
             self.fin_input(c, now)
+
+    cdef void defer_ack(self, tcp_conn *c) noexcept nogil:
+        if c.ack_batched:
+            return
+        if self.acks_n == self.max_conns:
+            c.ack_now = 1       # no room on the list (cids freed and reused): ACK at once
+            return
+        c.ack_batched = 1
+        self.acks[self.acks_n] = <int32_t>(c - self.conns)
+        self.acks_n += 1
+
+    cdef void flush_acks(self, uint64_t now) noexcept nogil:
+        """End of a receive batch: send the ACKs it made owed (see defer_ack)."""
+        cdef uint32_t i
+        cdef tcp_conn *c
+        for i in range(self.acks_n):
+            c = &self.conns[self.acks[i]]
+            if not c.in_use or not c.ack_batched:
+                continue    # closed since (a reused slot starts with the flag clear)
+            c.ack_batched = 0
+            if c.rcv_nxt != c.last_ack_sent and c.state != ST_CLOSED and c.state != ST_LISTEN:
+                c.ack_now = 1
+                self.output(c, now)
+        self.acks_n = 0
 
     cdef void fin_input(self, tcp_conn *c, uint64_t now) noexcept nogil:
         # RFC 9293 3.10.7.4 eighth: "advance RCV.NXT over the FIN, and send an
@@ -2056,6 +2083,7 @@ cdef class TcpEngine:
         r = self.validate(self.pool.frame_ptr(a), n)
         if r == 0:
             self.input(a, now)
+            self.flush_acks(now)    # a batch of one
         self.pool.unref(a)
         return r == 0
 

@@ -32,8 +32,11 @@ from vtlstack.xdp import Steering
 
 # Message kinds, defined once beside the network thread that handles them (_fastpath.pxd).
 _MSG = _fastpath.MsgKind
-_GRANT_BATCH = 128      # frames the app keeps for sending (a send returns its frame)
+_GRANT_BATCH = 128      # frames the app keeps for sending (a send returns its frame), at
+                        # most a sixteenth of the pool: frames the app holds idle are
+                        # frames that cannot open receive windows
 _WANT_AGAIN = 0.001     # seconds before frames are asked for again
+_NB_FRAME_WAIT = 0.01   # how long a non-blocking send waits for the network thread's grant
 _WAIT_STEP = 0.05
 # Event bits of the TCP engine, by name (defined once, in vtlstack._tcp).
 _EV = {name: bit for bit, name in EVENT_NAMES.items()}
@@ -79,12 +82,15 @@ class Stack:
     poll(). 0 (the default) sleeps at once: on a machine with few cores a spinning thread
     takes CPU from the peers it waits for (measured on 2 cores: p50 RTT 12 us at 0, 21 us
     at 100). Raise it when the network thread has a core of its own.
+    `net_cpu` pins the network thread to one CPU (default: it runs where the process may);
+    the application thread stays where the process was put.
     """
 
     def __init__(self, iface: str, *, mode: str = "auto", queue: int = 0,
                  frame_count: int = 4096, frame_size: int = 2048, batch: int = 64,
                  busy_poll_us: int = 0, max_conns: int = 1024,
-                 tcp_options: dict[str, Any] | None = None) -> None:
+                 tcp_options: dict[str, Any] | None = None,
+                 net_cpu: int | None = None) -> None:
         require_root("vtlstack.Stack")
         self.iface = iface
         self.mac, self.ip, self.mtu = _iface_addresses(iface)
@@ -98,6 +104,9 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
+        self._grant_batch = max(4, min(_GRANT_BATCH, frame_count // 16))
+        # non-blocking TCP sockets whose send found no free frame (see _frames_for)
+        self._starved: set[TcpSocket] = set()
         self._wanted_at = -1.0
         self._neigh: set[str] = set()
         self._steering: Steering | None = None
@@ -118,7 +127,7 @@ class Stack:
                                             batch=batch, busy_poll_us=busy_poll_us,
                                             max_conns=max_conns, tcp_options=tcp_options)
             self.snd_buf = self._net.tcp.snd_buf
-            self._net.start()
+            self._net.start(net_cpu)
         except BaseException:
             self.close()
             raise
@@ -387,6 +396,10 @@ class Stack:
                     target._queue.append((addr, length, ip, port))
             elif kind == _MSG.MSG_GRANT:
                 self._granted.append(addr)
+                if self._starved:
+                    # sends that would have blocked for want of frames can go on
+                    self._touched |= self._starved
+                    self._starved.clear()
             elif kind == _MSG.MSG_TCP_DATA:
                 conn = self._tcp.get(sock)
                 if isinstance(conn, TcpSocket) and conn.gen == port:
@@ -423,20 +436,44 @@ class Stack:
         self._want_frames(timeout)
         return self._granted.popleft()
 
-    def _want_frames(self, timeout: float) -> None:
-        """Until the app holds a free frame. Frames are asked for in batches ahead of
-        need, and not again while an answer may still be on its way."""
-        deadline = time.monotonic() + timeout
+    def _want_frames(self, timeout: float | None) -> None:
+        """Until the app holds a free frame (None: as long as the network thread runs)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            now = time.monotonic()
-            if len(self._granted) < _GRANT_BATCH // 4 and now - self._wanted_at > _WANT_AGAIN:
-                self._send_ctl(_MSG.MSG_WANT, length=_GRANT_BATCH)
-                self._wanted_at = now
+            self._ask_frames()
             if self._granted:
                 return
-            if now >= deadline:
-                raise OSError(errno.ENOBUFS, "no free frame for sending (all held)")
-            self._pump(min(deadline - now, _WANT_AGAIN))
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                raise TimeoutError("no free frame for sending yet: the pool is held by "
+                                   "data in flight and data not read")
+            if not self._net.running:
+                raise VtlError("the network thread has stopped")
+            self._pump(_WANT_AGAIN if deadline is None else min(deadline - now, _WANT_AGAIN))
+
+    def _ask_frames(self) -> None:
+        """Frames are asked for in batches ahead of need, and the ask is renewed now and
+        then; what the network thread cannot grant at once it grants as frames come back."""
+        now = time.monotonic()
+        if len(self._granted) < self._grant_batch // 4 and now - self._wanted_at > _WANT_AGAIN:
+            self._send_ctl(_MSG.MSG_WANT, length=self._grant_batch)
+            self._wanted_at = now
+
+    def _frames_for(self, sock: TcpSocket, timeout: float | None, done: int) -> bool:
+        """Frames for a send of `sock` that has taken `done` bytes so far. Non-blocking
+        (timeout 0), it waits for the network thread's answer (microseconds), not for
+        frames to come back: False when none are free (BlockingIOError if nothing was
+        taken), and the socket reports EPOLLOUT again once frames are granted."""
+        try:
+            self._want_frames(_NB_FRAME_WAIT if timeout == 0 else timeout)
+            return True
+        except TimeoutError:
+            if timeout != 0:
+                raise
+        self._starved.add(sock)
+        if done:
+            return False
+        raise BlockingIOError(errno.EAGAIN, "no free frame for sending yet")
 
     def _ensure_neighbour(self, ip: str) -> None:
         if ip not in self._neigh:
@@ -696,7 +733,8 @@ class TcpSocket(_TcpBase):
             events |= EPOLLIN
         if self._eof:
             events |= EPOLLRDHUP | (EPOLLHUP if self._shut_wr else 0)
-        if self._connected and not self._shut_wr and self._credit() > 0:
+        if self._connected and not self._shut_wr and self._credit() > 0 and \
+                self not in self._stack._starved:
             events |= EPOLLOUT
         return events
 
@@ -742,15 +780,17 @@ class TcpSocket(_TcpBase):
         self._wait(lambda: (self._connected and self._credit() > 0) or
                    self._error is not None, timeout, "send")
         stack = self._stack
+        wait = self._timeout if timeout is None else timeout
         with stack._lock:
             self._raise_error()
             budget = min(len(view), self._credit())
             done = 0
             deadline = time.monotonic() + 5.0
             while done < budget:
-                stack._want_frames(timeout=5.0)
+                if not stack._granted and not stack._frames_for(self, wait, done):
+                    break       # non-blocking, some bytes already taken
                 n = stack._net.app_send(stack._granted, view[done:budget], self.cid, self.gen)
-                if n == 0:
+                if n == 0 and stack._granted:
                     # to_net is full: the network thread is busy and drains it every loop
                     if time.monotonic() > deadline:
                         raise VtlError("the network thread stopped taking requests")
