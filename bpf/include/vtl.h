@@ -1,0 +1,503 @@
+/* SPDX-License-Identifier: MIT */
+/*
+ * The Virtual Transport Layer: wire format, map layouts and the shared KTF code.
+ *
+ * The one definition of the VTL header. The KTFs (bpf/vtl_*.bpf.c) include this file;
+ * vtlstack.vtl.wire parses the declarations outside the `#ifdef __bpf__` block with cffi
+ * (preprocessor lines and that block dropped) and derives its pack/unpack format from the
+ * struct, so keep those declarations plain C: fixed-width types, enums with literal values,
+ * no macros inside declarations.
+ *
+ * A VTL packet is carried directly over IPv4 protocol 253 (RFC 3692 experimentation; the
+ * paper used 0xfd). All header fields are in network byte order. The checksum is the
+ * Internet checksum (RFC 1071) over header (csum field zero) and payload.
+ */
+#ifndef VTL_VTL_H
+#define VTL_VTL_H
+
+#include <linux/types.h>
+#include <linux/bpf.h>   /* struct bpf_spin_lock */
+
+enum vtl_consts {
+	VTL_IPPROTO = 253,
+	VTL_VERSION = 1,
+	VTL_HDR_LEN = 24,
+	VTL_MAX_PAYLOAD = 1400,   /* fits a 1500-byte MTU with IPv4, and UDP if ever needed */
+	VTL_DATA_ROOM = 1536,     /* room for a packet in scratch/ring records (csum chunks) */
+	VTL_MAX_WINDOW = 32,      /* the ACK/NACK bitmap is 32 bits wide */
+	VTL_MAX_SESSIONS = 1024,
+	VTL_MAX_GRAFTS = 8,
+	VTL_REORDER = 3,          /* a hole is lost once 3 later packets arrived (dupthresh) */
+};
+
+enum vtl_type {
+	VTL_DATA = 1,
+	VTL_ACK = 2,       /* ack = next expected seq; bits: bit i set = seq ack+i received */
+	VTL_NACK = 3,      /* ack = next expected seq; bits: bit i set = resend seq ack+i */
+	VTL_NEGO = 4,      /* payload: JSON offer (grafts, services) */
+	VTL_NEGO_ACK = 5,  /* payload: JSON with the graft chosen */
+	VTL_NEGO_NACK = 6, /* payload: JSON with the reason */
+	VTL_CLOSE = 7,     /* seq = packets sent, ack = bytes sent; flags VTL_F_REPLY: answer */
+};
+
+enum vtl_flags {
+	VTL_F_REPLY = 1,   /* CLOSE: the receiver's answer */
+	VTL_F_RETX = 2,    /* DATA: a retransmission (for counters only) */
+};
+
+/* Graft ids: the index of the graft's KTFs in the tail-call program arrays. */
+enum vtl_graft_id {
+	VTL_GRAFT_CANONICAL = 0,
+	VTL_GRAFT_GBN = 1,
+	VTL_GRAFT_SR = 2,
+	VTL_GRAFT_PR = 3,
+};
+
+struct vtl_hdr {
+	__u8 version;
+	__u8 type;     /* enum vtl_type */
+	__u8 graft;    /* enum vtl_graft_id */
+	__u8 flags;    /* enum vtl_flags */
+	__be32 session;
+	__be32 seq;
+	__be32 ack;
+	__be32 bits;
+	__be16 len;    /* payload bytes after this header */
+	__be16 csum;
+};
+
+enum vtl_role {
+	VTL_ROLE_SENDER = 0,
+	VTL_ROLE_RECEIVER = 1,
+};
+
+/* vtl_sessions key (host byte order). */
+struct vtl_skey {
+	__u32 session;
+	__u32 role;   /* enum vtl_role */
+};
+
+/* vtl_sessions value. The control plane writes graft/window/budget when a session opens;
+ * the KTFs own everything below `lock`. Sequence numbers count packets, not bytes. */
+struct vtl_session {
+	struct bpf_spin_lock lock;
+	__u32 graft;
+	__u32 window;      /* packets in flight at most, <= VTL_MAX_WINDOW */
+	__u32 budget_ppm;  /* partial reliability: losses allowed per window, in ppm */
+	__u32 snd_una;     /* sender: lowest unacknowledged seq */
+	__u32 snd_nxt;     /* sender: highest seq sent + 1 */
+	__u32 dupacks;     /* sender, Go-Back-N: duplicate ACKs in a row */
+	__u32 rcv_nxt;     /* receiver: every seq below is delivered or given up */
+	__u32 block;       /* receiver, PR: window-sized block the loss count refers to */
+	__u32 block_lost;  /* receiver, PR: holes given up in that block */
+	__u32 pad;
+	__u64 rcv_bits;    /* receiver: bit i = seq rcv_nxt+i received */
+	__u64 nack_bits;   /* receiver: bit i = seq rcv_nxt+i already NACKed */
+	__u64 skipped;     /* receiver, PR: packets given up within the budget */
+	__u64 last_ns;     /* last packet seen (idle sessions are reaped by the broker) */
+};
+
+/* Record in the vtl_rx ring: a DATA payload the receiver KTF accepted. */
+struct vtl_rx_rec {
+	__u32 session;
+	__u32 seq;
+	__u32 len;
+	__u32 flags;
+	__u8 data[1536];   /* VTL_DATA_ROOM */
+};
+
+enum vtl_event_kind {
+	VTL_EV_ACKED = 1,  /* seq = new snd_una */
+	VTL_EV_RETX = 2,   /* resend the seqs in bits (bit i = seq+i) */
+	VTL_EV_GOBACK = 3, /* Go-Back-N: resend everything from seq */
+};
+
+/* Record in the vtl_ev ring: what the sender KTF asks its broker to do. */
+struct vtl_event {
+	__u32 kind;        /* enum vtl_event_kind */
+	__u32 session;
+	__u32 seq;
+	__u32 bits;
+};
+
+/* Index of the per-CPU vtl_counters array. Drops are counted once, by reason. */
+enum vtl_counter {
+	VTL_C_RX_DATA = 0,       /* DATA accepted and delivered */
+	VTL_C_RX_ACK = 1,
+	VTL_C_RX_NACK = 2,
+	VTL_C_RX_CTRL = 3,       /* NEGO*, CLOSE passed to the broker */
+	VTL_C_TX_ACK = 4,        /* ACKs the receiver KTF sent (XDP_TX) */
+	VTL_C_TX_NACK = 5,
+	VTL_C_TX_DATA = 6,       /* DATA seen by the egress KTF */
+	VTL_C_RETX_REQ = 7,      /* retransmission requests raised for the broker */
+	VTL_C_PR_SKIPPED = 8,    /* losses accepted within the partial-reliability budget */
+	VTL_C_DROP_TRUNCATED = 9,
+	VTL_C_DROP_VERSION = 10,
+	VTL_C_DROP_CSUM = 11,
+	VTL_C_DROP_TYPE = 12,
+	VTL_C_DROP_SESSION = 13,
+	VTL_C_DROP_GRAFT = 14,   /* graft id unknown, not loaded, or not the session's */
+	VTL_C_DROP_REPLAY = 15,  /* seq already delivered */
+	VTL_C_DROP_WINDOW = 16,  /* seq beyond the receive window */
+	VTL_C_DROP_ORDER = 17,   /* Go-Back-N: not the next expected seq */
+	VTL_C_DROP_RINGFULL = 18,
+	VTL_C_TX_WINDOW_FULL = 19, /* egress: DATA beyond the send window, not sent */
+	VTL_C_MAX = 20,
+};
+
+#ifdef __bpf__
+/* ---- Shared KTF code (eBPF only) ------------------------------------------------- */
+#include <linux/if_ether.h>
+#include <linux/ip.h>
+#include <linux/pkt_cls.h>
+#include <bpf/bpf_helpers.h>
+#include <bpf/bpf_endian.h>
+
+_Static_assert(sizeof(struct vtl_hdr) == VTL_HDR_LEN, "VTL header is 24 bytes");
+_Static_assert(sizeof(((struct vtl_rx_rec *)0)->data) == VTL_DATA_ROOM, "data room");
+
+/* Every object declares the same maps; the launcher loads vtl_canonical first and makes
+ * every graft object reuse its maps (bpf_map__reuse_fd), so there is one set per interface. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, VTL_MAX_SESSIONS);
+	__type(key, struct vtl_skey);
+	__type(value, struct vtl_session);
+} vtl_sessions SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, VTL_C_MAX);
+	__type(key, __u32);
+	__type(value, __u64);
+} vtl_counters SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 8 << 20);
+} vtl_rx SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_RINGBUF);
+	__uint(max_entries, 256 << 10);
+} vtl_ev SEC(".maps");
+
+/* What the root ingress KTF parsed, for the graft it tail-calls (same CPU, same packet). */
+struct vtl_meta {
+	__u32 type, graft, flags, session, seq, ack, bits, len;
+	__u32 vtl_off;   /* offset of the VTL header in the frame */
+};
+
+struct vtl_scratch {
+	struct vtl_meta m;
+	__u8 buf[VTL_DATA_ROOM + 8];
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vtl_scratch);
+} vtl_scratch SEC(".maps");
+
+static __always_inline void vtl_count(__u32 idx)
+{
+	__u64 *c = bpf_map_lookup_elem(&vtl_counters, &idx);
+
+	if (c)
+		*c += 1;   /* per-CPU slot: no atomic needed */
+}
+
+static __always_inline __u16 vtl_fold(__s64 sum)
+{
+	__u32 s = (__u32)sum;
+
+	s = (s & 0xffff) + (s >> 16);
+	s = (s & 0xffff) + (s >> 16);
+	return (__u16)~s;
+}
+
+static __always_inline struct vtl_scratch *vtl_scratch_get(void)
+{
+	__u32 zero = 0;
+
+	return bpf_map_lookup_elem(&vtl_scratch, &zero);
+}
+
+/* Turn the received DATA frame into an ACK/NACK for its sender and bounce it (XDP_TX):
+ * the reply is generated in the kernel, with no trip through user space. */
+static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u8 type,
+				     __u32 ack, __u32 bits)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	int want = (int)(m->vtl_off + VTL_HDR_LEN);
+	int trim = (int)(data_end - data) - want;
+	struct ethhdr *eth;
+	struct iphdr *ip;
+	struct vtl_hdr *h;
+	__u8 mac[ETH_ALEN];
+	__u32 addr;
+
+	if (trim > 0 && bpf_xdp_adjust_tail(ctx, -trim))
+		return XDP_DROP;
+	data = (void *)(long)ctx->data;
+	data_end = (void *)(long)ctx->data_end;
+	eth = data;
+	ip = (void *)(eth + 1);
+	h = (void *)(ip + 1);
+	if ((void *)(h + 1) > data_end)
+		return XDP_DROP;
+	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
+	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
+	addr = ip->saddr;
+	ip->saddr = ip->daddr;
+	ip->daddr = addr;
+	ip->ttl = 64;
+	ip->tot_len = bpf_htons(sizeof(*ip) + VTL_HDR_LEN);
+	ip->check = 0;
+	ip->check = vtl_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
+	h->type = type;
+	h->flags = 0;
+	h->ack = bpf_htonl(ack);
+	h->bits = bpf_htonl(bits);
+	h->len = 0;
+	h->csum = 0;
+	h->csum = vtl_fold(bpf_csum_diff(0, 0, (__be32 *)h, VTL_HDR_LEN, 0));
+	vtl_count(type == VTL_NACK ? VTL_C_TX_NACK : VTL_C_TX_ACK);
+	return XDP_TX;
+}
+
+/* Receiver side of a graft: sequence checks, delivery, loss detection, ACK/NACK. */
+static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
+				       struct vtl_session *s, __u32 graft)
+{
+	struct vtl_rx_rec *rec;
+	__u32 len = m->len, seq = m->seq, ack, out = 0, sack, window, budget, i;
+	__u64 lost, bit;
+	__s32 d;
+	int verdict = 0;   /* 0 deliver, else the drop counter */
+
+	rec = bpf_ringbuf_reserve(&vtl_rx, sizeof(*rec), 0);
+	if (!rec) {
+		/* No room: drop before the state changes, so the sender's retransmission
+		 * (reliable grafts) still finds the seq missing. */
+		vtl_count(VTL_C_DROP_RINGFULL);
+		return XDP_DROP;
+	}
+	/* DATA carries at least one byte (an empty stream sends only CLOSE). */
+	if (len == 0 || len > VTL_MAX_PAYLOAD ||
+	    bpf_xdp_load_bytes(ctx, m->vtl_off + VTL_HDR_LEN, rec->data, len)) {
+		bpf_ringbuf_discard(rec, 0);
+		vtl_count(VTL_C_DROP_TRUNCATED);
+		return XDP_DROP;
+	}
+	rec->session = m->session;
+	rec->seq = seq;
+	rec->len = len;
+	rec->flags = m->flags;
+
+	bpf_spin_lock(&s->lock);
+	window = s->window;
+	if (window > VTL_MAX_WINDOW || window == 0)
+		window = VTL_MAX_WINDOW;
+	d = (__s32)(seq - s->rcv_nxt);
+	if (graft == VTL_GRAFT_CANONICAL) {
+		/* Best effort: no window, only replays (seq already passed) are refused. */
+		if (d < 0)
+			verdict = VTL_C_DROP_REPLAY;
+		else
+			s->rcv_nxt = seq + 1;
+		bpf_spin_unlock(&s->lock);
+		goto deliver;
+	}
+	if (d < 0)
+		verdict = VTL_C_DROP_REPLAY;
+	else if (d >= (__s32)window)
+		verdict = VTL_C_DROP_WINDOW;
+	else if (graft == VTL_GRAFT_GBN && d != 0)
+		verdict = VTL_C_DROP_ORDER;
+	else if (s->rcv_bits & (1ULL << (d & 63)))
+		verdict = VTL_C_DROP_REPLAY;
+	if (!verdict) {
+		s->rcv_bits |= 1ULL << (d & 63);
+		/* Loss detection: a hole VTL_REORDER or more packets below this one is lost. */
+		lost = 0;
+		if (graft != VTL_GRAFT_GBN && d >= VTL_REORDER)
+			lost = ~s->rcv_bits & ~s->nack_bits &
+			       ((1ULL << ((d - VTL_REORDER + 1) & 63)) - 1);
+		if (graft == VTL_GRAFT_PR && lost) {
+			/* Give up holes while the block's losses stay within the budget;
+			 * ask for the others. Blocks are window-sized runs of seqs. */
+			budget = (__u32)(((__u64)window * s->budget_ppm) / 1000000);
+			for (i = 0; i < VTL_MAX_WINDOW; i++) {
+				bit = 1ULL << i;
+				if (!(lost & bit))
+					continue;
+				if ((s->rcv_nxt + i) / window != s->block) {
+					s->block = (s->rcv_nxt + i) / window;
+					s->block_lost = 0;
+				}
+				if (s->block_lost < budget) {
+					s->block_lost++;
+					s->skipped++;
+					s->rcv_bits |= bit;
+					lost &= ~bit;
+				}
+			}
+		}
+		s->nack_bits |= lost;
+		out = (__u32)lost;
+	}
+	/* Slide over everything received or given up. */
+	for (i = 0; i < VTL_MAX_WINDOW + 1; i++) {
+		if (!(s->rcv_bits & 1))
+			break;
+		s->rcv_bits >>= 1;
+		s->nack_bits >>= 1;
+		s->rcv_nxt++;
+	}
+	ack = s->rcv_nxt;
+	sack = (__u32)s->rcv_bits;
+	/* `out` was relative to the old rcv_nxt: rebase it on the new one. */
+	if (out) {
+		__u32 shift = ack - (seq - (__u32)d);
+
+		out = shift < 32 ? out >> shift : 0;
+	}
+	bpf_spin_unlock(&s->lock);
+
+deliver:
+	if (verdict) {
+		bpf_ringbuf_discard(rec, 0);
+		vtl_count(verdict);
+	} else {
+		bpf_ringbuf_submit(rec, 0);
+		vtl_count(VTL_C_RX_DATA);
+	}
+	if (graft == VTL_GRAFT_CANONICAL)
+		return XDP_DROP;   /* consumed: delivered through the ring, no feedback */
+	if (out)
+		return vtl_reply(ctx, m, VTL_NACK, ack, out);
+	return vtl_reply(ctx, m, VTL_ACK, ack, graft == VTL_GRAFT_GBN ? 0 : sack);
+}
+
+static __always_inline void vtl_event(__u32 kind, __u32 session, __u32 seq, __u32 bits)
+{
+	struct vtl_event *ev = bpf_ringbuf_reserve(&vtl_ev, sizeof(*ev), 0);
+
+	if (!ev) {
+		vtl_count(VTL_C_DROP_RINGFULL);
+		return;
+	}
+	ev->kind = kind;
+	ev->session = session;
+	ev->seq = seq;
+	ev->bits = bits;
+	bpf_ringbuf_submit(ev, 0);
+}
+
+/* Sender side of a graft: ACK/NACK processing, loss detection, retransmission requests. */
+static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_session *s,
+					   __u32 graft)
+{
+	__u32 ack = m->ack, una, retx = 0, goback = 0, progressed = 0;
+
+	vtl_count(m->type == VTL_NACK ? VTL_C_RX_NACK : VTL_C_RX_ACK);
+	bpf_spin_lock(&s->lock);
+	una = s->snd_una;
+	if ((__s32)(ack - una) > 0 && (__s32)(ack - s->snd_nxt) <= 0) {
+		s->snd_una = ack;
+		s->dupacks = 0;
+		progressed = 1;
+	} else if (ack == una && m->type == VTL_ACK && una != s->snd_nxt) {
+		/* Go-Back-N: the third duplicate ACK means the seq at una was lost. */
+		if (++s->dupacks == VTL_REORDER && graft == VTL_GRAFT_GBN)
+			goback = 1;
+	}
+	una = s->snd_una;
+	if (m->type == VTL_NACK && (__s32)(ack - una) >= 0)
+		retx = m->bits;
+	bpf_spin_unlock(&s->lock);
+
+	if (progressed)
+		vtl_event(VTL_EV_ACKED, m->session, una, 0);
+	if (goback) {
+		vtl_count(VTL_C_RETX_REQ);
+		vtl_event(VTL_EV_GOBACK, m->session, una, 0);
+	}
+	if (retx) {
+		vtl_count(VTL_C_RETX_REQ);
+		vtl_event(VTL_EV_RETX, m->session, ack, retx);
+	}
+	return XDP_DROP;   /* consumed: the broker learns through vtl_ev */
+}
+
+/* The ingress KTF of a graft, tail-called by vtl_ingress with the packet validated. */
+static __always_inline int vtl_graft_ingress(struct xdp_md *ctx, __u32 graft)
+{
+	struct vtl_scratch *sc = vtl_scratch_get();
+	struct vtl_session *s;
+	struct vtl_skey key = {};
+
+	if (!sc)
+		return XDP_DROP;
+	key.session = sc->m.session;
+	key.role = sc->m.type == VTL_DATA ? VTL_ROLE_RECEIVER : VTL_ROLE_SENDER;
+	s = bpf_map_lookup_elem(&vtl_sessions, &key);
+	if (!s) {
+		vtl_count(VTL_C_DROP_SESSION);
+		return XDP_DROP;
+	}
+	s->last_ns = bpf_ktime_get_ns();
+	if (sc->m.type == VTL_DATA)
+		return vtl_rx_data(ctx, &sc->m, s, graft);
+	return vtl_tx_feedback(&sc->m, s, graft);
+}
+
+/* The egress KTF of a graft: the send window is enforced here, in the kernel, and the
+ * in-flight state (snd_nxt) recorded. tail-called by vtl_egress for DATA of a session. */
+static __always_inline int vtl_graft_egress(struct __sk_buff *skb, __u32 graft)
+{
+	struct vtl_skey key = {};
+	struct vtl_session *s;
+	struct vtl_hdr h;
+	__u32 seq, window;
+	int shot = 0;
+
+	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &h, sizeof(h)))
+		return TC_ACT_OK;
+	key.session = bpf_ntohl(h.session);
+	key.role = VTL_ROLE_SENDER;
+	s = bpf_map_lookup_elem(&vtl_sessions, &key);
+	if (!s)
+		return TC_ACT_OK;
+	seq = bpf_ntohl(h.seq);
+	bpf_spin_lock(&s->lock);
+	window = s->window;
+	if (graft != VTL_GRAFT_CANONICAL && (__s32)(seq - s->snd_una) >= (__s32)window)
+		shot = 1;
+	else if ((__s32)(seq - s->snd_nxt) >= 0)
+		s->snd_nxt = seq + 1;
+	bpf_spin_unlock(&s->lock);
+	if (shot) {
+		vtl_count(VTL_C_TX_WINDOW_FULL);
+		return TC_ACT_SHOT;
+	}
+	vtl_count(VTL_C_TX_DATA);
+	return TC_ACT_OK;
+}
+
+#define VTL_GRAFT_KTFS(name, id)                                                 \
+	SEC("xdp") int vtl_##name##_in(struct xdp_md *ctx)                       \
+	{                                                                        \
+		return vtl_graft_ingress(ctx, id);                               \
+	}                                                                        \
+	SEC("tc") int vtl_##name##_out(struct __sk_buff *skb)                    \
+	{                                                                        \
+		return vtl_graft_egress(skb, id);                                \
+	}
+
+#endif /* __bpf__ */
+#endif /* VTL_VTL_H */

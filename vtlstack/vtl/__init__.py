@@ -1,0 +1,1 @@
+"""The Virtual Transport Layer: negotiated protocol grafts run as eBPF KTFs."""
