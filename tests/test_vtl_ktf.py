@@ -1,0 +1,226 @@
+"""The VTL KTFs in the kernel: validation, drop counters, kernel-made ACKs, the pool, cleanup.
+
+A KTF host runs in the server namespace (tests/_vtl_helper code below, in a child
+process); crafted packets come from the client namespace through a raw socket.
+"""
+
+import json
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from vtlstack.vtl import wire
+from vtlstack.vtl.wire import C, Header
+
+pytestmark = pytest.mark.root
+
+# Runs in the server namespace: attach, open sessions, print "ready", wait for a line on
+# stdin, print the counters and the delivered seqs as JSON, detach.
+_SERVER = r"""
+import json, sys
+from vtlstack.vtl.grafts import load_pool
+from vtlstack.vtl.ktf import KtfHost
+pool = load_pool()
+delivered = []
+with KtfHost(sys.argv[1]) as h:
+    for name, session in (("sr", 100), ("gbn", 200)):
+        h.deploy(pool[name])
+        h.open_session(session, 1, pool[name], 32)
+    h.rings(lambda r: delivered.append((r.session, r.seq, r.len)), None)
+    print("ready", flush=True)
+    sys.stdin.readline()
+    h.poll(0.2)
+    print(json.dumps({"counters": h.counters(), "delivered": delivered}), flush=True)
+"""
+
+# Runs in the client namespace: send each hex packet (a VTL packet, IP header by the
+# kernel) to argv[1], then print the VTL replies that came back within 0.5 s.
+_CLIENT = r"""
+import json, socket, sys, time
+s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
+s.settimeout(0.5)
+for pkt in json.loads(sys.stdin.read()):
+    s.sendto(bytes.fromhex(pkt), (sys.argv[1], 0))
+replies = []
+deadline = time.monotonic() + 0.5
+while time.monotonic() < deadline:
+    try:
+        raw = s.recv(65535)
+    except TimeoutError:
+        break
+    replies.append(raw[(raw[0] & 15) * 4:].hex())
+print(json.dumps(replies))
+"""
+
+
+def _data(session, seq, graft=C.VTL_GRAFT_SR, payload=b"d" * 100):
+    return wire.pack(Header(type=C.VTL_DATA, session=session, seq=seq, graft=graft,
+                            payload=payload))
+
+
+def _recompute(raw: bytearray) -> bytes:
+    raw[22:24] = b"\0\0"
+    raw[22:24] = wire.checksum(raw).to_bytes(2, "big")
+    return bytes(raw)
+
+
+def _xdp_and_tc(tb, host, ifname):
+    link = tb.exec(host, ["ip", "-o", "link", "show", ifname], capture_output=True,
+                   text=True).stdout
+    tc = tb.exec(host, ["tc", "filter", "show", "dev", ifname, "egress"],
+                 capture_output=True, text=True).stdout
+    qd = tb.exec(host, ["tc", "qdisc", "show", "dev", ifname], capture_output=True,
+                 text=True).stdout
+    return ("xdp" in link), tc.strip(), ("clsact" in qd)
+
+
+def _start_server(tb):
+    srv = tb.host("server")
+    proc = tb.popen("server", [sys.executable, "-P", "-c", _SERVER, srv.iface.name],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    return srv, proc
+
+
+def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
+    tb = testbed(topology="pair")
+    srv, proc = _start_server(tb)
+    good = _data(100, 0)
+    bad_csum = bytearray(_data(100, 1))
+    bad_csum[-1] ^= 0xFF
+    version = bytearray(_data(100, 1))
+    version[0] = 9
+    unknown_type = bytearray(_data(100, 1))
+    unknown_type[1] = 99
+    short_len = bytearray(_data(100, 1))
+    short_len[20:22] = (50).to_bytes(2, "big")   # says 50 payload bytes, carries 100
+    cases = {
+        "drop_csum": bytes(bad_csum),
+        "drop_version": _recompute(version),
+        "drop_type": _recompute(unknown_type),
+        "drop_truncated": [good[:10].hex(), _recompute(short_len).hex()],
+        "drop_session": _data(999, 0),
+        "drop_graft": _data(100, 1, graft=C.VTL_GRAFT_GBN),   # not the session's graft
+        "drop_window": _data(100, 5000),
+        "drop_order": _data(200, 3, graft=C.VTL_GRAFT_GBN),    # Go-Back-N wants seq 0
+    }
+    pkts = [good.hex()]
+    for v in cases.values():
+        pkts += v if isinstance(v, list) else [v.hex()]
+    pkts.append(good.hex())                                    # replay of seq 0
+    out = tb.exec("client", [sys.executable, "-P", "-c", _CLIENT, srv.iface.ip],
+                  input=json.dumps(pkts), capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    replies = [wire.unpack(bytes.fromhex(r)) for r in json.loads(out.stdout)]
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    res = json.loads(proc.stdout.readline())
+    proc.wait(timeout=10)
+    counters = res["counters"]
+    assert counters["drop_truncated"] == 2
+    for name in cases:
+        if name != "drop_truncated":
+            assert counters[name] == 1, (name, counters)
+    assert counters["drop_replay"] == 1
+    # Only the one good packet was delivered, once, with its payload length.
+    assert res["delivered"] == [[100, 0, 100]]
+    assert counters["rx_data"] == 1
+    # Every DATA the graft KTF saw was answered from the kernel (XDP_TX): the good one,
+    # the replay, the out-of-window and the out-of-order one; no user space sent them.
+    assert counters["tx_ack"] == 4
+    acks = [h for h in replies if h.type == C.VTL_ACK]
+    assert len(acks) == 4
+    assert {h.session for h in acks} == {100, 200}
+    assert max(h.ack for h in acks if h.session == 100) == 1   # next expected after seq 0
+    assert [h.ack for h in acks if h.session == 200] == [0]    # GBN: still waits for 0
+    assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
+
+
+def test_pool_shares_grafts_and_leaves_nothing(testbed):
+    tb = testbed(topology="pair")
+    srv = tb.host("server")
+    code = r"""
+import json, sys, subprocess
+from vtlstack.vtl.grafts import load_pool
+from vtlstack.vtl.ktf import KtfHost, GraftLoadError
+pool = load_pool()
+ids = {}
+with KtfHost(sys.argv[1]) as h:
+    for g in pool.values():
+        h.deploy(g)
+    h.deploy(pool["sr"])                  # a second session of the same graft
+    first = h.deployed
+    h.release(pool["sr"])
+    second = h.deployed
+    h.release(pool["gbn"])
+    third = h.deployed
+    progs = json.loads(subprocess.run(["bpftool", "-j", "net", "show", "dev", sys.argv[1]],
+                                      capture_output=True, text=True).stdout)
+    print(json.dumps({"first": first, "second": second, "third": third, "net": progs}))
+"""
+    out = tb.exec("server", [sys.executable, "-P", "-c", code, srv.iface.name],
+                  capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert res["first"] == {"1": 1, "2": 2, "3": 1}
+    assert res["second"] == {"1": 1, "2": 1, "3": 1}
+    assert res["third"] == {"2": 1, "3": 1}
+    net = res["net"][0]
+    assert [p["mode"] for p in net["xdp"]] == ["generic"]
+    assert [p["name"].split(":")[0] for p in net["tc"]] == ["vtl_egress"]
+    assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
+    # The programs themselves are gone, not only detached.
+    for prog_id in (net["xdp"][0]["id"], net["tc"][0]["id"]):
+        gone = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
+                              capture_output=True, text=True)
+        assert gone.returncode != 0
+
+
+def test_unloadable_graft_is_a_clear_error(testbed, tmp_path):
+    tb = testbed(topology="pair")
+    srv = tb.host("server")
+    code = r"""
+import sys
+from vtlstack.vtl.grafts import Graft
+from vtlstack.vtl.ktf import KtfHost, GraftLoadError
+bogus = [Graft(name="sr", id=2, version="0", description="", object=obj,
+               ktfs={"ingress": "vtl_sr_in", "egress": "vtl_sr_out"}, integrity=True,
+               reliable=True, ordered=True, max_loss=0.0) for obj in ("vtl_nothere", "steer")]
+with KtfHost(sys.argv[1]) as h:
+    for g in bogus:
+        try:
+            h.deploy(g)
+        except GraftLoadError as e:
+            print(e)
+    print(h.deployed)
+"""
+    out = tb.exec("server", [sys.executable, "-P", "-c", code, srv.iface.name],
+                  capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert "vtl_nothere" in lines[0] and "missing" in lines[0]
+    assert "cannot share map" in lines[1]
+    assert lines[2] == "{}"
+
+
+def test_sigterm_detaches_everything(testbed):
+    tb = testbed(topology="pair")
+    srv = tb.host("server")
+    code = r"""
+import sys, time
+from vtlstack.vtl.grafts import load_pool
+from vtlstack.vtl.ktf import KtfHost
+h = KtfHost(sys.argv[1])
+h.deploy(load_pool()["pr"])
+print("ready", flush=True)
+time.sleep(60)
+"""
+    proc = tb.popen("server", [sys.executable, "-P", "-c", code, srv.iface.name],
+                    stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert _xdp_and_tc(tb, "server", srv.iface.name)[0]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
