@@ -1,8 +1,8 @@
 """KTF pool and launcher: load, attach and detach the VTL KTFs through libbpf (cffi).
 
 One ``KtfHost`` per interface. It loads ``vtl_canonical`` (the root KTFs and the canonical
-graft), attaches its ``vtl_ingress`` at XDP (generic/SKB mode: XDP_TX then works on every
-driver, and the canonical KTF needs no peer-side NAPI) and its ``vtl_egress`` on the tc
+graft), attaches its ``vtl_ingress`` at XDP (native where the driver has it, see _attach_xdp)
+and its ``vtl_egress`` on the tc
 clsact egress hook, and owns the maps every graft shares (sessions, counters, rings).
 ``deploy(graft)`` loads a graft's object with those maps reused (``bpf_map__reuse_fd``)
 and puts its KTFs into the tail-call arrays at the graft's id; sessions of the same graft
@@ -76,6 +76,7 @@ BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
+XDP_FLAGS_DRV_MODE = 4
 # Maps every graft object shares with the root object (names from vtl.h).
 SHARED_MAPS = ("vtl_sessions", "vtl_counters", "vtl_rx", "vtl_ev", "vtl_scratch")
 
@@ -129,7 +130,8 @@ class KtfHost:
         self._lib = _libbpf()
         self._ffi = wire.ffi
         self._root: Any = None
-        self._xdp_attached = False
+        self._xdp_mode = 0
+        self.xdp_mode = ""
         self._tc_hook: Any = None
         self._tc_opts: Any = None
         self._tc_owns_qdisc = False
@@ -205,15 +207,23 @@ class KtfHost:
                 raise GraftLoadError(f"cannot deploy {prog} ({os.strerror(self._ffi.errno)})")
 
     def _attach_xdp(self, fd: int) -> None:
-        ret = self._lib.bpf_xdp_attach(self.ifindex, fd,
-                                       XDP_FLAGS_SKB_MODE | XDP_FLAGS_UPDATE_IF_NOEXIST,
-                                       self._ffi.NULL)
-        if ret:
+        # Native first: generic XDP skips frames that tc redirected (skb_is_redirected),
+        # which is how the testbed's impaired links and many real set-ups forward, so a
+        # generic-mode KTF would never see them. veth does native XDP, and XDP_TX there
+        # reaches the peer when it runs XDP too (both VTL ends do; so does the testbed's
+        # wire). Generic mode remains for drivers without native XDP.
+        ret = 0
+        for mode in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
+            ret = self._lib.bpf_xdp_attach(self.ifindex, fd,
+                                           mode | XDP_FLAGS_UPDATE_IF_NOEXIST, self._ffi.NULL)
+            if ret == 0:
+                self._xdp_mode = mode
+                self.xdp_mode = "drv" if mode == XDP_FLAGS_DRV_MODE else "skb"
+                return
             if -ret in (errno.EEXIST, errno.EBUSY):
                 raise XdpBusyError(f"{self.ifname} already has an XDP program")
-            raise VtlError(f"cannot attach the VTL ingress KTF to {self.ifname} "
-                           f"({os.strerror(-ret)})")
-        self._xdp_attached = True
+        raise VtlError(f"cannot attach the VTL ingress KTF to {self.ifname} "
+                       f"({os.strerror(-ret)})")
 
     def _attach_tc(self, fd: int) -> None:
         ffi, lib = self._ffi, self._lib
@@ -395,14 +405,14 @@ class KtfHost:
             self._tc_hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS
             lib.bpf_tc_hook_destroy(self._tc_hook)
         self._tc_hook = None
-        if self._xdp_attached:
+        if self._xdp_mode:
             try:
                 ifindex = socket.if_nametoindex(self.ifname)
             except OSError:
                 ifindex = 0   # the interface is gone, and its hooks with it
-            if ifindex and lib.bpf_xdp_detach(ifindex, XDP_FLAGS_SKB_MODE, self._ffi.NULL):
+            if ifindex and lib.bpf_xdp_detach(ifindex, self._xdp_mode, self._ffi.NULL):
                 log.warning("could not detach the VTL ingress KTF from %s", self.ifname)
-            self._xdp_attached = False
+            self._xdp_mode = 0
         for gid, (obj, _) in list(self._grafts.items()):
             self._remove_graft(gid, obj)
         self._grafts.clear()
