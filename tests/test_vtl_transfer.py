@@ -1,0 +1,146 @@
+"""Files over VTL between testbed hosts, with `vtl send` / `vtl recv`: every graft keeps
+its promise (SHA-256, or PR within its loss budget), negotiation picks, refuses and falls
+back, and nothing is left attached afterwards."""
+
+import hashlib
+import json
+import os
+import select
+import subprocess
+
+import pytest
+from vtlstack.apps._common import vtl_argv
+
+from vtlstack.vtl.wire import MAX_PAYLOAD
+
+pytestmark = pytest.mark.root
+
+SIZE = 2_000_000
+
+
+def _line(proc, timeout):
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, f"no output from {proc.args} in {timeout} s"
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read()
+    return json.loads(line)
+
+
+def _nothing_attached(tb):
+    for role in ("client", "server"):
+        ifname = tb.host(role).iface.name
+        link = tb.exec(role, ["ip", "-o", "link", "show", ifname], capture_output=True,
+                       text=True).stdout
+        assert "xdp" not in link, link
+        tc = tb.exec(role, ["tc", "filter", "show", "dev", ifname, "egress"],
+                     capture_output=True, text=True).stdout
+        assert tc.strip() == "", tc
+
+
+def transfer(tb, tmp_path, send_args=(), recv_args=(), size=SIZE, expect_rc=0):
+    src = tmp_path / "file.bin"
+    src.write_bytes(os.urandom(size))
+    outdir = tmp_path / "out"
+    outdir.mkdir(exist_ok=True)
+    cli, srv = tb.host("client"), tb.host("server")
+    recv = tb.popen("server", vtl_argv("recv", "--iface", srv.iface.name, "-o", str(outdir),
+                                       "--timeout", "30", *recv_args),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _line(recv, 20)["event"] == "ready"
+        sent = tb.exec("client", vtl_argv("send", "--iface", cli.iface.name, "--to",
+                                          srv.iface.ip, *send_args, str(src)),
+                       capture_output=True, text=True, timeout=90)
+        assert sent.returncode == expect_rc, sent.stderr
+        if expect_rc:
+            return None, None, sent.stderr
+        sent_res = json.loads(sent.stdout)
+        got = _line(recv, 30)
+        assert recv.wait(timeout=15) == 0
+    finally:
+        if recv.poll() is None:
+            recv.terminate()   # SIGTERM: the receiver detaches its KTFs on the way out
+            recv.wait(timeout=10)
+    _nothing_attached(tb)
+    assert got["sha256"] == hashlib.sha256((outdir / "file.bin").read_bytes()).hexdigest()
+    return sent_res, got, src.read_bytes()
+
+
+@pytest.mark.parametrize("graft", ["sr", "gbn"])
+def test_reliable_grafts_deliver_intact_over_loss(testbed, tmp_path, graft):
+    tb = testbed(topology="pair", loss_pct=3, delay_ms=5)
+    sent, got, data = transfer(tb, tmp_path, ["--graft", graft])
+    assert sent["graft"] == got["graft"] == graft
+    assert got["sha256"] == sent["sha256"] == hashlib.sha256(data).hexdigest()
+    assert got["lost_packets"] == 0
+    # Losses were repaired: found by the kernel KTFs, resent by the broker.
+    assert sent["stats"]["retransmitted"] > 0
+    assert sent["counters"]["retx_req"] > 0 or sent["stats"]["timeouts"] > 0
+    assert got["counters"]["tx_ack"] > 0 and got["counters"]["rx_data"] >= SIZE // MAX_PAYLOAD
+    if graft == "sr":
+        assert got["counters"]["tx_nack"] > 0
+    else:
+        assert got["counters"]["drop_order"] > 0
+
+
+def _check_partial(data, got_bytes, lost, budget):
+    n = -(-len(data) // MAX_PAYLOAD)
+    bad = [i for i in range(n)
+           if got_bytes[i * MAX_PAYLOAD:(i + 1) * MAX_PAYLOAD]
+           != data[i * MAX_PAYLOAD:(i + 1) * MAX_PAYLOAD]]
+    assert len(bad) == lost                     # what arrived is intact, holes are counted
+    assert lost <= budget * n
+    return n
+
+
+def test_partial_reliability_stays_within_budget(testbed, tmp_path):
+    # 15 % loss is beyond PR's 10 % budget: it must retransmit some holes, not all.
+    tb = testbed(topology="pair", loss_pct=15, delay_ms=2)
+    sent, got, data = transfer(tb, tmp_path, ["--max-loss", "0.1"])
+    assert sent["graft"] == got["graft"] == "pr"      # services chose PR, not a flag
+    out = (tmp_path / "out" / "file.bin").read_bytes()
+    n = _check_partial(data, out, got["lost_packets"], 0.1)
+    assert got["counters"]["pr_skipped"] == got["lost_packets"] > 0.05 * n
+    assert got["counters"]["tx_nack"] > 0 and sent["stats"]["retransmitted"] > 0
+
+
+def test_canonical_is_best_effort_with_integrity(testbed, tmp_path):
+    tb = testbed(topology="pair", loss_pct=2)
+    sent, got, data = transfer(tb, tmp_path, ["--graft", "canonical"])
+    assert got["graft"] == "canonical"
+    out = (tmp_path / "out" / "file.bin").read_bytes()
+    _check_partial(data, out, got["lost_packets"], 0.2)
+    assert got["counters"]["tx_ack"] == 0          # no feedback in best effort
+
+
+def test_services_negotiate_selective_repeat(testbed, tmp_path):
+    tb = testbed(topology="pair")
+    sent, got, data = transfer(tb, tmp_path, ["--reliable", "--ordered"])
+    assert sent["graft"] == got["graft"] == "sr"
+    assert got["sha256"] == hashlib.sha256(data).hexdigest()
+    assert sent["negotiation_ms"] < 100 and sent["stats"]["close_acked"] == 1
+
+
+def test_refusal_falls_back_to_tcp(testbed, tmp_path):
+    tb = testbed(topology="pair")
+    sent, got, data = transfer(tb, tmp_path, ["--reliable"], ["--grafts", "canonical"])
+    assert sent["graft"] == got["graft"] == "tcp"
+    assert "refused" in sent["fallback_reason"] and "sr: not in this pool" in \
+        sent["fallback_reason"]
+    assert got["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_silent_peer_falls_back_to_tcp(testbed, tmp_path):
+    tb = testbed(topology="pair", delay_ms=5)
+    sent, got, data = transfer(tb, tmp_path, ["--reliable", "--nego-tries", "2"], ["--no-vtl"])
+    assert sent["graft"] == got["graft"] == "tcp"
+    assert "did not answer 2 offers" in sent["fallback_reason"]
+    assert got["sha256"] == hashlib.sha256(data).hexdigest()
+
+
+def test_refusal_without_fallback_is_a_clear_error(testbed, tmp_path):
+    tb = testbed(topology="pair")
+    _, _, err = transfer(tb, tmp_path, ["--graft", "gbn", "--no-fallback"],
+                         ["--grafts", "sr", "--no-tcp", "--timeout", "5"], expect_rc=1)
+    assert "refused" in err and "gbn: not in this pool" in err
+    _nothing_attached(tb)

@@ -1,0 +1,552 @@
+"""The VTL brokers: negotiation (control broker) and data transfer (data broker).
+
+Send path. DATA leaves through a raw IPv4 socket of protocol 253, not through AF_XDP:
+frames an AF_XDP socket transmits skip the tc egress hook, so the egress KTF (which
+enforces the send window in the kernel and records what is in flight) would never see
+them. A raw socket goes through the IP stack and the qdisc layer, so every DATA packet
+passes ``vtl_egress``; the kernel also resolves the peer's MAC address for us.
+
+Receive path. The ingress KTF at XDP validates every VTL packet and takes the DATA and
+ACK/NACK packets itself: a receiver KTF puts the accepted payload into the ``vtl_rx``
+ring and rewrites the frame into the ACK or NACK it decided on, which it sends back with
+XDP_TX, so acknowledgements and loss reports are made in the kernel without a round trip
+through user space. A sender KTF turns ACK/NACK into events in the ``vtl_ev`` ring: the
+window moved (ACKED), these packets are lost (RETX), go back (GOBACK). This broker keeps
+every unacknowledged packet and sends again what those events ask for; its only timer is
+the retransmission timeout for a tail that no later packet can reveal as lost.
+Negotiation packets and CLOSE pass XDP (XDP_PASS) to the raw socket.
+
+Negotiation: NEGO carries the grafts the sender can run, best first, and the services
+asked for; the receiver deploys the first it has (or answers NEGO_NACK with the reason),
+opens the session in its kernel state and answers NEGO_ACK; the sender deploys the graft
+and opens its own state before any DATA. Lost NEGO packets are sent again every
+``nego_rto`` seconds, ``nego_tries`` times; then (or on NEGO_NACK) the application's data
+goes over kernel TCP to FALLBACK_PORT when fallback is allowed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtlstack.errors import VtlError
+from vtlstack.vtl import wire
+from vtlstack.vtl.grafts import Graft, Services, load_pool
+from vtlstack.vtl.grafts import select as select_grafts
+from vtlstack.vtl.ktf import GraftLoadError, KtfHost
+from vtlstack.vtl.wire import C, Header, WireError
+
+__all__ = ["NegotiationError", "Sender", "Receiver", "Result", "FALLBACK_PORT"]
+
+FALLBACK_PORT = 7253
+MSS = wire.MAX_PAYLOAD
+SENDER, RECEIVER = C.VTL_ROLE_SENDER, C.VTL_ROLE_RECEIVER
+
+
+class NegotiationError(VtlError):
+    """The peer refused every graft offered (NEGO_NACK) or never answered."""
+
+    def __init__(self, msg: str, refused: bool) -> None:
+        super().__init__(msg)
+        self.refused = refused
+
+
+@dataclass
+class Result:
+    """What one session did: for the CLI's JSON and for tests."""
+
+    graft: str
+    session: int
+    bytes: int = 0
+    packets: int = 0
+    negotiation_s: float = 0.0
+    fct_s: float = 0.0
+    lost: list[int] = field(default_factory=list)   # seqs the receiver never got
+    stats: dict[str, int] = field(default_factory=dict)
+    counters: dict[str, int] = field(default_factory=dict)
+    fallback_reason: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        mbit = self.bytes * 8 / self.fct_s / 1e6 if self.fct_s > 0 else 0.0
+        return {"graft": self.graft, "session": self.session, "bytes": self.bytes,
+                "packets": self.packets, "negotiation_ms": round(self.negotiation_s * 1e3, 3),
+                "fct_s": round(self.fct_s, 4), "throughput_mbit": round(mbit, 2),
+                "lost_packets": len(self.lost), "stats": self.stats,
+                "counters": self.counters, "fallback_reason": self.fallback_reason}
+
+
+class _Raw:
+    """The raw protocol-253 socket of one interface: control packets in, everything out."""
+
+    def __init__(self, ifname: str) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, wire.IPPROTO)
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            self.sock.setblocking(False)
+        except BaseException:
+            self.sock.close()
+            raise
+
+    def send(self, dst: str, h: Header) -> None:
+        pkt = wire.pack(h)
+        while True:
+            try:
+                self.sock.sendto(pkt, (dst, 0))
+                return
+            except BlockingIOError:
+                select.select([], [self.sock], [], 0.1)   # socket buffer full: wait for room
+
+    def recv(self) -> tuple[str, Header] | None:
+        """One valid control packet, or None when nothing (valid) is queued."""
+        while True:
+            try:
+                raw, (src, _) = self.sock.recvfrom(65535)
+            except BlockingIOError:
+                return None
+            ihl = (raw[0] & 0x0F) * 4
+            try:
+                return src, wire.unpack(raw[ihl:])
+            except WireError:
+                continue   # the ingress KTF already counted and dropped bad packets
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def _json(payload: bytes) -> dict[str, Any]:
+    try:
+        obj = json.loads(payload.decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise WireError(f"negotiation payload is not JSON ({e})") from e
+    if not isinstance(obj, dict):
+        raise WireError("negotiation payload is not a JSON object")
+    return obj
+
+
+def _ctrl(session: int, kind: int, obj: dict[str, Any] | None = None, **kw: int) -> Header:
+    payload = json.dumps(obj, separators=(",", ":")).encode() if obj is not None else b""
+    return Header(type=kind, session=session, payload=payload, **kw)
+
+
+class Sender:
+    """One sending session: ``negotiate``, ``send`` one message as the graft promises,
+    ``close`` (vtlstack.vtl.connect drives it, with the TCP fallback)."""
+
+    def __init__(self, ifname: str, peer: str, services: Services, *,
+                 grafts: Iterable[str] | None = None, meta: dict[str, Any] | None = None,
+                 nego_rto: float = 0.25, nego_tries: int = 4, fallback: bool = True,
+                 idle_timeout: float = 15.0) -> None:
+        self.ifname, self.peer, self.services = ifname, peer, services
+        self.meta = meta or {}
+        self.nego_rto, self.nego_tries, self.fallback = nego_rto, nego_tries, fallback
+        self.idle_timeout = idle_timeout
+        self.pool = load_pool()
+        offer = select_grafts(self.pool, services)
+        if grafts is not None:
+            names = list(grafts)
+            unknown = [n for n in names if n not in self.pool]
+            if unknown:
+                raise VtlError(f"unknown graft(s) {', '.join(unknown)}: the pool has "
+                               f"{', '.join(sorted(self.pool))}")
+            offer = [self.pool[n] for n in names]
+        if not offer:
+            raise VtlError(f"no graft in the pool provides {services.as_dict()}")
+        self.offer: list[Graft] = offer
+        self.session = int.from_bytes(os.urandom(4), "big") or 1
+        self.graft: Graft | None = None
+        self.window = 0
+        self.rtt = 0.0
+        self.result = Result(graft="", session=self.session)
+        self._host: KtfHost | None = None
+        self._raw: _Raw | None = None
+        self._una = 0
+        self._retx: set[int] = set()
+        self._goback: int | None = None
+
+    # -- vtl_negotiate ------------------------------------------------------------------
+
+    def negotiate(self) -> Graft:
+        """Offer the grafts, deploy the one the receiver chose (NegotiationError if none)."""
+        self._host = KtfHost(self.ifname)
+        self._raw = _Raw(self.ifname)
+        offer = {"offer": [g.name for g in self.offer], "services": self.services.as_dict(),
+                 "window": max(g.window for g in self.offer), "meta": self.meta}
+        nego = _ctrl(self.session, C.VTL_NEGO, offer)
+        t0 = time.monotonic()
+        for _ in range(self.nego_tries):
+            sent = time.monotonic()
+            self._raw.send(self.peer, nego)
+            deadline = sent + self.nego_rto
+            while (left := deadline - time.monotonic()) > 0:
+                select.select([self._raw.sock], [], [], left)
+                while (got := self._raw.recv()) is not None:
+                    src, h = got
+                    if h.session != self.session or src != self.peer:
+                        continue
+                    if h.type == C.VTL_NEGO_NACK:
+                        why = _json(h.payload).get("reason", "no reason given")
+                        raise NegotiationError(f"{self.peer} refused: {why}", refused=True)
+                    if h.type == C.VTL_NEGO_ACK:
+                        self.rtt = time.monotonic() - sent
+                        return self._deploy(_json(h.payload), time.monotonic() - t0)
+        raise NegotiationError(f"{self.peer} did not answer {self.nego_tries} offers in "
+                               f"{self.nego_tries * self.nego_rto:.2f} s", refused=False)
+
+    def _deploy(self, ans: dict[str, Any], elapsed: float) -> Graft:
+        name = ans.get("graft")
+        if name not in {g.name for g in self.offer}:
+            raise NegotiationError(f"{self.peer} chose {name!r}, which was not offered",
+                                   refused=True)
+        graft = self.pool[name]
+        self.window = max(1, min(int(ans.get("window", graft.window)), graft.window))
+        assert self._host is not None
+        self._host.deploy(graft)
+        self.graft = graft
+        self._host.open_session(self.session, SENDER, graft, self.window)
+        self._host.rings(None, self._on_event)
+        self.result.graft = graft.name
+        self.result.negotiation_s = elapsed
+        return graft
+
+    # -- vtl_send_data ------------------------------------------------------------------
+
+    def _on_event(self, ev: Any) -> None:
+        if ev.session != self.session:
+            return
+        if ev.kind == C.VTL_EV_ACKED:
+            self._una = max(self._una, ev.seq)
+        elif ev.kind == C.VTL_EV_RETX:
+            self._retx.update(ev.seq + i for i in range(32) if ev.bits >> i & 1)
+        elif ev.kind == C.VTL_EV_GOBACK:
+            self._goback = ev.seq
+
+    def _rto(self) -> float:
+        # The handshake's RTT, with room for queueing; 50 ms floor (not TCP's 200 ms: a
+        # spurious timeout here resends one packet, or one window for Go-Back-N).
+        return max(0.05, 4 * self.rtt)
+
+    def send(self, data: bytes) -> Result:
+        """Send one message over the negotiated graft; returns when the graft's promise is
+        kept (everything acknowledged, or sent for the canonical graft)."""
+        if self.graft is None or self._host is None or self._raw is None:
+            raise VtlError("negotiate() first")
+        host, raw, st = self._host, self._raw, self.result.stats
+        chunks = [data[i:i + MSS] for i in range(0, len(data), MSS)]
+        total = len(chunks)
+        acked = self.graft.id != C.VTL_GRAFT_CANONICAL
+        gid = self.graft.id
+        rto = self._rto()
+        for k in ("sent", "retransmitted", "timeouts", "gobacks"):
+            st[k] = 0
+
+        def put(seq: int, retx: bool = False) -> None:
+            raw.send(self.peer, Header(type=C.VTL_DATA, session=self.session, seq=seq,
+                                       graft=gid, flags=C.VTL_F_RETX if retx else 0,
+                                       payload=chunks[seq]))
+            st["retransmitted" if retx else "sent"] += 1
+
+        t0 = time.monotonic()
+        nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
+        rfd = host.ring_fd()
+        while (self._una < total) if acked else (nxt < total):
+            if self._goback is not None:
+                # Go-Back-N: everything from the lost packet on is sent again.
+                nxt, self._goback = max(self._goback, self._una), None
+                st["gobacks"] += 1
+            for seq in sorted(s for s in self._retx if self._una <= s < nxt):
+                put(seq, retx=True)
+            self._retx.clear()
+            limit = min(total, self._una + self.window) if acked else total
+            while nxt < limit:
+                put(nxt, retx=nxt < highest)
+                nxt += 1
+                highest = max(highest, nxt)
+                if not acked and nxt % 64 == 0:
+                    break   # canonical: no feedback, but keep the loop's checks running
+            if not acked:
+                continue
+            now = time.monotonic()
+            if self._una != una_seen:
+                una_seen, last_progress, last_ack = self._una, now, now
+                rto = self._rto()
+            elif now - last_progress > rto:
+                # Tail loss: nothing later can reveal it, so the timer does.
+                st["timeouts"] += 1
+                if gid == C.VTL_GRAFT_GBN:
+                    nxt = self._una
+                else:
+                    put(self._una, retx=True)
+                last_progress, rto = now, min(rto * 2, 1.0)
+            if now - last_ack > self.idle_timeout:
+                raise VtlError(f"no acknowledgement from {self.peer} for "
+                               f"{self.idle_timeout:.0f} s: the peer is gone")
+            ready, _, _ = select.select([rfd], [], [], max(0.0, min(rto, 0.05)))
+            if ready:
+                host.poll(0)
+        self.result.fct_s = time.monotonic() - t0
+        self.result.bytes = len(data)
+        self.result.packets = total
+        self._close_handshake(total, len(data), rto)
+        return self.result
+
+    # -- vtl_close ----------------------------------------------------------------------
+
+    def _close_handshake(self, packets: int, nbytes: int, rto: float) -> None:
+        assert self._raw is not None
+        close = _ctrl(self.session, C.VTL_CLOSE, None, seq=packets, ack=nbytes)
+        self.result.stats["close_acked"] = 0
+        for _ in range(self.nego_tries):
+            self._raw.send(self.peer, close)
+            deadline = time.monotonic() + rto
+            while (left := deadline - time.monotonic()) > 0:
+                select.select([self._raw.sock], [], [], left)
+                while (got := self._raw.recv()) is not None:
+                    _, h = got
+                    if h.session == self.session and h.type == C.VTL_CLOSE and \
+                            h.flags & C.VTL_F_REPLY:
+                        self.result.stats["close_acked"] = 1
+                        return
+
+    def close(self) -> None:
+        """Remove the session's kernel state, the graft (if no one else uses it) and the
+        KTFs; idempotent, runs on every exit path of run()."""
+        host, self._host = self._host, None
+        if host is not None:
+            try:
+                self.result.counters = host.counters()
+            except VtlError:
+                pass
+            host.close_session(self.session, SENDER)
+            if self.graft is not None:
+                host.release(self.graft)
+            host.close()
+        if self._raw is not None:
+            self._raw.close()
+            self._raw = None
+
+    def _tcp_fallback(self, data: bytes, why: str) -> Result:
+        res = Result(graft="tcp", session=self.session, fallback_reason=why)
+        meta = json.dumps(self.meta).encode()
+        t0 = time.monotonic()
+        try:
+            with socket.create_connection((self.peer, FALLBACK_PORT), timeout=5) as s:
+                s.sendall(struct.pack("!QI", len(data), len(meta)) + meta)
+                s.sendall(data)
+                s.shutdown(socket.SHUT_WR)
+                s.settimeout(10)
+                if s.recv(1) != b"k":
+                    raise VtlError(f"{self.peer} closed the TCP fallback before confirming")
+        except OSError as e:
+            raise VtlError(f"VTL negotiation failed ({why}) and so did the TCP fallback to "
+                           f"{self.peer}:{FALLBACK_PORT} ({e})") from e
+        res.fct_s = time.monotonic() - t0
+        res.bytes = len(data)
+        return res
+
+
+class Receiver:
+    """Accepts sessions on one interface: answers negotiation from the local pool (or a
+    subset), deploys the graft, collects what the KTFs deliver, and serves the TCP
+    fallback on FALLBACK_PORT."""
+
+    def __init__(self, ifname: str, *, grafts: Iterable[str] | None = None,
+                 tcp_fallback: bool = True, vtl: bool = True,
+                 idle_timeout: float = 10.0) -> None:
+        self.ifname = ifname
+        self.pool = load_pool()
+        allowed = list(grafts) if grafts is not None else list(self.pool)
+        unknown = [n for n in allowed if n not in self.pool]
+        if unknown:
+            raise VtlError(f"unknown graft(s) {', '.join(unknown)}: the pool has "
+                           f"{', '.join(sorted(self.pool))}")
+        self.allowed = allowed
+        self.idle_timeout = idle_timeout
+        self._host: KtfHost | None = None
+        self._raw: _Raw | None = None
+        self._tcp: socket.socket | None = None
+        try:
+            if vtl:
+                self._host = KtfHost(ifname)
+                self._raw = _Raw(ifname)
+            if tcp_fallback:
+                self._tcp = socket.socket()
+                self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self._tcp.bind(("0.0.0.0", FALLBACK_PORT))
+                self._tcp.listen(4)
+        except BaseException:
+            self.close()
+            raise
+        self._chunks: dict[int, bytes] = {}
+        self._rx_session = 0
+        self.data = b""                      # the last message received
+        self.meta: dict[str, Any] = {}       # and what its sender said about it
+
+    def _on_rx(self, rec: Any) -> None:
+        if rec.session == self._rx_session:
+            self._chunks.setdefault(rec.seq, bytes(wire.ffi.buffer(rec.data, rec.len)))
+
+    def _choose(self, offer: dict[str, Any]) -> tuple[Graft | None, str]:
+        names = offer.get("offer")
+        if not isinstance(names, list) or not names:
+            return None, "the offer lists no graft"
+        reasons = []
+        for name in names:
+            if name not in self.allowed:
+                reasons.append(f"{name}: not in this pool")
+                continue
+            try:
+                assert self._host is not None
+                self._host.deploy(self.pool[name])
+            except GraftLoadError as e:
+                reasons.append(f"{name}: {e}")
+                continue
+            return self.pool[name], ""
+        return None, "no offered graft is available (" + "; ".join(reasons) + ")"
+
+    def accept(self, timeout: float | None = None) -> Result:
+        """Wait for one session (VTL or TCP fallback) and receive its message.
+        The message is in ``self.data``; the result says how it went."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        fds = [s for s in (self._raw.sock if self._raw else None, self._tcp) if s]
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"no session within {timeout} s")
+            ready, _, _ = select.select(fds, [], [], left)
+            if self._tcp is not None and self._tcp in ready:
+                return self._accept_tcp()
+            if self._raw is not None and self._raw.sock in ready:
+                while (got := self._raw.recv()) is not None:
+                    src, h = got
+                    if h.type == C.VTL_NEGO:
+                        res = self._negotiated(src, h)
+                        if res is not None:
+                            return res
+
+    def _negotiated(self, src: str, h: Header) -> Result | None:
+        assert self._raw is not None and self._host is not None
+        t0 = time.monotonic()
+        try:
+            offer = _json(h.payload)
+        except WireError as e:
+            self._raw.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": str(e)}))
+            return None
+        graft, why = self._choose(offer)
+        if graft is None:
+            self._raw.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": why}))
+            return None
+        window = max(1, min(int(offer.get("window", graft.window)), graft.window))
+        services = offer.get("services") or {}
+        loss = float(services.get("max_loss", graft.max_loss))
+        budget = int(min(loss, graft.max_loss) * 1_000_000)
+        self._host.open_session(h.session, RECEIVER, graft, window, budget)
+        self.meta = offer.get("meta") or {}
+        try:
+            ack = _ctrl(h.session, C.VTL_NEGO_ACK,
+                        {"graft": graft.name, "window": window, "budget_ppm": budget})
+            self._raw.send(src, ack)
+            return self._receive(src, h.session, graft, ack, time.monotonic() - t0)
+        finally:
+            self._host.close_session(h.session, RECEIVER)
+            self._host.release(graft)
+
+    def _receive(self, src: str, session: int, graft: Graft, ack: Header,
+                 nego_s: float) -> Result:
+        assert self._raw is not None and self._host is not None
+        host, raw = self._host, self._raw
+        self._chunks, self._rx_session = {}, session
+        host.rings(self._on_rx, None)
+        rfd = host.ring_fd()
+        res = Result(graft=graft.name, session=session, negotiation_s=nego_s)
+        t0 = last = time.monotonic()
+        first = None
+        while True:
+            ready, _, _ = select.select([rfd, raw.sock], [], [], 0.5)
+            now = time.monotonic()
+            if rfd in ready:
+                before = len(self._chunks)
+                host.poll(0)
+                if len(self._chunks) != before:
+                    last = now
+                    first = first or now
+            if raw.sock in ready:
+                while (got := raw.recv()) is not None:
+                    _, h = got
+                    if h.session != session:
+                        continue
+                    last = now
+                    if h.type == C.VTL_NEGO:
+                        raw.send(src, ack)   # our NEGO_ACK was lost: say it again
+                    elif h.type == C.VTL_CLOSE and not h.flags & C.VTL_F_REPLY:
+                        host.poll(0)          # everything the KTF accepted is in the ring
+                        raw.send(src, Header(type=C.VTL_CLOSE, session=session, seq=h.seq,
+                                             ack=h.ack, flags=C.VTL_F_REPLY))
+                        res.fct_s = now - (first or t0)
+                        return self._assemble(res, h.seq, h.ack)
+            if now - last > self.idle_timeout:
+                raise VtlError(f"session {session:#x} from {src} idle for "
+                               f"{self.idle_timeout:.0f} s: state removed")
+
+    def _assemble(self, res: Result, packets: int, nbytes: int) -> Result:
+        parts, lost = [], []
+        for seq in range(packets):
+            chunk = self._chunks.get(seq)
+            if chunk is None:
+                lost.append(seq)
+                chunk = bytes(min(MSS, nbytes - seq * MSS))   # a hole keeps its place
+            parts.append(chunk)
+        self.data = b"".join(parts)
+        res.lost, res.packets, res.bytes = lost, packets, nbytes
+        assert self._host is not None
+        res.counters = self._host.counters()
+        self._chunks = {}
+        return res
+
+    def _accept_tcp(self) -> Result:
+        assert self._tcp is not None
+        conn, (src, _) = self._tcp.accept()
+        t0 = time.monotonic()
+        with conn:
+            conn.settimeout(self.idle_timeout)
+            head = _recv_exact(conn, 12)
+            size, mlen = struct.unpack("!QI", head)
+            self.meta = json.loads(_recv_exact(conn, mlen) or b"{}")
+            self.data = _recv_exact(conn, size)
+            conn.sendall(b"k")
+        res = Result(graft="tcp", session=0, bytes=size, fct_s=time.monotonic() - t0)
+        if self._host is not None:
+            res.counters = self._host.counters()
+        return res
+
+    def close(self) -> None:
+        for attr in ("_raw", "_tcp"):
+            s = getattr(self, attr)
+            if s is not None:
+                s.close()
+                setattr(self, attr, None)
+        host, self._host = self._host, None
+        if host is not None:
+            host.close()
+
+    def __enter__(self) -> Receiver:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _recv_exact(conn: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        got = conn.recv(min(n - len(buf), 1 << 20))
+        if not got:
+            raise VtlError(f"TCP fallback: peer closed after {len(buf)} of {n} bytes")
+        buf += got
+    return bytes(buf)
