@@ -24,7 +24,7 @@ enum vtl_consts {
 	VTL_HDR_LEN = 24,
 	VTL_MAX_PAYLOAD = 1400,   /* fits a 1500-byte MTU with IPv4, and UDP if ever needed */
 	VTL_DATA_ROOM = 1536,     /* room for a packet in scratch/ring records (csum chunks) */
-	VTL_MAX_WINDOW = 32,      /* the ACK/NACK bitmap is 32 bits wide */
+	VTL_MAX_WINDOW = 64,      /* receive state is a 64-bit bitmap */
 	VTL_MAX_SESSIONS = 1024,
 	VTL_MAX_GRAFTS = 8,
 	VTL_REORDER = 3,          /* a hole is lost once 3 later packets arrived (dupthresh) */
@@ -224,6 +224,18 @@ static __always_inline __u16 vtl_fold(__s64 sum)
 	return (__u16)~s;
 }
 
+/* Trailing one bits of x (0..64): the population count of the ones below the lowest
+ * zero, in the branch-free SWAR way. */
+static __always_inline __u32 vtl_trailing_ones(__u64 x)
+{
+	__u64 z = ~x, v = (z & -z) - 1;   /* z == 0 gives all ones: 64 */
+
+	v = v - ((v >> 1) & 0x5555555555555555ULL);
+	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
+	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
+	return (__u32)((v * 0x0101010101010101ULL) >> 56);
+}
+
 static __always_inline struct vtl_scratch *vtl_scratch_get(void)
 {
 	__u32 zero = 0;
@@ -334,6 +346,9 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 		if (graft != VTL_GRAFT_GBN && d >= VTL_REORDER)
 			lost = ~s->rcv_bits & ~s->nack_bits &
 			       ((1ULL << ((d - VTL_REORDER + 1) & 63)) - 1);
+		/* A NACK names the 32 seqs from the hole on; holes beyond wait for a later
+		 * packet, once the window has slid (they are not marked NACKed yet). */
+		lost &= 0xffffffffULL;
 		if (graft == VTL_GRAFT_PR && lost) {
 			/* Give up holes while the block's losses stay within the budget;
 			 * ask for the others. Blocks are window-sized runs of seqs. */
@@ -341,7 +356,7 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 			/* Counted from the map, not in a local the verifier would have to
 			 * track through every path of the loop. */
 			nskip = (__u32)s->skipped;
-			for (i = 0; i < VTL_MAX_WINDOW; i++) {
+			for (i = 0; i < 32; i++) {
 				bit = 1ULL << i;
 				if (!(lost & bit))
 					continue;
@@ -361,14 +376,12 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 		s->nack_bits |= lost;
 		out = (__u32)lost;
 	}
-	/* Slide over everything received or given up. */
-	for (i = 0; i < VTL_MAX_WINDOW + 1; i++) {
-		if (!(s->rcv_bits & 1))
-			break;
-		s->rcv_bits >>= 1;
-		s->nack_bits >>= 1;
-		s->rcv_nxt++;
-	}
+	/* Slide over everything received or given up: by the number of trailing ones,
+	 * counted without a loop (a loop here multiplies the verifier's paths). */
+	i = vtl_trailing_ones(s->rcv_bits);
+	s->rcv_bits = i >= 64 ? 0 : s->rcv_bits >> i;
+	s->nack_bits = i >= 64 ? 0 : s->nack_bits >> i;
+	s->rcv_nxt += i;
 	ack = s->rcv_nxt;
 	sack = (__u32)s->rcv_bits;
 	/* `out` was relative to the old rcv_nxt: rebase it on the new one. */

@@ -15,7 +15,7 @@ from typing import Any
 
 from vtlstack._resources import data_dir
 from vtlstack.errors import VtlError
-from vtlstack.vtl.wire import GRAFT_IDS
+from vtlstack.vtl.wire import GRAFT_IDS, C
 
 __all__ = ["Graft", "Services", "GraftError", "load_pool", "select"]
 
@@ -89,8 +89,9 @@ def _parse(path: Path) -> Graft:
                          f"{ {v.lower(): k for k, v in GRAFT_IDS.items()}.get(name, 'none') }")
     s, q = m["services"], m.get("qos", {})
     window = int(q.get("window", 32))
-    if not 1 <= window <= 32:
-        raise GraftError(f"{path}: window {window} outside 1..32 (the ACK bitmap's width)")
+    if not 1 <= window <= C.VTL_MAX_WINDOW:
+        raise GraftError(f"{path}: window {window} outside 1..{C.VTL_MAX_WINDOW} (the "
+                         f"width of the KTFs' receive bitmap)")
     ktfs = m["ktfs"]
     if set(ktfs) != {"ingress", "egress"}:
         raise GraftError(f"{path}: ktfs must name an ingress and an egress program")
