@@ -32,6 +32,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fail instead of falling back to kernel TCP")
     p.add_argument("--nego-tries", type=int, default=4,
                    help="NEGO packets sent before giving up on VTL (default 4)")
+    p.add_argument("--switch", action="append", default=[], metavar="RULE",
+                   help="net monitor rule that swaps grafts mid-transfer, both ends "
+                        "agreeing, e.g. 'rtt_ms>=300:gbn->pr' (repeatable)")
+    p.add_argument("--monitor", action="store_true",
+                   help="run the net monitor with the paper's rule (rtt_ms>=300:gbn->pr)")
     p.add_argument("file", type=Path, help="the file to send")
     p.set_defaults(func=run)
 
@@ -43,12 +48,16 @@ def run(args: argparse.Namespace) -> int:
         data = args.file.read_bytes()
     except OSError as e:
         raise VtlError(f"cannot read {args.file}: {e.strerror}") from e
+    from vtlstack.vtl.monitor import PAPER_RULE, Rule
+
     try:
+        rules = [Rule.parse(r) for r in args.switch] + ([PAPER_RULE] if args.monitor else [])
         conn = vtl.connect(args.iface, args.to, reliable=args.reliable, ordered=args.ordered,
                            max_loss=1.0 if args.max_loss is None else args.max_loss,
                            grafts=args.graft, fallback=not args.no_fallback,
-                           meta={"name": args.file.name}, nego_tries=args.nego_tries)
-    except ValueError as e:   # services that contradict each other
+                           meta={"name": args.file.name}, nego_tries=args.nego_tries,
+                           rules=rules)
+    except ValueError as e:   # services that contradict each other, or a bad rule
         raise VtlError(str(e)) from e
     with conn:
         res = conn.send_data(data)

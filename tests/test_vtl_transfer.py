@@ -144,3 +144,17 @@ def test_refusal_without_fallback_is_a_clear_error(testbed, tmp_path):
                          ["--grafts", "sr", "--no-tcp", "--timeout", "5"], expect_rc=1)
     assert "refused" in err and "gbn: not in this pool" in err
     _nothing_attached(tb)
+
+
+def test_graft_switch_mid_transfer_loses_nothing(testbed, tmp_path):
+    # A rule that holds on any path, so the switch happens early in a short transfer.
+    tb = testbed(topology="pair", delay_ms=5, loss_pct=1)
+    sent, got, data = transfer(tb, tmp_path, ["--graft", "gbn", "--switch",
+                                              "rtt_ms>=1:gbn->sr"])
+    assert sent["grafts"] == got["grafts"] == ["gbn", "sr"]
+    assert sent["stats"]["switches"] == 1 and sent["stats"]["switch_rule"] == \
+        "rtt_ms>=1:gbn->sr"
+    assert got["sha256"] == sent["sha256"] == hashlib.sha256(data).hexdigest()
+    assert got["lost_packets"] == 0
+    # No packet was handled by the wrong graft (the switch waited for an empty pipe).
+    assert got["counters"]["drop_graft"] == sent["counters"]["drop_graft"] == 0

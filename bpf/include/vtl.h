@@ -43,6 +43,7 @@ enum vtl_type {
 enum vtl_flags {
 	VTL_F_REPLY = 1,   /* CLOSE: the receiver's answer */
 	VTL_F_RETX = 2,    /* DATA: a retransmission (for counters only) */
+	VTL_F_SWITCH = 4,  /* NEGO/NEGO_ACK: change the graft of a running session */
 };
 
 /* Graft ids: the index of the graft's KTFs in the tail-call program arrays. */

@@ -41,6 +41,7 @@ from vtlstack.vtl import wire
 from vtlstack.vtl.grafts import Graft, Services, load_pool
 from vtlstack.vtl.grafts import select as select_grafts
 from vtlstack.vtl.ktf import GraftLoadError, KtfHost
+from vtlstack.vtl.monitor import Monitor, Rule
 from vtlstack.vtl.wire import C, Header, WireError
 
 __all__ = ["NegotiationError", "Sender", "Receiver", "Result", "FALLBACK_PORT"]
@@ -69,13 +70,15 @@ class Result:
     negotiation_s: float = 0.0
     fct_s: float = 0.0
     lost: list[int] = field(default_factory=list)   # seqs the receiver never got
+    grafts: list[str] = field(default_factory=list)  # in the order the session used them
     stats: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     fallback_reason: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         mbit = self.bytes * 8 / self.fct_s / 1e6 if self.fct_s > 0 else 0.0
-        return {"graft": self.graft, "session": self.session, "bytes": self.bytes,
+        return {"graft": self.graft, "grafts": self.grafts or [self.graft],
+                "session": self.session, "bytes": self.bytes,
                 "packets": self.packets, "negotiation_ms": round(self.negotiation_s * 1e3, 3),
                 "fct_s": round(self.fct_s, 4), "throughput_mbit": round(mbit, 2),
                 "lost_packets": len(self.lost), "stats": self.stats,
@@ -142,7 +145,7 @@ class Sender:
     def __init__(self, ifname: str, peer: str, services: Services, *,
                  grafts: Iterable[str] | None = None, meta: dict[str, Any] | None = None,
                  nego_rto: float = 0.25, nego_tries: int = 4, fallback: bool = True,
-                 idle_timeout: float = 15.0) -> None:
+                 idle_timeout: float = 15.0, rules: Iterable[Rule] | None = None) -> None:
         self.ifname, self.peer, self.services = ifname, peer, services
         self.meta = meta or {}
         self.nego_rto, self.nego_tries, self.fallback = nego_rto, nego_tries, fallback
@@ -169,6 +172,13 @@ class Sender:
         self._una = 0
         self._retx: set[int] = set()
         self._goback: int | None = None
+        rules = list(rules or [])
+        for r in rules:
+            for name in (r.src, r.dst):
+                if name not in self.pool or name == "canonical":
+                    raise VtlError(f"rule {r}: {name!r} is not a graft with feedback in "
+                                   f"the pool")
+        self._monitor: Monitor | None = Monitor(rules) if rules else None
 
     # -- vtl_negotiate ------------------------------------------------------------------
 
@@ -178,24 +188,32 @@ class Sender:
         self._raw = _Raw(self.ifname)
         offer = {"offer": [g.name for g in self.offer], "services": self.services.as_dict(),
                  "window": max(g.window for g in self.offer), "meta": self.meta}
-        nego = _ctrl(self.session, C.VTL_NEGO, offer)
         t0 = time.monotonic()
+        ans = self._exchange(_ctrl(self.session, C.VTL_NEGO, offer))
+        return self._deploy(ans, time.monotonic() - t0)
+
+    def _exchange(self, req: Header) -> dict[str, Any]:
+        """Send a NEGO until its answer comes: the NEGO_ACK's JSON, or NegotiationError.
+        Sets self.rtt from the round trip that got the answer."""
+        assert self._raw is not None
+        switch = req.flags & C.VTL_F_SWITCH
         for _ in range(self.nego_tries):
             sent = time.monotonic()
-            self._raw.send(self.peer, nego)
+            self._raw.send(self.peer, req)
             deadline = sent + self.nego_rto
             while (left := deadline - time.monotonic()) > 0:
                 select.select([self._raw.sock], [], [], left)
                 while (got := self._raw.recv()) is not None:
                     src, h = got
-                    if h.session != self.session or src != self.peer:
+                    if h.session != self.session or src != self.peer or \
+                            (h.flags & C.VTL_F_SWITCH) != switch:
                         continue
                     if h.type == C.VTL_NEGO_NACK:
                         why = _json(h.payload).get("reason", "no reason given")
                         raise NegotiationError(f"{self.peer} refused: {why}", refused=True)
                     if h.type == C.VTL_NEGO_ACK:
                         self.rtt = time.monotonic() - sent
-                        return self._deploy(_json(h.payload), time.monotonic() - t0)
+                        return _json(h.payload)
         raise NegotiationError(f"{self.peer} did not answer {self.nego_tries} offers in "
                                f"{self.nego_tries * self.nego_rto:.2f} s", refused=False)
 
@@ -212,8 +230,35 @@ class Sender:
         self._host.open_session(self.session, SENDER, graft, self.window)
         self._host.rings(None, self._on_event)
         self.result.graft = graft.name
+        self.result.grafts = [graft.name]
         self.result.negotiation_s = elapsed
         return graft
+
+    def _switch(self, target: Graft) -> None:
+        """Move the running session to another graft, both ends agreeing. Called with
+        nothing in flight, so no packet is handled by both grafts or by neither."""
+        assert self._host is not None and self.graft is not None
+        st = self.result.stats
+        req = _ctrl(self.session, C.VTL_NEGO,
+                    {"switch": target.name, "window": target.window,
+                     "max_loss": target.max_loss, "seq": self._una},
+                    flags=C.VTL_F_SWITCH)
+        try:
+            ans = self._exchange(req)
+        except NegotiationError as e:
+            st["switches_refused"] = st.get("switches_refused", 0) + 1
+            self.result.fallback_reason = f"switch to {target.name} failed: {e}"
+            self._monitor = None   # keep the graft that works; do not ask again
+            return
+        window = max(1, min(int(ans.get("window", target.window)), target.window))
+        old = self.graft
+        self._host.deploy(target)
+        self._host.update_session(self.session, SENDER, target, window)
+        self._host.release(old)
+        self.graft, self.window = target, window
+        self.result.graft = target.name
+        self.result.grafts.append(target.name)
+        st["switches"] = st.get("switches", 0) + 1
 
     # -- vtl_send_data ------------------------------------------------------------------
 
@@ -221,6 +266,8 @@ class Sender:
         if ev.session != self.session:
             return
         if ev.kind == C.VTL_EV_ACKED:
+            if ev.seq > self._una and self._monitor is not None:
+                self._monitor.on_acked(ev.seq, ev.seq * MSS, time.monotonic())
             self._una = max(self._una, ev.seq)
         elif ev.kind == C.VTL_EV_RETX:
             self._retx.update(ev.seq + i for i in range(32) if ev.bits >> i & 1)
@@ -241,16 +288,20 @@ class Sender:
         chunks = [data[i:i + MSS] for i in range(0, len(data), MSS)]
         total = len(chunks)
         acked = self.graft.id != C.VTL_GRAFT_CANONICAL
-        gid = self.graft.id
         rto = self._rto()
         for k in ("sent", "retransmitted", "timeouts", "gobacks"):
             st[k] = 0
+        target: Graft | None = None   # a graft the monitor wants: drain, then switch
 
         def put(seq: int, retx: bool = False) -> None:
+            assert self.graft is not None
             raw.send(self.peer, Header(type=C.VTL_DATA, session=self.session, seq=seq,
-                                       graft=gid, flags=C.VTL_F_RETX if retx else 0,
+                                       graft=self.graft.id,
+                                       flags=C.VTL_F_RETX if retx else 0,
                                        payload=chunks[seq]))
             st["retransmitted" if retx else "sent"] += 1
+            if self._monitor is not None:
+                self._monitor.on_send(seq, retx, time.monotonic())
 
         t0 = time.monotonic()
         nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
@@ -264,6 +315,17 @@ class Sender:
                 put(seq, retx=True)
             self._retx.clear()
             limit = min(total, self._una + self.window) if acked else total
+            if self._monitor is not None and target is None and acked:
+                rule = self._monitor.decide(self.graft.name)
+                if rule is not None:
+                    target = self.pool[rule.dst]
+                    st["switch_rule"] = str(rule)
+            if target is not None:
+                if self._una >= nxt:      # drained: nothing in flight
+                    self._switch(target)
+                    target = None
+                    continue
+                limit = nxt               # no new data until the switch
             while nxt < limit:
                 put(nxt, retx=nxt < highest)
                 nxt += 1
@@ -279,7 +341,7 @@ class Sender:
             elif now - last_progress > rto:
                 # Tail loss: nothing later can reveal it, so the timer does.
                 st["timeouts"] += 1
-                if gid == C.VTL_GRAFT_GBN:
+                if self.graft.id == C.VTL_GRAFT_GBN:
                     nxt = self._una
                 else:
                     put(self._una, retx=True)
@@ -448,23 +510,52 @@ class Receiver:
         budget = int(min(loss, graft.max_loss) * 1_000_000)
         self._host.open_session(h.session, RECEIVER, graft, window, budget)
         self.meta = offer.get("meta") or {}
+        self._graft = graft
         try:
             ack = _ctrl(h.session, C.VTL_NEGO_ACK,
                         {"graft": graft.name, "window": window, "budget_ppm": budget})
             self._raw.send(src, ack)
-            return self._receive(src, h.session, graft, ack, time.monotonic() - t0)
+            return self._receive(src, h.session, ack, time.monotonic() - t0)
         finally:
             self._host.close_session(h.session, RECEIVER)
-            self._host.release(graft)
+            self._host.release(self._graft)
 
-    def _receive(self, src: str, session: int, graft: Graft, ack: Header,
-                 nego_s: float) -> Result:
+    def _switch(self, session: int, h: Header) -> Header:
+        """The sender's monitor asks for another graft (it has nothing in flight): deploy
+        it, move the session's kernel state over (sequence state kept), answer."""
+        assert self._host is not None
+        try:
+            req = _json(h.payload)
+        except WireError as e:
+            return _ctrl(session, C.VTL_NEGO_NACK, {"reason": str(e)}, flags=C.VTL_F_SWITCH)
+        name = req.get("switch")
+        cur = self._graft
+        if name == cur.name:   # our answer was lost: the same answer again
+            return _ctrl(session, C.VTL_NEGO_ACK, {"graft": name, "window": self._window},
+                         flags=C.VTL_F_SWITCH)
+        new, why = self._choose({"offer": [name]})
+        if new is None or new.id == C.VTL_GRAFT_CANONICAL:
+            return _ctrl(session, C.VTL_NEGO_NACK, {"reason": why or "no feedback in "
+                                                    "canonical"}, flags=C.VTL_F_SWITCH)
+        window = max(1, min(int(req.get("window", new.window)), new.window))
+        budget = int(min(float(req.get("max_loss", new.max_loss)), new.max_loss) * 1e6)
+        self._host.update_session(session, RECEIVER, new, window, budget)
+        self._host.release(cur)
+        self._graft, self._window = new, window
+        self._history.append(new.name)
+        return _ctrl(session, C.VTL_NEGO_ACK, {"graft": new.name, "window": window},
+                     flags=C.VTL_F_SWITCH)
+
+    def _receive(self, src: str, session: int, ack: Header, nego_s: float) -> Result:
         assert self._raw is not None and self._host is not None
         host, raw = self._host, self._raw
+        self._history = [self._graft.name]
+        self._window = _json(ack.payload)["window"]
         self._chunks, self._rx_session = {}, session
         host.rings(self._on_rx, None)
         rfd = host.ring_fd()
-        res = Result(graft=graft.name, session=session, negotiation_s=nego_s)
+        res = Result(graft=self._graft.name, session=session, negotiation_s=nego_s,
+                     grafts=self._history)
         t0 = last = time.monotonic()
         first = None
         while True:
@@ -482,13 +573,16 @@ class Receiver:
                     if h.session != session:
                         continue
                     last = now
-                    if h.type == C.VTL_NEGO:
+                    if h.type == C.VTL_NEGO and h.flags & C.VTL_F_SWITCH:
+                        raw.send(src, self._switch(session, h))
+                    elif h.type == C.VTL_NEGO:
                         raw.send(src, ack)   # our NEGO_ACK was lost: say it again
                     elif h.type == C.VTL_CLOSE and not h.flags & C.VTL_F_REPLY:
                         host.poll(0)          # everything the KTF accepted is in the ring
                         raw.send(src, Header(type=C.VTL_CLOSE, session=session, seq=h.seq,
                                              ack=h.ack, flags=C.VTL_F_REPLY))
                         res.fct_s = now - (first or t0)
+                        res.graft = self._graft.name
                         return self._assemble(res, h.seq, h.ack)
             if now - last > self.idle_timeout:
                 raise VtlError(f"session {session:#x} from {src} idle for "

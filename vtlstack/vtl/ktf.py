@@ -72,6 +72,7 @@ int ring_buffer__epoll_fd(const struct ring_buffer *rb);
 void ring_buffer__free(struct ring_buffer *rb);
 """
 
+BPF_EXIST = 2
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
@@ -299,6 +300,20 @@ class KtfHost:
                                          val, 0):
             raise VtlError(f"cannot add session {session:#x} ({os.strerror(self._ffi.errno)}):"
                            f" at most {wire.C.VTL_MAX_SESSIONS} sessions per interface")
+
+    def update_session(self, session: int, role: int, graft: Graft, window: int,
+                       budget_ppm: int = 0) -> None:
+        """Move a session to another graft, keeping its sequence state. The caller makes
+        sure nothing is in flight (the KTFs may not run on the session meanwhile)."""
+        self._check_open()
+        val = self.session(session, role)
+        if val is None:
+            raise VtlError(f"no session {session:#x} to move to {graft.name}")
+        val.graft, val.window, val.budget_ppm = graft.id, window, budget_ppm
+        val.dupacks, val.block, val.block_lost = 0, 0xFFFFFFFF, 0
+        if self._lib.bpf_map_update_elem(self.maps["vtl_sessions"], self._skey(session, role),
+                                         val, BPF_EXIST):
+            raise VtlError(f"cannot move session {session:#x} ({os.strerror(self._ffi.errno)})")
 
     def session(self, session: int, role: int) -> Any | None:
         """A copy of the session's kernel state, or None."""
