@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--count", type=int, default=1, help="files to receive (default 1)")
     p.add_argument("--timeout", type=float, default=None,
                    help="give up after this many seconds without a sender")
+    p.add_argument("--idle-timeout", type=float, default=10.0,
+                   help="drop a session (and its kernel state) silent this long (10 s)")
     p.set_defaults(func=run)
 
 
@@ -40,7 +42,7 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.is_dir():
         raise VtlError(f"{args.output} is not a directory")
     with vtl.listen(args.iface, grafts=grafts, tcp_fallback=not args.no_tcp,
-                    vtl=not args.no_vtl) as listener:
+                    vtl=not args.no_vtl, idle_timeout=args.idle_timeout) as listener:
         emit({"event": "ready", "iface": args.iface})
         for _ in range(args.count):
             try:

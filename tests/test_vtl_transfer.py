@@ -7,6 +7,7 @@ import json
 import os
 import select
 import subprocess
+import time
 
 import pytest
 from vtlstack.apps._common import vtl_argv
@@ -158,3 +159,35 @@ def test_graft_switch_mid_transfer_loses_nothing(testbed, tmp_path):
     assert got["lost_packets"] == 0
     # No packet was handled by the wrong graft (the switch waited for an empty pipe).
     assert got["counters"]["drop_graft"] == sent["counters"]["drop_graft"] == 0
+
+
+def test_a_vanished_sender_times_out_and_its_state_goes(testbed, tmp_path):
+    tb = testbed(topology="pair", rate_mbit=2)
+    cli, srv = tb.host("client"), tb.host("server")
+    src = tmp_path / "big.bin"
+    src.write_bytes(os.urandom(SIZE))              # 8 s at 2 Mbit/s: it will not finish
+    recv = tb.popen("server", vtl_argv("recv", "--iface", srv.iface.name, "--timeout", "30",
+                                       "--idle-timeout", "1"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert _line(recv, 20)["event"] == "ready"
+    send = tb.popen("client", vtl_argv("send", "--iface", cli.iface.name, "--to",
+                                       srv.iface.ip, "--graft", "sr", str(src)),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # Bounded poll: wait until data flows, then the sender vanishes without a word.
+    deadline = time.monotonic() + 20
+    while _rx_bytes(tb, "server", srv.iface.name) < 200_000:
+        assert time.monotonic() < deadline, "no data reached the receiver"
+        time.sleep(0.05)
+    send.kill()
+    send.wait(timeout=10)
+    assert recv.wait(timeout=15) == 1
+    assert "idle for 1 s: state removed" in recv.stderr.read()
+    link = tb.exec("server", ["ip", "-o", "link", "show", srv.iface.name],
+                   capture_output=True, text=True).stdout
+    assert "xdp" not in link
+
+
+def _rx_bytes(tb, host, ifname):
+    out = tb.exec(host, ["cat", f"/sys/class/net/{ifname}/statistics/rx_bytes"],
+                  capture_output=True, text=True).stdout
+    return int(out or 0)

@@ -120,8 +120,10 @@ class Listener:
     """The receiving end on one interface (vtl_init in receiver mode)."""
 
     def __init__(self, iface: str, *, grafts: list[str] | None = None,
-                 tcp_fallback: bool = True, vtl: bool = True) -> None:
-        self._rx = Receiver(iface, grafts=grafts, tcp_fallback=tcp_fallback, vtl=vtl)
+                 tcp_fallback: bool = True, vtl: bool = True,
+                 idle_timeout: float = 10.0) -> None:
+        self._rx = Receiver(iface, grafts=grafts, tcp_fallback=tcp_fallback, vtl=vtl,
+                            idle_timeout=idle_timeout)
 
     def accept(self, timeout: float | None = None) -> Message:
         """vtl_validate: wait for a sender, negotiate, receive its message."""
