@@ -10,7 +10,7 @@ from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
 _APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench",
-         "vtlsend", "vtlrecv", "grafts")
+         "vtlsend", "vtlrecv", "grafts", "vtlbench")
 
 
 class Terminated(SystemExit):
