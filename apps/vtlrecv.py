@@ -24,6 +24,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="write received files here (default: only report them)")
     p.add_argument("--grafts", default=None, metavar="A,B",
                    help="grafts this end agrees to run (default: the whole pool)")
+    p.add_argument("--pool", type=Path, default=None, metavar="DIR",
+                   help="graft manifests to answer from (default: the shipped pool)")
+    p.add_argument("--from-source", action="store_true",
+                   help="compile grafts from their source (cached) instead of loading "
+                        "the precompiled objects")
     p.add_argument("--no-vtl", action="store_true",
                    help="behave as a legacy peer: TCP fallback only (for tests)")
     p.add_argument("--no-tcp", action="store_true", help="no TCP fallback listener")
@@ -42,7 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.output is not None and not args.output.is_dir():
         raise VtlError(f"{args.output} is not a directory")
     with vtl.listen(args.iface, grafts=grafts, tcp_fallback=not args.no_tcp,
-                    vtl=not args.no_vtl, idle_timeout=args.idle_timeout) as listener:
+                    vtl=not args.no_vtl, idle_timeout=args.idle_timeout,
+                    pool_dir=args.pool, from_source=args.from_source) as listener:
         emit({"event": "ready", "iface": args.iface})
         for _ in range(args.count):
             try:

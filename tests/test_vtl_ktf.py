@@ -211,7 +211,7 @@ with KtfHost(sys.argv[1]) as h:
                   capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
-    assert "vtl_nothere" in lines[0] and "missing" in lines[0]
+    assert "no object vtl_nothere and no source" in lines[0]
     assert "cannot share map" in lines[1]
     assert lines[2] == "{}"
 
@@ -235,3 +235,31 @@ time.sleep(60)
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=10) == 128 + signal.SIGTERM
     assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
+
+
+def test_source_grafts_compile_once_into_the_cache(testbed, tmp_path):
+    tb = testbed(topology="pair")
+    srv = tb.host("server")
+    code = r"""
+import json, os, sys, time
+from vtlstack.vtl.grafts import load_pool
+from vtlstack.vtl.ktf import KtfHost
+pool = load_pool()
+times = []
+with KtfHost(sys.argv[1]) as h:
+    for _ in range(2):
+        t0 = time.monotonic()
+        h.deploy(pool["sr"], from_source=True)
+        times.append(time.monotonic() - t0)
+        h.release(pool["sr"])
+print(json.dumps({"times": times, "cache": sorted(os.listdir(sys.argv[2]))}))
+"""
+    cache = tmp_path / "cache"
+    out = tb.exec("server", ["env", f"VTL_GRAFT_CACHE={cache}", sys.executable, "-P", "-c",
+                             code, srv.iface.name, str(cache)],
+                  capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    res = json.loads(out.stdout)
+    assert len(res["cache"]) == 1 and res["cache"][0].startswith("sr-")
+    first, second = res["times"]
+    assert second < first          # the second deploy loads the cached object only

@@ -191,3 +191,19 @@ def _rx_bytes(tb, host, ifname):
     out = tb.exec(host, ["cat", f"/sys/class/net/{ifname}/statistics/rx_bytes"],
                   capture_output=True, text=True).stdout
     return int(out or 0)
+
+
+def test_a_graft_that_does_not_compile_is_refused_with_the_reason(testbed, tmp_path):
+    from vtlstack._resources import data_dir
+
+    pool = tmp_path / "pool"
+    pool.mkdir()
+    (pool / "canonical.toml").write_text((data_dir("grafts") / "canonical.toml").read_text())
+    (pool / "sr.toml").write_text((data_dir("grafts") / "sr.toml").read_text()
+                                  .replace('"vtl_sr.bpf.c"', '"broken.bpf.c"')
+                                  .replace('object = "vtl_sr"', 'object = "vtl_none"'))
+    (pool / "broken.bpf.c").write_text('#include "vtl.h"\nthis is not C;\n')
+    tb = testbed(topology="pair")
+    _, _, err = transfer(tb, tmp_path, ["--graft", "sr", "--no-fallback"],
+                         ["--pool", str(pool), "--no-tcp", "--timeout", "5"], expect_rc=1)
+    assert "refused" in err and "broken.bpf.c does not compile" in err

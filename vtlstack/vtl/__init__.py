@@ -37,6 +37,7 @@ every graft or does not answer, the message goes over kernel TCP (``fallback=Tru
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vtlstack.vtl.broker import FALLBACK_PORT, NegotiationError, Receiver, Result, Sender
@@ -121,9 +122,11 @@ class Listener:
 
     def __init__(self, iface: str, *, grafts: list[str] | None = None,
                  tcp_fallback: bool = True, vtl: bool = True,
-                 idle_timeout: float = 10.0) -> None:
+                 idle_timeout: float = 10.0, pool_dir: Path | None = None,
+                 from_source: bool = False) -> None:
         self._rx = Receiver(iface, grafts=grafts, tcp_fallback=tcp_fallback, vtl=vtl,
-                            idle_timeout=idle_timeout)
+                            idle_timeout=idle_timeout, pool_dir=pool_dir,
+                            from_source=from_source)
 
     def accept(self, timeout: float | None = None) -> Message:
         """vtl_validate: wait for a sender, negotiate, receive its message."""

@@ -34,6 +34,7 @@ import struct
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from vtlstack.errors import VtlError
@@ -420,9 +421,11 @@ class Receiver:
 
     def __init__(self, ifname: str, *, grafts: Iterable[str] | None = None,
                  tcp_fallback: bool = True, vtl: bool = True,
-                 idle_timeout: float = 10.0) -> None:
+                 idle_timeout: float = 10.0, pool_dir: Path | None = None,
+                 from_source: bool = False) -> None:
         self.ifname = ifname
-        self.pool = load_pool()
+        self.pool = load_pool(pool_dir)
+        self.from_source = from_source
         allowed = list(grafts) if grafts is not None else list(self.pool)
         unknown = [n for n in allowed if n not in self.pool]
         if unknown:
@@ -465,7 +468,7 @@ class Receiver:
                 continue
             try:
                 assert self._host is not None
-                self._host.deploy(self.pool[name])
+                self._host.deploy(self.pool[name], from_source=self.from_source)
             except GraftLoadError as e:
                 reasons.append(f"{name}: {e}")
                 continue

@@ -17,11 +17,16 @@ from vtlstack._resources import data_dir
 from vtlstack.errors import VtlError
 from vtlstack.vtl.wire import GRAFT_IDS, C
 
-__all__ = ["Graft", "Services", "GraftError", "load_pool", "select"]
+__all__ = ["Graft", "Services", "GraftError", "GraftLoadError", "load_pool", "select"]
 
 
 class GraftError(VtlError):
     """A manifest that is malformed or disagrees with vtl.h, or an unknown graft."""
+
+
+class GraftLoadError(VtlError):
+    """A graft whose object is missing, whose source does not compile, or that the
+    verifier refused."""
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,8 @@ class Graft:
     rank: int = 9
     window: int = 32
     qos: dict[str, Any] = field(default_factory=dict)
+    source: str | None = None       # the graft as C source, compiled on demand
+    home: Path | None = None        # the manifest's directory (sources are found there)
 
     def provides(self, want: Services) -> bool:
         if want.reliable and not self.reliable:
@@ -99,11 +106,14 @@ def _parse(path: Path) -> Graft:
                  description=m.get("description", ""), object=m["object"], ktfs=dict(ktfs),
                  integrity=bool(s.get("integrity", True)), reliable=bool(s.get("reliable")),
                  ordered=bool(s.get("ordered")), max_loss=float(s.get("max_loss", 1.0)),
-                 rank=int(q.get("rank", 9)), window=window, qos=dict(q))
+                 rank=int(q.get("rank", 9)), window=window, qos=dict(q),
+                 source=m.get("source"), home=path.parent)
 
 
 def load_pool(directory: Path | None = None) -> dict[str, Graft]:
-    """Every manifest in the pool directory (the shipped grafts by default), by name."""
+    """Every manifest in the pool directory (the shipped grafts by default), by name.
+    A manifest names a precompiled ``object``, a ``source`` to compile on demand, or
+    both (the object is used when it is there)."""
     directory = directory or data_dir("grafts")
     pool: dict[str, Graft] = {}
     for path in sorted(directory.glob("*.toml")):

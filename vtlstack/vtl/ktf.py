@@ -25,13 +25,15 @@ import socket
 import threading
 import weakref
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from vtlstack import xdp as _xdp_helpers
 from vtlstack._resources import bpf_path
 from vtlstack.errors import KernelFeatureError, VtlError, XdpBusyError, require_root
 from vtlstack.vtl import wire
-from vtlstack.vtl.grafts import Graft
+from vtlstack.vtl.build import graft_object
+from vtlstack.vtl.grafts import Graft, GraftLoadError
 
 __all__ = ["KtfHost", "GraftLoadError"]
 
@@ -99,10 +101,6 @@ def _libbpf() -> Any:
     return _lib
 
 
-class GraftLoadError(VtlError):
-    """A graft object that is missing or that the verifier refused."""
-
-
 _live: weakref.WeakSet = weakref.WeakSet()
 _hooks = False
 
@@ -160,12 +158,15 @@ class KtfHost:
 
     # -- loading ------------------------------------------------------------------------
 
-    def _open_load(self, name: str, reuse: bool) -> Any:
+    def _open_load(self, name: str | Path, reuse: bool) -> Any:
         ffi, lib = self._ffi, self._lib
-        try:
-            path = str(bpf_path(name))
-        except VtlError as e:
-            raise GraftLoadError(f"graft object {name}: {e}") from e
+        if isinstance(name, Path):
+            path = str(name)
+        else:
+            try:
+                path = str(bpf_path(name))
+            except VtlError as e:
+                raise GraftLoadError(f"graft object {name}: {e}") from e
         obj = lib.bpf_object__open_file(path.encode(), ffi.NULL)
         if obj == ffi.NULL:
             raise GraftLoadError(f"cannot open {path} ({os.strerror(ffi.errno)})")
@@ -246,8 +247,10 @@ class KtfHost:
 
     # -- grafts -------------------------------------------------------------------------
 
-    def deploy(self, graft: Graft) -> None:
-        """Make graft's KTFs run on this interface (shared by every session using it)."""
+    def deploy(self, graft: Graft, from_source: bool = False) -> None:
+        """Make graft's KTFs run on this interface (shared by every session using it):
+        the precompiled object, or the source compiled on demand (and cached) when there
+        is no object or ``from_source`` asks for it."""
         self._check_open()
         if graft.id == 0:
             return   # the canonical graft is part of the root object
@@ -255,7 +258,7 @@ class KtfHost:
             obj, refs = self._grafts[graft.id]
             self._grafts[graft.id] = (obj, refs + 1)
             return
-        obj = self._open_load(graft.object, reuse=True)
+        obj = self._open_load(graft_object(graft, from_source), reuse=True)
         try:
             self._put_graft(graft.id, obj, graft.ktfs["ingress"], graft.ktfs["egress"])
         except BaseException:
