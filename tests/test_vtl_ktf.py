@@ -61,6 +61,23 @@ with KtfHost(sys.argv[1]) as h:
 """
 
 
+# The bpf_links whose program is a VTL KTF, as {prog id: name} (bpftool 7.1 does not
+# list tcx links under `net show`, so links are the way to see the egress KTF).
+_LINKS = r"""
+import json, subprocess
+def vtl_links():
+    out = {}
+    for link in json.loads(subprocess.run(["bpftool", "-j", "link", "show"],
+                                          capture_output=True, text=True).stdout or "[]"):
+        prog = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(link["prog_id"])],
+                              capture_output=True, text=True)
+        name = json.loads(prog.stdout or "{}").get("name", "")
+        if name in ("vtl_ingress", "vtl_egress"):
+            out[link["prog_id"]] = name
+    return out
+"""
+
+
 def _data(session, seq, graft=C.VTL_GRAFT_SR, payload=b"d" * 100):
     return wire.pack(Header(type=C.VTL_DATA, session=session, seq=seq, graft=graft,
                             payload=payload))
@@ -152,7 +169,7 @@ def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
 def test_pool_shares_grafts_and_leaves_nothing(testbed):
     tb = testbed(topology="pair")
     srv = tb.host("server")
-    code = r"""
+    code = _LINKS + r"""
 import json, sys, subprocess
 from vtlstack.vtl.grafts import load_pool
 from vtlstack.vtl.ktf import KtfHost, GraftLoadError
@@ -169,7 +186,8 @@ with KtfHost(sys.argv[1]) as h:
     third = h.deployed
     progs = json.loads(subprocess.run(["bpftool", "-j", "net", "show", "dev", sys.argv[1]],
                                       capture_output=True, text=True).stdout)
-    print(json.dumps({"first": first, "second": second, "third": third, "net": progs}))
+    print(json.dumps({"first": first, "second": second, "third": third, "net": progs,
+                      "links": vtl_links()}))
 """
     out = tb.exec("server", [sys.executable, "-P", "-c", code, srv.iface.name],
                   capture_output=True, text=True, timeout=60)
@@ -179,11 +197,12 @@ with KtfHost(sys.argv[1]) as h:
     assert res["second"] == {"1": 1, "2": 1, "3": 1}
     assert res["third"] == {"2": 1, "3": 1}
     net = res["net"][0]
-    assert [p["mode"] for p in net["xdp"]] == ["driver"]
-    assert [p["name"].split(":")[0] for p in net["tc"]] == ["vtl_egress"]
+    assert [p["mode"] for p in net["xdp"]] == ["driver"]     # native, through a link
+    links = res["links"]
+    assert sorted(links.values()) == ["vtl_egress", "vtl_ingress"]
     assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
     # The programs themselves are gone, not only detached.
-    for prog_id in (net["xdp"][0]["id"], net["tc"][0]["id"]):
+    for prog_id in links:
         gone = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
                               capture_output=True, text=True)
         assert gone.returncode != 0
@@ -216,25 +235,33 @@ with KtfHost(sys.argv[1]) as h:
     assert lines[2] == "{}"
 
 
-def test_sigterm_detaches_everything(testbed):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_a_killed_host_leaves_nothing_attached(testbed, sig):
+    # SIGTERM unwinds through close(); SIGKILL runs no code at all, and the kernel drops
+    # the bpf_links (XDP and tcx) with the process's fds.
     tb = testbed(topology="pair")
     srv = tb.host("server")
-    code = r"""
+    code = _LINKS + r"""
 import sys, time
 from vtlstack.vtl.grafts import load_pool
 from vtlstack.vtl.ktf import KtfHost
 h = KtfHost(sys.argv[1])
 h.deploy(load_pool()["pr"])
-print("ready", flush=True)
+print(json.dumps(vtl_links()), flush=True)
 time.sleep(60)
 """
     proc = tb.popen("server", [sys.executable, "-P", "-c", code, srv.iface.name],
                     stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "ready"
+    links = json.loads(proc.stdout.readline())
+    assert sorted(links.values()) == ["vtl_egress", "vtl_ingress"]
     assert _xdp_and_tc(tb, "server", srv.iface.name)[0]
-    proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=10) == 128 + signal.SIGTERM
+    proc.send_signal(sig)
+    assert proc.wait(timeout=10) == (128 + sig if sig == signal.SIGTERM else -sig)
     assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
+    for prog_id in links:
+        gone = subprocess.run(["bpftool", "prog", "show", "id", str(prog_id)],
+                              capture_output=True, text=True)
+        assert gone.returncode != 0
 
 
 def test_source_grafts_compile_once_into_the_cache(testbed, tmp_path):

@@ -8,8 +8,11 @@ clsact egress hook, and owns the maps every graft shares (sessions, counters, ri
 and puts its KTFs into the tail-call arrays at the graft's id; sessions of the same graft
 share that one loaded copy (a reference count); the last ``release`` takes it out.
 
-Cleanup: ``close()`` removes the tc filter (and the clsact qdisc if we created it),
-detaches XDP and closes every object, which frees programs and maps. It runs from
+Cleanup: both hooks are bpf_links (XDP link, tcx) where the kernel has them, so the
+kernel detaches them when this process's fds close, whatever the way it ends, SIGKILL
+included; ``close()`` destroys the links (or removes the netlink XDP attachment and the
+tc filter and qdisc of older kernels) and closes every object, which frees programs and
+maps. It runs from
 ``with``, from ``atexit`` and, through a SIGTERM handler installed when none exists, on
 SIGTERM; an exception while attaching closes what was made so far.
 """
@@ -56,6 +59,10 @@ int bpf_map_delete_elem(int fd, const void *key);
 int libbpf_num_possible_cpus(void);
 int bpf_xdp_attach(int ifindex, int prog_fd, uint32_t flags, const void *opts);
 int bpf_xdp_detach(int ifindex, uint32_t flags, const void *opts);
+struct bpf_link;
+struct bpf_link *bpf_program__attach_xdp(const struct bpf_program *prog, int ifindex);
+int bpf_link__destroy(struct bpf_link *link);
+int bpf_link_create(int prog_fd, int target_fd, int attach_type, const void *opts);
 struct bpf_tc_hook { size_t sz; int ifindex; int attach_point; uint32_t parent; };
 struct bpf_tc_opts { size_t sz; int prog_fd; uint32_t flags; uint32_t prog_id;
                      uint32_t handle; uint32_t priority; };
@@ -75,6 +82,7 @@ void ring_buffer__free(struct ring_buffer *rb);
 """
 
 BPF_EXIST = 2
+BPF_TCX_EGRESS = 47   # enum bpf_attach_type (kernel 6.6+; newer than libbpf 1.1's headers)
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
@@ -130,6 +138,8 @@ class KtfHost:
         self._ffi = wire.ffi
         self._root: Any = None
         self._xdp_mode = 0
+        self._xdp_link: Any = None
+        self._tc_link = -1
         self.xdp_mode = ""
         self._tc_hook: Any = None
         self._tc_opts: Any = None
@@ -209,15 +219,27 @@ class KtfHost:
                 raise GraftLoadError(f"cannot deploy {prog} ({os.strerror(self._ffi.errno)})")
 
     def _attach_xdp(self, fd: int) -> None:
-        # Native first: generic XDP skips frames that tc redirected (skb_is_redirected),
-        # which is how the testbed's impaired links and many real set-ups forward, so a
-        # generic-mode KTF would never see them. veth does native XDP, and XDP_TX there
-        # reaches the peer when it runs XDP too (both VTL ends do; so does the testbed's
-        # wire). Generic mode remains for drivers without native XDP.
+        # A bpf_link first: the kernel detaches a link when its last fd closes, so even a
+        # SIGKILL leaves nothing attached. Without flags the kernel picks native mode where
+        # the driver has it, which matters: generic XDP skips frames that tc redirected
+        # (skb_is_redirected), which is how the testbed's impaired links and many real
+        # set-ups forward. veth does native XDP, and XDP_TX there reaches the peer when it
+        # runs XDP too (both VTL ends do; so does the testbed's wire).
+        ffi, lib = self._ffi, self._lib
+        prog = lib.bpf_object__find_program_by_name(self._root, b"vtl_ingress")
+        link = lib.bpf_program__attach_xdp(prog, self.ifindex)
+        if link != ffi.NULL:
+            self._xdp_link = link
+            self.xdp_mode = "link"
+            return
+        err = ffi.errno
+        if err in (errno.EEXIST, errno.EBUSY):
+            raise XdpBusyError(f"{self.ifname} already has an XDP program")
+        # Kernels without XDP links: netlink attach, native then generic.
         ret = 0
         for mode in (XDP_FLAGS_DRV_MODE, XDP_FLAGS_SKB_MODE):
-            ret = self._lib.bpf_xdp_attach(self.ifindex, fd,
-                                           mode | XDP_FLAGS_UPDATE_IF_NOEXIST, self._ffi.NULL)
+            ret = lib.bpf_xdp_attach(self.ifindex, fd, mode | XDP_FLAGS_UPDATE_IF_NOEXIST,
+                                     ffi.NULL)
             if ret == 0:
                 self._xdp_mode = mode
                 self.xdp_mode = "drv" if mode == XDP_FLAGS_DRV_MODE else "skb"
@@ -229,6 +251,12 @@ class KtfHost:
 
     def _attach_tc(self, fd: int) -> None:
         ffi, lib = self._ffi, self._lib
+        # tcx (kernel 6.6+) through a bpf_link: no qdisc to add, and gone with our fds.
+        link_fd = lib.bpf_link_create(fd, self.ifindex, BPF_TCX_EGRESS, ffi.NULL)
+        if link_fd >= 0:
+            self._tc_link = link_fd
+            return
+        # Older kernels: a clsact qdisc and a cls_bpf filter, removed by close().
         hook = ffi.new("struct bpf_tc_hook *", {"sz": ffi.sizeof("struct bpf_tc_hook"),
                                                 "ifindex": self.ifindex,
                                                 "attach_point": BPF_TC_EGRESS})
@@ -410,6 +438,12 @@ class KtfHost:
         if self._rb is not None:
             lib.ring_buffer__free(self._rb)
             self._rb = None
+        if self._tc_link >= 0:
+            os.close(self._tc_link)
+            self._tc_link = -1
+        if self._xdp_link is not None:
+            lib.bpf_link__destroy(self._xdp_link)
+            self._xdp_link = None
         if self._tc_opts is not None:
             # detach wants only the handle and priority the attach picked
             opts = self._ffi.new("struct bpf_tc_opts *", {
