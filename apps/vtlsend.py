@@ -28,6 +28,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--ordered", action="store_true", help="bytes keep their order")
     p.add_argument("--max-loss", type=float, default=None, metavar="FRACTION",
                    help="fraction of packets the application can lose, e.g. 0.1")
+    p.add_argument("--udp", action="store_true",
+                   help="carry VTL in UDP (port 7254) instead of IP protocol 253, for paths "
+                        "that drop unknown protocols")
     p.add_argument("--no-fallback", action="store_true",
                    help="fail instead of falling back to kernel TCP")
     p.add_argument("--nego-tries", type=int, default=4,
@@ -56,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                            max_loss=1.0 if args.max_loss is None else args.max_loss,
                            grafts=args.graft, fallback=not args.no_fallback,
                            meta={"name": args.file.name}, nego_tries=args.nego_tries,
-                           rules=rules)
+                           rules=rules, udp=args.udp)
     except ValueError as e:   # services that contradict each other, or a bad rule
         raise VtlError(str(e)) from e
     with conn:

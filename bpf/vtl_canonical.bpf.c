@@ -43,26 +43,40 @@ int vtl_ingress(struct xdp_md *ctx)
 	struct vtl_hdr *h;
 	struct vtl_skey key = {};
 	struct vtl_session *s;
-	__u32 tot, vlen, padded, off, n, i;
+	__u32 tot, hdrs, vlen, padded, off, n, i;
 	__s64 sum = 0;
+
+	struct udphdr *udp = (void *)(ip + 1);
+	__u32 vtl_off = VTL_OFF_IP;
 
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
-	if (ip->protocol != VTL_IPPROTO)
+	if (ip->protocol == IPPROTO_UDP) {
+		/* The UDP encapsulation: ours only on VTL_UDP_PORT, and only without IP
+		 * options (the UDP header would be elsewhere: then it is not ours). */
+		if (ip->ihl != 5 || (void *)(udp + 1) > data_end ||
+		    udp->dest != bpf_htons(VTL_UDP_PORT))
+			return XDP_PASS;
+		vtl_off = VTL_OFF_UDP;
+	} else if (ip->protocol != VTL_IPPROTO) {
 		return XDP_PASS;
+	}
 	/* IP options or fragments: VTL never sends them, so they are malformed here. */
 	if (ip->ihl != 5 || (ip->frag_off & bpf_htons(0x3fff)))
 		return drop(VTL_C_DROP_TRUNCATED);
 	tot = bpf_ntohs(ip->tot_len);
-	if (tot < sizeof(*ip) + VTL_HDR_LEN || (void *)ip + tot > data_end)
+	hdrs = vtl_off - ETH_HLEN;   /* IP (+ UDP) header bytes, 20 or 28 */
+	if (tot < hdrs + VTL_HDR_LEN || (void *)ip + tot > data_end)
 		return drop(VTL_C_DROP_TRUNCATED);
-	vlen = tot - sizeof(*ip);
+	vlen = tot - hdrs;
 	if (vlen > VTL_HDR_LEN + VTL_MAX_PAYLOAD)
+		return drop(VTL_C_DROP_TRUNCATED);
+	if (vtl_off == VTL_OFF_UDP && bpf_ntohs(udp->len) != sizeof(*udp) + vlen)
 		return drop(VTL_C_DROP_TRUNCATED);
 	sc = vtl_scratch_get();
 	if (!sc)
 		return XDP_DROP;
-	off = sizeof(*eth) + sizeof(*ip);
+	off = vtl_off;
 	if (bpf_xdp_load_bytes(ctx, off, sc->buf, vlen))
 		return drop(VTL_C_DROP_TRUNCATED);
 	h = (struct vtl_hdr *)sc->buf;
@@ -121,7 +135,7 @@ int vtl_ingress(struct xdp_md *ctx)
 	sc->m.ack = bpf_ntohl(h->ack);
 	sc->m.bits = bpf_ntohl(h->bits);
 	sc->m.len = vlen - VTL_HDR_LEN;
-	sc->m.vtl_off = sizeof(*eth) + sizeof(*ip);
+	sc->m.vtl_off = vtl_off;
 	bpf_tail_call(ctx, &vtl_xdp_grafts, h->graft);
 	/* Only reached when the graft's KTF is not deployed. */
 	return drop(VTL_C_DROP_GRAFT);
@@ -131,14 +145,24 @@ SEC("tc")
 int vtl_egress(struct __sk_buff *skb)
 {
 	struct iphdr ip;
+	struct udphdr udp;
 	struct vtl_hdr h;
+	__u32 off = VTL_OFF_IP;
 
 	if (skb->protocol != bpf_htons(ETH_P_IP) ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) ||
-	    ip.protocol != VTL_IPPROTO || ip.ihl != 5 ||
-	    bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(ip), &h, sizeof(h)) ||
-	    h.type != VTL_DATA)
+	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.ihl != 5)
 		return TC_ACT_OK;
+	if (ip.protocol == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, VTL_OFF_IP, &udp, sizeof(udp)) ||
+		    udp.dest != bpf_htons(VTL_UDP_PORT))
+			return TC_ACT_OK;
+		off = VTL_OFF_UDP;
+	} else if (ip.protocol != VTL_IPPROTO) {
+		return TC_ACT_OK;
+	}
+	if (bpf_skb_load_bytes(skb, off, &h, sizeof(h)) || h.type != VTL_DATA)
+		return TC_ACT_OK;
+	skb->cb[0] = off;   /* for the graft's egress KTF */
 	bpf_tail_call(skb, &vtl_tc_grafts, h.graft);
 	return TC_ACT_OK;   /* graft not deployed here: not ours to police */
 }

@@ -78,6 +78,16 @@ def vtl_links():
 """
 
 
+# The same, in UDP to VTL_UDP_PORT (the UDP encapsulation), with no KTFs on this side.
+_UDP_CLIENT = r"""
+import json, socket, sys
+from vtlstack.vtl.wire import UDP_PORT
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for pkt in json.loads(sys.stdin.read()):
+    s.sendto(bytes.fromhex(pkt), (sys.argv[1], UDP_PORT))
+"""
+
+
 def _data(session, seq, graft=C.VTL_GRAFT_SR, payload=b"d" * 100):
     return wire.pack(Header(type=C.VTL_DATA, session=session, seq=seq, graft=graft,
                             payload=payload))
@@ -134,6 +144,10 @@ def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
         pkts += v if isinstance(v, list) else [v.hex()]
     pkts.append(good.hex())                                    # replay of seq 0
     pkts.append(_data(100, 40).hex())    # beyond the client's own send window
+    out = tb.exec("client", [sys.executable, "-P", "-c", _UDP_CLIENT, srv.iface.ip],
+                  input=json.dumps([bytes(bad_csum).hex(), _data(300, 0).hex()]),
+                  capture_output=True, text=True, timeout=20)
+    assert out.returncode == 0, out.stderr
     out = tb.exec("client", [sys.executable, "-P", "-c", _CLIENT, tb.host("client").iface.name,
                              srv.iface.ip],
                   input=json.dumps(pkts), capture_output=True, text=True, timeout=20)
@@ -145,19 +159,21 @@ def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
     proc.wait(timeout=10)
     counters = res["counters"]
     assert counters["drop_truncated"] == 2
+    assert counters["drop_csum"] == 2                          # one over IP, one in UDP
     for name in cases:
-        if name != "drop_truncated":
+        if name not in ("drop_truncated", "drop_csum"):
             assert counters[name] == 1, (name, counters)
     assert counters["drop_replay"] == 1
-    # Only the one good packet was delivered, once, with its payload length.
-    assert res["delivered"] == [[100, 0, 100]]
-    assert counters["rx_data"] == 1
+    # Only the good packets were delivered, once each: session 300's seq 0 in UDP (its
+    # ACK went back by XDP_TX to a client without KTFs), then session 100's over IP.
+    assert res["delivered"] == [[300, 0, 100], [100, 0, 100]]
+    assert counters["rx_data"] == 2
     # Every DATA the graft KTF saw was answered from the kernel (XDP_TX): the good one,
     # the replay, the out-of-window and the out-of-order one; no user space sent them.
     # The client's KTFs took the ACKs in its kernel (the one for session 300, which it
     # has no state for, is dropped there); only the one that moved session 100's window
     # (ack 1) became an event for the broker.
-    assert counters["tx_ack"] == 4
+    assert counters["tx_ack"] == 5
     assert client["counters"]["rx_ack"] == 3
     assert client["counters"]["drop_session"] == 1
     assert client["events"] == [[C.VTL_EV_ACKED, 100, 1]]

@@ -9,7 +9,8 @@
  * no macros inside declarations.
  *
  * A VTL packet is carried directly over IPv4 protocol 253 (RFC 3692 experimentation; the
- * paper used 0xfd). All header fields are in network byte order. The checksum is the
+ * paper used 0xfd) or, for paths that drop unknown protocols, in UDP between ports
+ * VTL_UDP_PORT. All header fields are in network byte order. The checksum is the
  * Internet checksum (RFC 1071) over header (csum field zero) and payload.
  */
 #ifndef VTL_VTL_H
@@ -28,6 +29,9 @@ enum vtl_consts {
 	VTL_MAX_SESSIONS = 1024,
 	VTL_MAX_GRAFTS = 8,
 	VTL_REORDER = 3,          /* a hole is lost once 3 later packets arrived (dupthresh) */
+	VTL_UDP_PORT = 7254,      /* the UDP encapsulation: VTL in UDP to and from this port */
+	VTL_OFF_IP = 34,          /* VTL header offset in a frame: Ethernet + IPv4 */
+	VTL_OFF_UDP = 42,         /* ... + UDP */
 };
 
 enum vtl_type {
@@ -149,7 +153,9 @@ enum vtl_counter {
 #ifdef __bpf__
 /* ---- Shared KTF code (eBPF only) ------------------------------------------------- */
 #include <linux/if_ether.h>
+#include <linux/in.h>
 #include <linux/ip.h>
+#include <linux/udp.h>
 #include <linux/pkt_cls.h>
 #include <bpf/bpf_helpers.h>
 #include <bpf/bpf_endian.h>
@@ -255,9 +261,11 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	int trim = (int)(data_end - data) - want;
 	struct ethhdr *eth;
 	struct iphdr *ip;
+	struct udphdr *udp;
 	struct vtl_hdr *h;
 	__u8 mac[ETH_ALEN];
 	__u32 addr;
+	__u16 port;
 
 	if (trim > 0 && bpf_xdp_adjust_tail(ctx, -trim))
 		return XDP_DROP;
@@ -265,9 +273,21 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	data_end = (void *)(long)ctx->data_end;
 	eth = data;
 	ip = (void *)(eth + 1);
-	h = (void *)(ip + 1);
-	if ((void *)(h + 1) > data_end)
-		return XDP_DROP;
+	udp = (void *)(ip + 1);
+	if (m->vtl_off == VTL_OFF_UDP) {
+		h = (void *)(udp + 1);
+		if ((void *)(h + 1) > data_end)
+			return XDP_DROP;
+		port = udp->source;
+		udp->source = udp->dest;
+		udp->dest = port;
+		udp->len = bpf_htons(sizeof(*udp) + VTL_HDR_LEN);
+		udp->check = 0;   /* optional over IPv4 (RFC 768); the VTL checksum covers us */
+	} else {
+		h = (void *)(ip + 1);
+		if ((void *)(h + 1) > data_end)
+			return XDP_DROP;
+	}
 	__builtin_memcpy(mac, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, eth->h_source, ETH_ALEN);
 	__builtin_memcpy(eth->h_source, mac, ETH_ALEN);
@@ -275,7 +295,7 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	ip->saddr = ip->daddr;
 	ip->daddr = addr;
 	ip->ttl = 64;
-	ip->tot_len = bpf_htons(sizeof(*ip) + VTL_HDR_LEN);
+	ip->tot_len = bpf_htons(m->vtl_off - sizeof(*eth) + VTL_HDR_LEN);
 	ip->check = 0;
 	ip->check = vtl_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 	h->type = type;
@@ -493,7 +513,9 @@ static __always_inline int vtl_graft_egress(struct __sk_buff *skb, __u32 graft)
 	__u32 seq, window;
 	int shot = 0;
 
-	if (bpf_skb_load_bytes(skb, ETH_HLEN + sizeof(struct iphdr), &h, sizeof(h)))
+	/* vtl_egress left the header's offset in cb[0] (IP or UDP encapsulation). */
+	if (bpf_skb_load_bytes(skb, skb->cb[0] == VTL_OFF_UDP ? VTL_OFF_UDP : VTL_OFF_IP,
+			       &h, sizeof(h)))
 		return TC_ACT_OK;
 	key.session = bpf_ntohl(h.session);
 	key.role = VTL_ROLE_SENDER;

@@ -86,7 +86,8 @@ def connect(iface: str, peer: str, *, reliable: bool = False, ordered: bool = Fa
     """vtl_init + vtl_negotiate: ask for services, get a session with a deployed graft.
 
     ``grafts`` restricts (and orders) what is offered, for experiments; applications
-    leave it out. ``tuning``: nego_rto, nego_tries, idle_timeout (see broker.Sender).
+    leave it out. ``tuning``: nego_rto, nego_tries, idle_timeout, rules (net monitor),
+    udp (the UDP encapsulation); see broker.Sender.
     """
     services = Services(reliable=reliable, ordered=ordered, max_loss=max_loss,
                         max_latency_ms=max_latency_ms)

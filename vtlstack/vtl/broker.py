@@ -1,6 +1,7 @@
 """The VTL brokers: negotiation (control broker) and data transfer (data broker).
 
-Send path. DATA leaves through a raw IPv4 socket of protocol 253, not through AF_XDP:
+Send path. DATA leaves through a raw IPv4 socket of protocol 253 (or a UDP socket, for
+the UDP encapsulation), not through AF_XDP:
 frames an AF_XDP socket transmits skip the tc egress hook, so the egress KTF (which
 enforces the send window in the kernel and records what is in flight) would never see
 them. A raw socket goes through the IP stack and the qdisc layer, so every DATA packet
@@ -26,6 +27,7 @@ goes over kernel TCP to FALLBACK_PORT when fallback is allowed.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import select
@@ -72,6 +74,7 @@ class Result:
     fct_s: float = 0.0
     lost: list[int] = field(default_factory=list)   # seqs the receiver never got
     grafts: list[str] = field(default_factory=list)  # in the order the session used them
+    encap: str = "ip"                                # "ip" (protocol 253) or "udp"
     stats: dict[str, int] = field(default_factory=dict)
     counters: dict[str, int] = field(default_factory=dict)
     fallback_reason: str = ""
@@ -79,6 +82,7 @@ class Result:
     def as_dict(self) -> dict[str, Any]:
         mbit = self.bytes * 8 / self.fct_s / 1e6 if self.fct_s > 0 else 0.0
         return {"graft": self.graft, "grafts": self.grafts or [self.graft],
+                "encap": self.encap if self.graft != "tcp" else "tcp",
                 "session": self.session, "bytes": self.bytes,
                 "packets": self.packets, "negotiation_ms": round(self.negotiation_s * 1e3, 3),
                 "fct_s": round(self.fct_s, 4), "throughput_mbit": round(mbit, 2),
@@ -86,23 +90,37 @@ class Result:
                 "counters": self.counters, "fallback_reason": self.fallback_reason}
 
 
-class _Raw:
-    """The raw protocol-253 socket of one interface: control packets in, everything out."""
+class _Channel:
+    """How VTL packets travel on one interface: a raw IPv4 socket of protocol 253, or the
+    UDP encapsulation (a UDP socket on VTL_UDP_PORT, for paths that drop unknown
+    protocols). Control packets come in here; everything the broker sends goes out here,
+    through the IP stack and so past the egress KTF."""
 
-    def __init__(self, ifname: str) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, wire.IPPROTO)
+    def __init__(self, ifname: str, udp: bool = False) -> None:
+        self.udp = udp
+        if udp:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        else:
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_RAW, wire.IPPROTO)
         try:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, ifname.encode())
+            if udp:
+                self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                self.sock.bind(("0.0.0.0", wire.UDP_PORT))
             self.sock.setblocking(False)
-        except BaseException:
+        except OSError as e:
             self.sock.close()
+            if udp and e.errno == errno.EADDRINUSE:
+                raise VtlError(f"UDP port {wire.UDP_PORT} is taken: another VTL endpoint "
+                               f"runs in this namespace") from e
             raise
 
     def send(self, dst: str, h: Header) -> None:
         pkt = wire.pack(h)
+        port = wire.UDP_PORT if self.udp else 0
         while True:
             try:
-                self.sock.sendto(pkt, (dst, 0))
+                self.sock.sendto(pkt, (dst, port))
                 return
             except BlockingIOError:
                 select.select([], [self.sock], [], 0.1)   # socket buffer full: wait for room
@@ -114,9 +132,10 @@ class _Raw:
                 raw, (src, _) = self.sock.recvfrom(65535)
             except BlockingIOError:
                 return None
-            ihl = (raw[0] & 0x0F) * 4
+            if not self.udp:
+                raw = raw[(raw[0] & 0x0F) * 4:]   # a raw socket hands us the IP header too
             try:
-                return src, wire.unpack(raw[ihl:])
+                return src, wire.unpack(raw)
             except WireError:
                 continue   # the ingress KTF already counted and dropped bad packets
 
@@ -146,8 +165,10 @@ class Sender:
     def __init__(self, ifname: str, peer: str, services: Services, *,
                  grafts: Iterable[str] | None = None, meta: dict[str, Any] | None = None,
                  nego_rto: float = 0.25, nego_tries: int = 4, fallback: bool = True,
-                 idle_timeout: float = 15.0, rules: Iterable[Rule] | None = None) -> None:
+                 idle_timeout: float = 15.0, rules: Iterable[Rule] | None = None,
+                 udp: bool = False) -> None:
         self.ifname, self.peer, self.services = ifname, peer, services
+        self.udp = udp
         self.meta = meta or {}
         self.nego_rto, self.nego_tries, self.fallback = nego_rto, nego_tries, fallback
         self.idle_timeout = idle_timeout
@@ -169,7 +190,7 @@ class Sender:
         self.rtt = 0.0
         self.result = Result(graft="", session=self.session)
         self._host: KtfHost | None = None
-        self._raw: _Raw | None = None
+        self._raw: _Channel | None = None
         self._una = 0
         self._retx: set[int] = set()
         self._goback: int | None = None
@@ -186,7 +207,7 @@ class Sender:
     def negotiate(self) -> Graft:
         """Offer the grafts, deploy the one the receiver chose (NegotiationError if none)."""
         self._host = KtfHost(self.ifname)
-        self._raw = _Raw(self.ifname)
+        self._raw = _Channel(self.ifname, udp=self.udp)
         offer = {"offer": [g.name for g in self.offer], "services": self.services.as_dict(),
                  "window": max(g.window for g in self.offer), "meta": self.meta}
         t0 = time.monotonic()
@@ -232,6 +253,7 @@ class Sender:
         self._host.rings(None, self._on_event)
         self.result.graft = graft.name
         self.result.grafts = [graft.name]
+        self.result.encap = "udp" if self.udp else "ip"
         self.result.negotiation_s = elapsed
         return graft
 
@@ -434,12 +456,14 @@ class Receiver:
         self.allowed = allowed
         self.idle_timeout = idle_timeout
         self._host: KtfHost | None = None
-        self._raw: _Raw | None = None
+        self._raw: _Channel | None = None      # the channel of the session under way
+        self._chans: list[_Channel] = []
         self._tcp: socket.socket | None = None
         try:
             if vtl:
                 self._host = KtfHost(ifname)
-                self._raw = _Raw(ifname)
+                # Both ways in: a sender picks one, and its session stays on it.
+                self._chans = [_Channel(ifname), _Channel(ifname, udp=True)]
             if tcp_fallback:
                 self._tcp = socket.socket()
                 self._tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -479,7 +503,7 @@ class Receiver:
         """Wait for one session (VTL or TCP fallback) and receive its message.
         The message is in ``self.data``; the result says how it went."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        fds = [s for s in (self._raw.sock if self._raw else None, self._tcp) if s]
+        fds = [c.sock for c in self._chans] + ([self._tcp] if self._tcp else [])
         while True:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
@@ -487,10 +511,13 @@ class Receiver:
             ready, _, _ = select.select(fds, [], [], left)
             if self._tcp is not None and self._tcp in ready:
                 return self._accept_tcp()
-            if self._raw is not None and self._raw.sock in ready:
-                while (got := self._raw.recv()) is not None:
+            for chan in self._chans:
+                if chan.sock not in ready:
+                    continue
+                while (got := chan.recv()) is not None:
                     src, h = got
                     if h.type == C.VTL_NEGO:
+                        self._raw = chan
                         res = self._negotiated(src, h)
                         if res is not None:
                             return res
@@ -558,7 +585,7 @@ class Receiver:
         host.rings(self._on_rx, None)
         rfd = host.ring_fd()
         res = Result(graft=self._graft.name, session=session, negotiation_s=nego_s,
-                     grafts=self._history)
+                     grafts=self._history, encap="udp" if raw.udp else "ip")
         t0 = last = time.monotonic()
         first = None
         while True:
@@ -623,11 +650,12 @@ class Receiver:
         return res
 
     def close(self) -> None:
-        for attr in ("_raw", "_tcp"):
-            s = getattr(self, attr)
-            if s is not None:
-                s.close()
-                setattr(self, attr, None)
+        for chan in self._chans:
+            chan.close()
+        self._chans, self._raw = [], None
+        if self._tcp is not None:
+            self._tcp.close()
+            self._tcp = None
         host, self._host = self._host, None
         if host is not None:
             host.close()

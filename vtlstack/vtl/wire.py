@@ -98,6 +98,7 @@ if _HDR.size != HDR_LEN:
 _CSUM_OFF: int = ffi.offsetof("struct vtl_hdr", "csum")
 MAX_PAYLOAD: int = C.VTL_MAX_PAYLOAD
 IPPROTO: int = C.VTL_IPPROTO
+UDP_PORT: int = C.VTL_UDP_PORT
 VERSION: int = C.VTL_VERSION
 
 
