@@ -29,6 +29,7 @@ enum vtl_consts {
 	VTL_MAX_SESSIONS = 1024,
 	VTL_MAX_GRAFTS = 8,
 	VTL_REORDER = 3,          /* a hole is lost once 3 later packets arrived (dupthresh) */
+	VTL_RENACK = 31,          /* ... and NACKed again 31 packets further if still open */
 	VTL_UDP_PORT = 7254,      /* the UDP encapsulation: VTL in UDP to and from this port */
 	VTL_OFF_IP = 34,          /* VTL header offset in a frame: Ethernet + IPv4 */
 	VTL_OFF_UDP = 42,         /* ... + UDP */
@@ -36,8 +37,9 @@ enum vtl_consts {
 
 enum vtl_type {
 	VTL_DATA = 1,
-	VTL_ACK = 2,       /* ack = next expected seq; bits: bit i set = seq ack+i received */
-	VTL_NACK = 3,      /* ack = next expected seq; bits: bit i set = resend seq ack+i */
+	VTL_ACK = 2,       /* ack = next expected seq; bits: bit i set = seq ack+i received;
+			    * seq = the DATA seq it answers */
+	VTL_NACK = 3,      /* ack = next expected seq; bits: bit i set = resend seq seq+i */
 	VTL_NEGO = 4,      /* payload: JSON offer (grafts, services) */
 	VTL_NEGO_ACK = 5,  /* payload: JSON with the graft chosen */
 	VTL_NEGO_NACK = 6, /* payload: JSON with the reason */
@@ -95,9 +97,8 @@ struct vtl_session {
 	__u32 rcv_nxt;     /* receiver: every seq below is delivered or given up */
 	__u32 block;       /* receiver, PR: window-sized block the loss count refers to */
 	__u32 block_lost;  /* receiver, PR: holes given up in that block */
-	__u32 pad;
+	__u32 prev_lost;   /* receiver, PR: and in the block before it */
 	__u64 rcv_bits;    /* receiver: bit i = seq rcv_nxt+i received */
-	__u64 nack_bits;   /* receiver: bit i = seq rcv_nxt+i already NACKed */
 	__u64 skipped;     /* receiver, PR: packets given up within the budget */
 	__u64 last_ns;     /* last packet seen (idle sessions are reaped by the broker) */
 };
@@ -253,7 +254,7 @@ static __always_inline struct vtl_scratch *vtl_scratch_get(void)
 /* Turn the received DATA frame into an ACK/NACK for its sender and bounce it (XDP_TX):
  * the reply is generated in the kernel, with no trip through user space. */
 static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u8 type,
-				     __u32 ack, __u32 bits)
+				     __u32 seq, __u32 ack, __u32 bits)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
@@ -300,6 +301,7 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	ip->check = vtl_fold(bpf_csum_diff(0, 0, (__be32 *)ip, sizeof(*ip), 0));
 	h->type = type;
 	h->flags = 0;
+	h->seq = bpf_htonl(seq);
 	h->ack = bpf_htonl(ack);
 	h->bits = bpf_htonl(bits);
 	h->len = 0;
@@ -309,13 +311,40 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	return XDP_TX;
 }
 
+/* Partial reliability: may the hole at seq be given up? Yes while the window-sized block
+ * it belongs to has lost fewer than budget packets. */
+static __always_inline int vtl_pr_give_up(struct vtl_session *s, __u32 seq, __u32 window,
+					  __u32 budget)
+{
+	__u32 blk = seq / window, *lost;
+
+	/* Holes are looked at out of order (a second look lags by VTL_RENACK), so the
+	 * counts of the current block and the one before it are both kept. */
+	if (s->block == 0xffffffff || (__s32)(blk - s->block) > 0) {
+		s->prev_lost = blk == s->block + 1 ? s->block_lost : 0;
+		s->block_lost = 0;
+		s->block = blk;
+	}
+	if (blk == s->block)
+		lost = &s->block_lost;
+	else if (blk == s->block - 1)
+		lost = &s->prev_lost;
+	else
+		return 0;   /* too old to account for: ask for it */
+	if (*lost >= budget)
+		return 0;
+	*lost += 1;
+	s->skipped++;
+	return 1;
+}
+
 /* Receiver side of a graft: sequence checks, delivery, loss detection, ACK/NACK. */
 static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 				       struct vtl_session *s, __u32 graft)
 {
 	struct vtl_rx_rec *rec;
 	__u32 len = m->len, seq = m->seq, ack, out = 0, sack, window, budget, i, nskip = 0;
-	__u64 lost, bit;
+	__u32 p = 0, q = 0, hole_p = 0, hole_q = 0, nack_seq = 0;
 	__s32 d;
 	int verdict = 0;   /* 0 deliver, else the drop counter */
 
@@ -362,55 +391,49 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 		verdict = VTL_C_DROP_REPLAY;
 	if (!verdict) {
 		s->rcv_bits |= 1ULL << (d & 63);
-		/* Loss detection: a hole VTL_REORDER or more packets below this one is lost. */
-		lost = 0;
-		if (graft != VTL_GRAFT_GBN && d >= VTL_REORDER)
-			lost = ~s->rcv_bits & ~s->nack_bits &
-			       ((1ULL << ((d - VTL_REORDER + 1) & 63)) - 1);
-		/* A NACK names the 32 seqs from the hole on; holes beyond wait for a later
-		 * packet, once the window has slid (they are not marked NACKed yet). */
-		lost &= 0xffffffffULL;
-		if (graft == VTL_GRAFT_PR && lost) {
-			/* Give up holes while the block's losses stay within the budget;
-			 * ask for the others. Blocks are window-sized runs of seqs. */
-			budget = (__u32)(((__u64)window * s->budget_ppm) / 1000000);
-			/* Counted from the map, not in a local the verifier would have to
-			 * track through every path of the loop. */
-			nskip = (__u32)s->skipped;
-			for (i = 0; i < 32; i++) {
-				bit = 1ULL << i;
-				if (!(lost & bit))
-					continue;
-				if ((s->rcv_nxt + i) / window != s->block) {
-					s->block = (s->rcv_nxt + i) / window;
-					s->block_lost = 0;
-				}
-				if (s->block_lost < budget) {
-					s->block_lost++;
-					s->skipped++;
-					s->rcv_bits |= bit;
-					lost &= ~bit;
-				}
+		/* Loss detection, by position: a hole VTL_REORDER packets below this one is
+		 * lost (first NACK); a hole still open VTL_RENACK packets further down lost
+		 * its NACK or its retransmission (second NACK). Each hole is looked at these
+		 * two times only, so nothing has to remember which holes were NACKed. */
+		if (graft != VTL_GRAFT_GBN && d >= VTL_REORDER) {
+			p = (__u32)d - VTL_REORDER;
+			hole_p = !(s->rcv_bits & (1ULL << (p & 63)));
+			if (p >= VTL_RENACK) {
+				q = p - VTL_RENACK;
+				hole_q = !(s->rcv_bits & (1ULL << (q & 63)));
 			}
-			nskip = (__u32)s->skipped - nskip;
 		}
-		s->nack_bits |= lost;
-		out = (__u32)lost;
+		if (graft == VTL_GRAFT_PR && (hole_p || hole_q)) {
+			/* Give up holes while the block's losses stay within the budget; ask
+			 * for the others. Blocks are window-sized runs of seqs. */
+			budget = (__u32)(((__u64)window * s->budget_ppm) / 1000000);
+			if (hole_q && vtl_pr_give_up(s, s->rcv_nxt + q, window, budget)) {
+				s->rcv_bits |= 1ULL << (q & 63);
+				hole_q = 0;
+				nskip++;
+			}
+			if (hole_p && vtl_pr_give_up(s, s->rcv_nxt + p, window, budget)) {
+				s->rcv_bits |= 1ULL << (p & 63);
+				hole_p = 0;
+				nskip++;
+			}
+		}
+		/* The NACK names absolute seqs: seq field = the lower hole, bit i = seq+i. */
+		if (hole_q) {
+			nack_seq = s->rcv_nxt + q;
+			out = 1 | (hole_p ? 1U << VTL_RENACK : 0);
+		} else if (hole_p) {
+			nack_seq = s->rcv_nxt + p;
+			out = 1;
+		}
 	}
 	/* Slide over everything received or given up: by the number of trailing ones,
 	 * counted without a loop (a loop here multiplies the verifier's paths). */
 	i = vtl_trailing_ones(s->rcv_bits);
 	s->rcv_bits = i >= 64 ? 0 : s->rcv_bits >> i;
-	s->nack_bits = i >= 64 ? 0 : s->nack_bits >> i;
 	s->rcv_nxt += i;
 	ack = s->rcv_nxt;
 	sack = (__u32)s->rcv_bits;
-	/* `out` was relative to the old rcv_nxt: rebase it on the new one. */
-	if (out) {
-		__u32 shift = ack - (seq - (__u32)d);
-
-		out = shift < 32 ? out >> shift : 0;
-	}
 	bpf_spin_unlock(&s->lock);
 
 deliver:
@@ -426,8 +449,8 @@ deliver:
 	if (graft == VTL_GRAFT_CANONICAL)
 		return XDP_DROP;   /* consumed: delivered through the ring, no feedback */
 	if (out)
-		return vtl_reply(ctx, m, VTL_NACK, ack, out);
-	return vtl_reply(ctx, m, VTL_ACK, ack, graft == VTL_GRAFT_GBN ? 0 : sack);
+		return vtl_reply(ctx, m, VTL_NACK, nack_seq, ack, out);
+	return vtl_reply(ctx, m, VTL_ACK, seq, ack, graft == VTL_GRAFT_GBN ? 0 : sack);
 }
 
 static __always_inline void vtl_event(__u32 kind, __u32 session, __u32 seq, __u32 bits)
@@ -465,7 +488,7 @@ static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_sessio
 	}
 	una = s->snd_una;
 	if (m->type == VTL_NACK && (__s32)(ack - una) >= 0)
-		retx = m->bits;
+		retx = m->bits;   /* relative to m->seq */
 	bpf_spin_unlock(&s->lock);
 
 	if (progressed)
@@ -476,7 +499,7 @@ static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_sessio
 	}
 	if (retx) {
 		vtl_count(VTL_C_RETX_REQ);
-		vtl_event(VTL_EV_RETX, m->session, ack, retx);
+		vtl_event(VTL_EV_RETX, m->session, m->seq, retx);
 	}
 	return XDP_DROP;   /* consumed: the broker learns through vtl_ev */
 }

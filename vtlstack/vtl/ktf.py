@@ -341,7 +341,7 @@ class KtfHost:
         if val is None:
             raise VtlError(f"no session {session:#x} to move to {graft.name}")
         val.graft, val.window, val.budget_ppm = graft.id, window, budget_ppm
-        val.dupacks, val.block, val.block_lost = 0, 0xFFFFFFFF, 0
+        val.dupacks, val.block, val.block_lost, val.prev_lost = 0, 0xFFFFFFFF, 0, 0
         if self._lib.bpf_map_update_elem(self.maps["vtl_sessions"], self._skey(session, role),
                                          val, BPF_EXIST):
             raise VtlError(f"cannot move session {session:#x} ({os.strerror(self._ffi.errno)})")
