@@ -50,3 +50,16 @@ def test_bad_manifests(tmp_path, text, match):
 def test_pool_needs_canonical(tmp_path):
     with pytest.raises(GraftError, match="no canonical"):
         load_pool(tmp_path)
+
+
+def test_vtl_grafts_lists_the_pool(capsys):
+    import json
+
+    from vtlstack.apps import grafts
+
+    assert grafts.run(None) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [r["name"] for r in rows] == ["canonical", "gbn", "pr", "sr"]
+    assert all(r["precompiled"] and r["object_bytes"] > 0 for r in rows)
+    assert rows[2]["services"] == {"integrity": True, "reliable": False, "ordered": True,
+                                   "max_loss": 0.1}

@@ -196,23 +196,38 @@ def _rx_bytes(tb, host, ifname):
     return int(out or 0)
 
 
-def test_a_graft_that_does_not_compile_is_refused_with_the_reason(testbed, tmp_path,
-                                                                 monkeypatch):
+# A graft source that is not C, and one that compiles but reads a packet without a bounds
+# check (the verifier refuses it).
+_BROKEN = '#include "vtl.h"\nthis is not C;\n'
+_UNSAFE = """#include "vtl.h"
+SEC("xdp") int vtl_sr_in(struct xdp_md *ctx)
+{
+	return ((char *)(long)ctx->data)[100];
+}
+SEC("tc") int vtl_sr_out(struct __sk_buff *skb) { return 0; }
+char LICENSE[] SEC("license") = "GPL";
+"""
+
+
+@pytest.mark.parametrize("source, reason", [(_BROKEN, "does not compile"),
+                                            (_UNSAFE, "refused by the kernel")])
+def test_a_graft_that_cannot_be_deployed_is_refused_with_the_reason(testbed, tmp_path,
+                                                                   monkeypatch, source,
+                                                                   reason):
     from vtlstack._resources import data_dir
 
     monkeypatch.setenv("VTL_GRAFT_CACHE", str(tmp_path / "cache"))   # not the user's
-
     pool = tmp_path / "pool"
     pool.mkdir()
     (pool / "canonical.toml").write_text((data_dir("grafts") / "canonical.toml").read_text())
     (pool / "sr.toml").write_text((data_dir("grafts") / "sr.toml").read_text()
-                                  .replace('"vtl_sr.bpf.c"', '"broken.bpf.c"')
+                                  .replace('"vtl_sr.bpf.c"', '"bad.bpf.c"')
                                   .replace('object = "vtl_sr"', 'object = "vtl_none"'))
-    (pool / "broken.bpf.c").write_text('#include "vtl.h"\nthis is not C;\n')
+    (pool / "bad.bpf.c").write_text(source)
     tb = testbed(topology="pair")
     _, _, err = transfer(tb, tmp_path, ["--graft", "sr", "--no-fallback"],
                          ["--pool", str(pool), "--no-tcp", "--timeout", "5"], expect_rc=1)
-    assert "refused" in err and "broken.bpf.c does not compile" in err
+    assert "refused" in err and reason in err, err
 
 
 def test_udp_encapsulation(testbed, tmp_path):
