@@ -27,6 +27,7 @@ goes over kernel TCP to FALLBACK_PORT when fallback is allowed.
 
 from __future__ import annotations
 
+import collections
 import errno
 import json
 import os
@@ -436,15 +437,33 @@ class Sender:
         return res
 
 
+@dataclass
+class _RxSession:
+    """A receiving session under way."""
+
+    id: int
+    src: str
+    chan: _Channel
+    graft: Graft
+    window: int
+    ack: Header                  # our NEGO_ACK, said again if the sender asks again
+    meta: dict[str, Any]
+    t0: float
+    last: float
+    result: Result
+    first: float = 0.0
+    chunks: dict[int, bytes] = field(default_factory=dict)
+
+
 class Receiver:
-    """Accepts sessions on one interface: answers negotiation from the local pool (or a
-    subset), deploys the graft, collects what the KTFs deliver, and serves the TCP
-    fallback on FALLBACK_PORT."""
+    """Accepts sessions on one interface, several at a time: answers negotiation from the
+    local pool (or a subset), deploys the graft (shared by the sessions that use it),
+    collects what the KTFs deliver, and serves the TCP fallback on FALLBACK_PORT."""
 
     def __init__(self, ifname: str, *, grafts: Iterable[str] | None = None,
                  tcp_fallback: bool = True, vtl: bool = True,
                  idle_timeout: float = 10.0, pool_dir: Path | None = None,
-                 from_source: bool = False) -> None:
+                 from_source: bool = False, max_sessions: int = 16) -> None:
         self.ifname = ifname
         self.pool = load_pool(pool_dir)
         self.from_source = from_source
@@ -456,7 +475,6 @@ class Receiver:
         self.allowed = allowed
         self.idle_timeout = idle_timeout
         self._host: KtfHost | None = None
-        self._raw: _Channel | None = None      # the channel of the session under way
         self._chans: list[_Channel] = []
         self._tcp: socket.socket | None = None
         try:
@@ -472,14 +490,24 @@ class Receiver:
         except BaseException:
             self.close()
             raise
-        self._chunks: dict[int, bytes] = {}
-        self._rx_session = 0
+        self.max_sessions = max_sessions
+        self._sessions: dict[int, _RxSession] = {}
+        self._done: collections.deque[tuple[Result, bytes, dict[str, Any]]] = \
+            collections.deque()
+        self._closed: collections.OrderedDict[int, Header] = collections.OrderedDict()
+        self._rfd = -1
+        if self._host is not None:
+            self._host.rings(self._on_rx, None)
+            self._rfd = self._host.ring_fd()
         self.data = b""                      # the last message received
         self.meta: dict[str, Any] = {}       # and what its sender said about it
 
     def _on_rx(self, rec: Any) -> None:
-        if rec.session == self._rx_session:
-            self._chunks.setdefault(rec.seq, bytes(wire.ffi.buffer(rec.data, rec.len)))
+        sess = self._sessions.get(rec.session)
+        if sess is not None:
+            sess.chunks.setdefault(rec.seq, bytes(wire.ffi.buffer(rec.data, rec.len)))
+            sess.last = time.monotonic()
+            sess.first = sess.first or sess.last
 
     def _choose(self, offer: dict[str, Any]) -> tuple[Graft | None, str]:
         names = offer.get("offer")
@@ -500,138 +528,150 @@ class Receiver:
         return None, "no offered graft is available (" + "; ".join(reasons) + ")"
 
     def accept(self, timeout: float | None = None) -> Result:
-        """Wait for one session (VTL or TCP fallback) and receive its message.
-        The message is in ``self.data``; the result says how it went."""
+        """Wait until a session (VTL or TCP fallback) has delivered its message and return
+        how it went; the message is in ``self.data``, its metadata in ``self.meta``. VTL
+        sessions run concurrently: the ones still under way carry on at the next call."""
         deadline = None if timeout is None else time.monotonic() + timeout
-        fds = [c.sock for c in self._chans] + ([self._tcp] if self._tcp else [])
-        while True:
+        while not self._done:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 raise TimeoutError(f"no session within {timeout} s")
-            ready, _, _ = select.select(fds, [], [], left)
+            fds = [c.sock for c in self._chans] + ([self._tcp] if self._tcp else [])
+            if self._rfd >= 0:
+                fds.append(self._rfd)
+            ready, _, _ = select.select(fds, [], [], 0.5 if left is None else min(left, 0.5))
+            if self._rfd in ready and self._host is not None:
+                self._host.poll(0)
             if self._tcp is not None and self._tcp in ready:
                 return self._accept_tcp()
             for chan in self._chans:
-                if chan.sock not in ready:
-                    continue
-                while (got := chan.recv()) is not None:
-                    src, h = got
-                    if h.type == C.VTL_NEGO:
-                        self._raw = chan
-                        res = self._negotiated(src, h)
-                        if res is not None:
-                            return res
+                if chan.sock in ready:
+                    while (got := chan.recv()) is not None:
+                        self._control(chan, *got)
+            self._reap()
+        res, self.data, self.meta = self._done.popleft()
+        return res
 
-    def _negotiated(self, src: str, h: Header) -> Result | None:
-        assert self._raw is not None and self._host is not None
+    def _control(self, chan: _Channel, src: str, h: Header) -> None:
+        sess = self._sessions.get(h.session)
+        if h.type == C.VTL_NEGO and h.flags & C.VTL_F_SWITCH:
+            if sess is not None:
+                sess.last = time.monotonic()
+                chan.send(src, self._switch(sess, h))
+        elif h.type == C.VTL_NEGO:
+            if sess is not None:
+                chan.send(src, sess.ack)      # our NEGO_ACK was lost: say it again
+            else:
+                self._negotiate(chan, src, h)
+        elif h.type == C.VTL_CLOSE and not h.flags & C.VTL_F_REPLY:
+            reply = Header(type=C.VTL_CLOSE, session=h.session, seq=h.seq, ack=h.ack,
+                           flags=C.VTL_F_REPLY)
+            if sess is not None:
+                self._finish(sess, h.seq, h.ack)
+                self._closed[h.session] = reply
+                while len(self._closed) > 64:
+                    self._closed.popitem(last=False)
+            if h.session in self._closed:
+                chan.send(src, reply)         # also when our first answer was lost
+
+    def _negotiate(self, chan: _Channel, src: str, h: Header) -> None:
+        assert self._host is not None
         t0 = time.monotonic()
         try:
             offer = _json(h.payload)
         except WireError as e:
-            self._raw.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": str(e)}))
-            return None
+            chan.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": str(e)}))
+            return
+        if len(self._sessions) >= self.max_sessions:
+            chan.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {
+                "reason": f"busy: {self.max_sessions} sessions under way"}))
+            return
         graft, why = self._choose(offer)
         if graft is None:
-            self._raw.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": why}))
-            return None
+            chan.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": why}))
+            return
         window = max(1, min(int(offer.get("window", graft.window)), graft.window))
         services = offer.get("services") or {}
         loss = float(services.get("max_loss", graft.max_loss))
         budget = int(min(loss, graft.max_loss) * 1_000_000)
-        self._host.open_session(h.session, RECEIVER, graft, window, budget)
-        self.meta = offer.get("meta") or {}
-        self._graft = graft
         try:
-            ack = _ctrl(h.session, C.VTL_NEGO_ACK,
-                        {"graft": graft.name, "window": window, "budget_ppm": budget})
-            self._raw.send(src, ack)
-            return self._receive(src, h.session, ack, time.monotonic() - t0)
-        finally:
-            self._host.close_session(h.session, RECEIVER)
-            self._host.release(self._graft)
+            self._host.open_session(h.session, RECEIVER, graft, window, budget)
+        except VtlError as e:
+            self._host.release(graft)
+            chan.send(src, _ctrl(h.session, C.VTL_NEGO_NACK, {"reason": str(e)}))
+            return
+        ack = _ctrl(h.session, C.VTL_NEGO_ACK,
+                    {"graft": graft.name, "window": window, "budget_ppm": budget})
+        now = time.monotonic()
+        self._sessions[h.session] = _RxSession(
+            id=h.session, src=src, chan=chan, graft=graft, window=window, ack=ack,
+            meta=offer.get("meta") or {}, t0=now, last=now,
+            result=Result(graft=graft.name, session=h.session, negotiation_s=now - t0,
+                          grafts=[graft.name], encap="udp" if chan.udp else "ip"))
+        # How many sessions ran at once during each one's life (they share the KTFs).
+        for other in self._sessions.values():
+            other.result.stats["peak_sessions"] = max(
+                other.result.stats.get("peak_sessions", 0), len(self._sessions))
+        chan.send(src, ack)
 
-    def _switch(self, session: int, h: Header) -> Header:
+    def _switch(self, sess: _RxSession, h: Header) -> Header:
         """The sender's monitor asks for another graft (it has nothing in flight): deploy
         it, move the session's kernel state over (sequence state kept), answer."""
         assert self._host is not None
         try:
             req = _json(h.payload)
         except WireError as e:
-            return _ctrl(session, C.VTL_NEGO_NACK, {"reason": str(e)}, flags=C.VTL_F_SWITCH)
+            return _ctrl(sess.id, C.VTL_NEGO_NACK, {"reason": str(e)}, flags=C.VTL_F_SWITCH)
         name = req.get("switch")
-        cur = self._graft
-        if name == cur.name:   # our answer was lost: the same answer again
-            return _ctrl(session, C.VTL_NEGO_ACK, {"graft": name, "window": self._window},
+        if name == sess.graft.name:   # our answer was lost: the same answer again
+            return _ctrl(sess.id, C.VTL_NEGO_ACK, {"graft": name, "window": sess.window},
                          flags=C.VTL_F_SWITCH)
         new, why = self._choose({"offer": [name]})
         if new is None or new.id == C.VTL_GRAFT_CANONICAL:
-            return _ctrl(session, C.VTL_NEGO_NACK, {"reason": why or "no feedback in "
+            if new is not None:
+                self._host.release(new)
+            return _ctrl(sess.id, C.VTL_NEGO_NACK, {"reason": why or "no feedback in "
                                                     "canonical"}, flags=C.VTL_F_SWITCH)
         window = max(1, min(int(req.get("window", new.window)), new.window))
         budget = int(min(float(req.get("max_loss", new.max_loss)), new.max_loss) * 1e6)
-        self._host.update_session(session, RECEIVER, new, window, budget)
-        self._host.release(cur)
-        self._graft, self._window = new, window
-        self._history.append(new.name)
-        return _ctrl(session, C.VTL_NEGO_ACK, {"graft": new.name, "window": window},
+        self._host.update_session(sess.id, RECEIVER, new, window, budget)
+        self._host.release(sess.graft)
+        sess.graft, sess.window = new, window
+        sess.result.grafts.append(new.name)
+        return _ctrl(sess.id, C.VTL_NEGO_ACK, {"graft": new.name, "window": window},
                      flags=C.VTL_F_SWITCH)
 
-    def _receive(self, src: str, session: int, ack: Header, nego_s: float) -> Result:
-        assert self._raw is not None and self._host is not None
-        host, raw = self._host, self._raw
-        self._history = [self._graft.name]
-        self._window = _json(ack.payload)["window"]
-        self._chunks, self._rx_session = {}, session
-        host.rings(self._on_rx, None)
-        rfd = host.ring_fd()
-        res = Result(graft=self._graft.name, session=session, negotiation_s=nego_s,
-                     grafts=self._history, encap="udp" if raw.udp else "ip")
-        t0 = last = time.monotonic()
-        first = None
-        while True:
-            ready, _, _ = select.select([rfd, raw.sock], [], [], 0.5)
-            now = time.monotonic()
-            if rfd in ready:
-                before = len(self._chunks)
-                host.poll(0)
-                if len(self._chunks) != before:
-                    last = now
-                    first = first or now
-            if raw.sock in ready:
-                while (got := raw.recv()) is not None:
-                    _, h = got
-                    if h.session != session:
-                        continue
-                    last = now
-                    if h.type == C.VTL_NEGO and h.flags & C.VTL_F_SWITCH:
-                        raw.send(src, self._switch(session, h))
-                    elif h.type == C.VTL_NEGO:
-                        raw.send(src, ack)   # our NEGO_ACK was lost: say it again
-                    elif h.type == C.VTL_CLOSE and not h.flags & C.VTL_F_REPLY:
-                        host.poll(0)          # everything the KTF accepted is in the ring
-                        raw.send(src, Header(type=C.VTL_CLOSE, session=session, seq=h.seq,
-                                             ack=h.ack, flags=C.VTL_F_REPLY))
-                        res.fct_s = now - (first or t0)
-                        res.graft = self._graft.name
-                        return self._assemble(res, h.seq, h.ack)
-            if now - last > self.idle_timeout:
-                raise VtlError(f"session {session:#x} from {src} idle for "
-                               f"{self.idle_timeout:.0f} s: state removed")
+    def _drop(self, sess: _RxSession) -> None:
+        """Remove a session's kernel state and its use of the graft."""
+        assert self._host is not None
+        del self._sessions[sess.id]
+        self._host.close_session(sess.id, RECEIVER)
+        self._host.release(sess.graft)
 
-    def _assemble(self, res: Result, packets: int, nbytes: int) -> Result:
+    def _finish(self, sess: _RxSession, packets: int, nbytes: int) -> None:
+        assert self._host is not None
+        self._host.poll(0)                # everything the KTF accepted is in the ring
+        self._drop(sess)
+        res = sess.result
+        res.fct_s = time.monotonic() - (sess.first or sess.t0)
+        res.graft = sess.graft.name
         parts, lost = [], []
         for seq in range(packets):
-            chunk = self._chunks.get(seq)
+            chunk = sess.chunks.get(seq)
             if chunk is None:
                 lost.append(seq)
                 chunk = bytes(min(MSS, nbytes - seq * MSS))   # a hole keeps its place
             parts.append(chunk)
-        self.data = b"".join(parts)
         res.lost, res.packets, res.bytes = lost, packets, nbytes
-        assert self._host is not None
         res.counters = self._host.counters()
-        self._chunks = {}
-        return res
+        self._done.append((res, b"".join(parts), sess.meta))
+
+    def _reap(self) -> None:
+        now = time.monotonic()
+        for sess in [x for x in self._sessions.values() if now - x.last > self.idle_timeout]:
+            self._drop(sess)
+            raise VtlError(f"session {sess.id:#x} from {sess.src} idle for "
+                           f"{self.idle_timeout:.0f} s: state removed")
 
     def _accept_tcp(self) -> Result:
         assert self._tcp is not None
@@ -650,9 +690,12 @@ class Receiver:
         return res
 
     def close(self) -> None:
+        if self._host is not None:
+            for sess in list(self._sessions.values()):
+                self._drop(sess)
         for chan in self._chans:
             chan.close()
-        self._chans, self._raw = [], None
+        self._chans = []
         if self._tcp is not None:
             self._tcp.close()
             self._tcp = None
