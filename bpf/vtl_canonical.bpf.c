@@ -47,7 +47,8 @@ int vtl_ingress(struct xdp_md *ctx)
 	__s64 sum = 0;
 
 	struct udphdr *udp = (void *)(ip + 1);
-	__u32 vtl_off = VTL_OFF_IP;
+	__u32 vtl_off = VTL_OFF_IP, zero = 0;
+	struct vtl_cfg *cfg;
 
 	if ((void *)(ip + 1) > data_end || eth->h_proto != bpf_htons(ETH_P_IP))
 		return XDP_PASS;
@@ -59,6 +60,12 @@ int vtl_ingress(struct xdp_md *ctx)
 			return XDP_PASS;
 		vtl_off = VTL_OFF_UDP;
 	} else if (ip->protocol != VTL_IPPROTO) {
+		return XDP_PASS;
+	}
+	/* A router running VTL itself forwards other hosts' VTL untouched. */
+	cfg = bpf_map_lookup_elem(&vtl_config, &zero);
+	if (cfg && cfg->local_ip && ip->daddr != cfg->local_ip) {
+		vtl_count(VTL_C_TRANSIT);
 		return XDP_PASS;
 	}
 	/* IP options or fragments: VTL never sends them, so they are malformed here. */
@@ -165,6 +172,20 @@ int vtl_egress(struct __sk_buff *skb)
 	skb->cb[0] = off;   /* for the graft's egress KTF */
 	bpf_tail_call(skb, &vtl_tc_grafts, h.graft);
 	return TC_ACT_OK;   /* graft not deployed here: not ours to police */
+}
+
+/* tc ingress: send the ACK/NACK frames the receiver KTF marked (VTL_REPLY_BOUNCE) back
+ * out of this interface. Only the XDP metadata mark counts, which nothing from the wire
+ * can carry, so this never reflects a packet it did not make. */
+SEC("tc")
+int vtl_bounce(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	__u32 *magic = (void *)(long)skb->data_meta;
+
+	if ((void *)(magic + 1) > data || *magic != VTL_BOUNCE_MAGIC)
+		return TC_ACT_OK;
+	return bpf_redirect(skb->ifindex, 0);
 }
 
 VTL_GRAFT_KTFS(canonical, VTL_GRAFT_CANONICAL)

@@ -72,7 +72,7 @@ def vtl_links():
         prog = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(link["prog_id"])],
                               capture_output=True, text=True)
         name = json.loads(prog.stdout or "{}").get("name", "")
-        if name in ("vtl_ingress", "vtl_egress"):
+        if name in ("vtl_ingress", "vtl_egress", "vtl_bounce"):
             out[link["prog_id"]] = name
     return out
 """
@@ -215,7 +215,7 @@ with KtfHost(sys.argv[1]) as h:
     net = res["net"][0]
     assert [p["mode"] for p in net["xdp"]] == ["driver"]     # native, through a link
     links = res["links"]
-    assert sorted(links.values()) == ["vtl_egress", "vtl_ingress"]
+    assert sorted(links.values()) == ["vtl_bounce", "vtl_egress", "vtl_ingress"]
     assert (False, "", False) == _xdp_and_tc(tb, "server", srv.iface.name)
     # The programs themselves are gone, not only detached.
     for prog_id in links:
@@ -269,7 +269,7 @@ time.sleep(60)
     proc = tb.popen("server", [sys.executable, "-P", "-c", code, srv.iface.name],
                     stdout=subprocess.PIPE, text=True)
     links = json.loads(proc.stdout.readline())
-    assert sorted(links.values()) == ["vtl_egress", "vtl_ingress"]
+    assert sorted(links.values()) == ["vtl_bounce", "vtl_egress", "vtl_ingress"]
     assert _xdp_and_tc(tb, "server", srv.iface.name)[0]
     proc.send_signal(sig)
     assert proc.wait(timeout=10) == (128 + sig if sig == signal.SIGTERM else -sig)

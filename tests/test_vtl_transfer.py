@@ -238,3 +238,56 @@ def test_udp_encapsulation(testbed, tmp_path):
     assert got["sha256"] == hashlib.sha256(data).hexdigest()
     # The KTFs did the work in UDP too: kernel NACKs, window moved by kernel ACKs.
     assert got["counters"]["tx_nack"] > 0 and sent["counters"]["rx_ack"] > 0
+
+
+def test_concurrent_sessions_share_one_receiver(testbed, tmp_path):
+    # chain: the client's session crosses the middle host, which runs VTL itself (its own
+    # session to the server): its KTFs pass the client's packets through (transit).
+    # The server's KTFs answer with XDP_TX, which a veth delivers only to a peer running
+    # XDP: the middle's KTFs must stay attached while the client's session runs, so the
+    # middle sends the bigger file and starts first.
+    tb = testbed(topology="chain")
+    cli, mid, srv = tb.host("client"), tb.host("middle"), tb.host("server")
+    files = {}
+    for name, size in (("a.bin", SIZE // 2), ("b.bin", 4 * SIZE)):
+        files[name] = tmp_path / name
+        files[name].write_bytes(os.urandom(size))
+    out = tmp_path / "out"
+    out.mkdir()
+    recv = tb.popen("server", vtl_argv("recv", "--iface", srv.iface.name, "-o", str(out),
+                                       "--count", "2", "--timeout", "30"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert _line(recv, 20)["event"] == "ready"
+        senders = []
+        for host, ifname, name in (("middle", mid.ifaces[1].name, "b.bin"),
+                                   ("client", cli.iface.name, "a.bin")):
+            senders.append(tb.popen(host, vtl_argv("send", "--iface", ifname, "--to",
+                                                   srv.iface.ip, "--graft", "sr",
+                                                   str(files[name])),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    text=True))
+            deadline = time.monotonic() + 20       # bounded poll: its KTFs are attached
+            while "xdp" not in tb.exec(host, ["ip", "-o", "link", "show", ifname],
+                                       capture_output=True, text=True).stdout:
+                assert senders[-1].poll() is None and time.monotonic() < deadline
+                time.sleep(0.01)
+        sent = []
+        for proc in senders:
+            stdout, stderr = proc.communicate(timeout=60)
+            assert proc.returncode == 0, stderr
+            sent.append(json.loads(stdout))
+        got = [_line(recv, 30), _line(recv, 30)]
+        assert recv.wait(timeout=15) == 0
+    finally:
+        if recv.poll() is None:
+            recv.terminate()
+            recv.wait(timeout=10)
+    assert {g["path"].rsplit("/", 1)[1] for g in got} == {"a.bin", "b.bin"}
+    for g in got:
+        data = files[g["path"].rsplit("/", 1)[1]].read_bytes()
+        assert g["sha256"] == hashlib.sha256(data).hexdigest() and g["graft"] == "sr"
+    # The two sessions overlapped on the receiver, sharing its one loaded SR graft.
+    assert max(g["stats"].get("peak_sessions", 1) for g in got) == 2
+    # The middle host's KTFs let the client's session through untouched.
+    assert sent[0]["counters"]["transit"] > 0 and sent[0]["counters"]["drop_session"] == 0

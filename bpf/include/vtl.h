@@ -148,7 +148,27 @@ enum vtl_counter {
 	VTL_C_DROP_ORDER = 17,   /* Go-Back-N: not the next expected seq */
 	VTL_C_DROP_RINGFULL = 18,
 	VTL_C_TX_WINDOW_FULL = 19, /* egress: DATA beyond the send window, not sent */
-	VTL_C_MAX = 20,
+	VTL_C_TRANSIT = 20,      /* VTL for another host (we route it): passed untouched */
+	VTL_C_MAX = 21,
+};
+
+/* Key 0 of the vtl_config array: what the control plane tells the root KTFs. */
+struct vtl_cfg {
+	__be32 local_ip;   /* this interface's IPv4 address; VTL to others is routed, not
+			    * ours (0: take every VTL packet) */
+	__u32 reply;       /* enum vtl_reply */
+};
+
+/* How a receiver KTF sends the ACK/NACK it made of a DATA frame. */
+enum vtl_reply {
+	/* XDP_TX: fastest, but a veth hands XDP_TX frames only to a peer that runs XDP
+	 * itself, so a routed hop without XDP drops them. */
+	VTL_REPLY_TX = 0,
+	/* XDP_PASS with a mark in the XDP metadata; vtl_bounce (tc ingress) sends the
+	 * marked frame out of the same interface through the normal transmit path, which
+	 * every peer receives. Still made entirely in the kernel. */
+	VTL_REPLY_BOUNCE = 1,
+	VTL_BOUNCE_MAGIC = 0x5654424f,   /* the mark: "VTBO" */
 };
 
 #ifdef __bpf__
@@ -189,6 +209,13 @@ struct {
 	__uint(type, BPF_MAP_TYPE_RINGBUF);
 	__uint(max_entries, 256 << 10);
 } vtl_ev SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct vtl_cfg);
+} vtl_config SEC(".maps");
 
 /* What the root ingress KTF parsed, for the graft it tail-calls (same CPU, same packet). */
 struct vtl_meta {
@@ -251,8 +278,9 @@ static __always_inline struct vtl_scratch *vtl_scratch_get(void)
 	return bpf_map_lookup_elem(&vtl_scratch, &zero);
 }
 
-/* Turn the received DATA frame into an ACK/NACK for its sender and bounce it (XDP_TX):
- * the reply is generated in the kernel, with no trip through user space. */
+/* Turn the received DATA frame into an ACK/NACK for its sender and send it back (XDP_TX,
+ * or the bounce through tc; see enum vtl_reply): the reply is generated in the kernel,
+ * with no trip through user space. */
 static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u8 type,
 				     __u32 seq, __u32 ack, __u32 bits)
 {
@@ -265,8 +293,9 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	struct udphdr *udp;
 	struct vtl_hdr *h;
 	__u8 mac[ETH_ALEN];
-	__u32 addr;
+	__u32 addr, zero = 0, *magic;
 	__u16 port;
+	struct vtl_cfg *cfg;
 
 	if (trim > 0 && bpf_xdp_adjust_tail(ctx, -trim))
 		return XDP_DROP;
@@ -308,7 +337,16 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	h->csum = 0;
 	h->csum = vtl_fold(bpf_csum_diff(0, 0, (__be32 *)h, VTL_HDR_LEN, 0));
 	vtl_count(type == VTL_NACK ? VTL_C_TX_NACK : VTL_C_TX_ACK);
-	return XDP_TX;
+	cfg = bpf_map_lookup_elem(&vtl_config, &zero);
+	if (!cfg || cfg->reply != VTL_REPLY_BOUNCE)
+		return XDP_TX;
+	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32)))
+		return XDP_DROP;
+	magic = (void *)(long)ctx->data_meta;
+	if ((void *)(magic + 1) > (void *)(long)ctx->data)
+		return XDP_DROP;
+	*magic = VTL_BOUNCE_MAGIC;
+	return XDP_PASS;
 }
 
 /* Partial reliability: may the hole at seq be given up? Yes while the window-sized block

@@ -21,10 +21,13 @@ from __future__ import annotations
 
 import atexit
 import errno
+import fcntl
 import logging
 import os
 import signal
 import socket
+import struct
+import sys
 import threading
 import weakref
 from collections.abc import Callable
@@ -82,14 +85,18 @@ void ring_buffer__free(struct ring_buffer *rb);
 """
 
 BPF_EXIST = 2
-BPF_TCX_EGRESS = 47   # enum bpf_attach_type (kernel 6.6+; newer than libbpf 1.1's headers)
+SIOCGIFADDR = 0x8915
+# enum bpf_attach_type (kernel 6.6+; newer than libbpf 1.1's headers)
+BPF_TCX_INGRESS = 46
+BPF_TCX_EGRESS = 47
 BPF_TC_INGRESS = 1
 BPF_TC_EGRESS = 2
 XDP_FLAGS_UPDATE_IF_NOEXIST = 1
 XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 # Maps every graft object shares with the root object (names from vtl.h).
-SHARED_MAPS = ("vtl_sessions", "vtl_counters", "vtl_rx", "vtl_ev", "vtl_scratch")
+SHARED_MAPS = ("vtl_sessions", "vtl_counters", "vtl_rx", "vtl_ev", "vtl_scratch",
+               "vtl_config")
 
 _lib: Any = None
 _lock = threading.Lock()
@@ -130,19 +137,23 @@ def _install_exit_hooks() -> None:
 class KtfHost:
     """The VTL KTFs attached to one interface, their shared maps and the deployed grafts."""
 
-    def __init__(self, ifname: str) -> None:
+    def __init__(self, ifname: str, reply: str = "bounce") -> None:
+        """reply: how receiver KTFs send their ACK/NACK, "bounce" (works with every
+        peer) or "tx" (XDP_TX: faster, but on a veth only to a peer that runs XDP)."""
         require_root("attaching the VTL KTFs")
+        if reply not in ("bounce", "tx"):
+            raise ValueError(f"reply {reply!r}: use 'bounce' or 'tx'")
         self.ifname = ifname
+        self.reply = reply
         self.ifindex = _xdp_helpers._ifindex(ifname)
         self._lib = _libbpf()
         self._ffi = wire.ffi
         self._root: Any = None
         self._xdp_mode = 0
         self._xdp_link: Any = None
-        self._tc_link = -1
+        self._tc_links: list[int] = []
+        self._tc_filters: list[tuple[Any, Any]] = []
         self.xdp_mode = ""
-        self._tc_hook: Any = None
-        self._tc_opts: Any = None
         self._tc_owns_qdisc = False
         self._grafts: dict[int, tuple[Any, int]] = {}   # id -> (object, refcount)
         self._rb: Any = None
@@ -157,8 +168,10 @@ class KtfHost:
             self.maps = {n: self._map_fd(self._root, n)
                          for n in (*SHARED_MAPS, "vtl_xdp_grafts", "vtl_tc_grafts")}
             self._put_graft(0, self._root, "vtl_canonical_in", "vtl_canonical_out")
+            self._configure()
             self._attach_xdp(self._prog_fd(self._root, "vtl_ingress"))
-            self._attach_tc(self._prog_fd(self._root, "vtl_egress"))
+            self._attach_tc(self._prog_fd(self._root, "vtl_egress"), BPF_TC_EGRESS)
+            self._attach_tc(self._prog_fd(self._root, "vtl_bounce"), BPF_TC_INGRESS)
             self._ncpus = self._lib.libbpf_num_possible_cpus()
         except BaseException:
             self.close()
@@ -218,6 +231,21 @@ class KtfHost:
             if self._lib.bpf_map_update_elem(self.maps[arr], key, fd, 0):
                 raise GraftLoadError(f"cannot deploy {prog} ({os.strerror(self._ffi.errno)})")
 
+    def _configure(self) -> None:
+        """Tell the root KTF this interface's address: VTL for other hosts passes."""
+        cfg = self._ffi.new("struct vtl_cfg *")
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            try:
+                req = struct.pack("256s", self.ifname.encode())
+                cfg.local_ip = int.from_bytes(fcntl.ioctl(s, SIOCGIFADDR, req)[20:24],
+                                              sys.byteorder)   # kept in network order
+            except OSError:
+                cfg.local_ip = 0   # no address yet: take every VTL packet
+        cfg.reply = wire.C.VTL_REPLY_TX if self.reply == "tx" else wire.C.VTL_REPLY_BOUNCE
+        key = self._ffi.new("uint32_t *", 0)
+        if self._lib.bpf_map_update_elem(self.maps["vtl_config"], key, cfg, 0):
+            raise VtlError(f"cannot configure the VTL KTFs ({os.strerror(self._ffi.errno)})")
+
     def _attach_xdp(self, fd: int) -> None:
         # A bpf_link first: the kernel detaches a link when its last fd closes, so even a
         # SIGKILL leaves nothing attached. Without flags the kernel picks native mode where
@@ -249,29 +277,30 @@ class KtfHost:
         raise VtlError(f"cannot attach the VTL ingress KTF to {self.ifname} "
                        f"({os.strerror(-ret)})")
 
-    def _attach_tc(self, fd: int) -> None:
+    def _attach_tc(self, fd: int, direction: int) -> None:
+        """Attach a tc program to this interface's ingress or egress (BPF_TC_*)."""
         ffi, lib = self._ffi, self._lib
         # tcx (kernel 6.6+) through a bpf_link: no qdisc to add, and gone with our fds.
-        link_fd = lib.bpf_link_create(fd, self.ifindex, BPF_TCX_EGRESS, ffi.NULL)
+        tcx = BPF_TCX_INGRESS if direction == BPF_TC_INGRESS else BPF_TCX_EGRESS
+        link_fd = lib.bpf_link_create(fd, self.ifindex, tcx, ffi.NULL)
         if link_fd >= 0:
-            self._tc_link = link_fd
+            self._tc_links.append(link_fd)
             return
-        # Older kernels: a clsact qdisc and a cls_bpf filter, removed by close().
+        # Older kernels: a clsact qdisc and cls_bpf filters, removed by close().
         hook = ffi.new("struct bpf_tc_hook *", {"sz": ffi.sizeof("struct bpf_tc_hook"),
                                                 "ifindex": self.ifindex,
-                                                "attach_point": BPF_TC_EGRESS})
+                                                "attach_point": direction})
         ret = lib.bpf_tc_hook_create(hook)
         if ret and -ret != errno.EEXIST:
             raise VtlError(f"cannot add a clsact qdisc to {self.ifname} ({os.strerror(-ret)})")
-        self._tc_owns_qdisc = ret == 0
-        self._tc_hook = hook
+        self._tc_owns_qdisc = self._tc_owns_qdisc or ret == 0
         opts = ffi.new("struct bpf_tc_opts *", {"sz": ffi.sizeof("struct bpf_tc_opts"),
                                                 "prog_fd": fd})
         ret = lib.bpf_tc_attach(hook, opts)
         if ret:
-            raise VtlError(f"cannot attach the VTL egress KTF to {self.ifname} "
+            raise VtlError(f"cannot attach a VTL tc KTF to {self.ifname} "
                            f"({os.strerror(-ret)})")
-        self._tc_opts = opts
+        self._tc_filters.append((hook, opts))
 
     # -- grafts -------------------------------------------------------------------------
 
@@ -438,25 +467,25 @@ class KtfHost:
         if self._rb is not None:
             lib.ring_buffer__free(self._rb)
             self._rb = None
-        if self._tc_link >= 0:
-            os.close(self._tc_link)
-            self._tc_link = -1
+        for link_fd in self._tc_links:
+            os.close(link_fd)
+        self._tc_links = []
         if self._xdp_link is not None:
             lib.bpf_link__destroy(self._xdp_link)
             self._xdp_link = None
-        if self._tc_opts is not None:
+        for hook, attached in self._tc_filters:
             # detach wants only the handle and priority the attach picked
             opts = self._ffi.new("struct bpf_tc_opts *", {
                 "sz": self._ffi.sizeof("struct bpf_tc_opts"),
-                "handle": self._tc_opts.handle, "priority": self._tc_opts.priority})
-            if lib.bpf_tc_detach(self._tc_hook, opts):
-                log.warning("could not detach the VTL egress KTF from %s", self.ifname)
-            self._tc_opts = None
-        if self._tc_hook is not None and self._tc_owns_qdisc:
+                "handle": attached.handle, "priority": attached.priority})
+            if lib.bpf_tc_detach(hook, opts):
+                log.warning("could not detach a VTL tc KTF from %s", self.ifname)
+        if self._tc_filters and self._tc_owns_qdisc:
             # The qdisc goes only when the hook names both directions (libbpf's rule).
-            self._tc_hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS
-            lib.bpf_tc_hook_destroy(self._tc_hook)
-        self._tc_hook = None
+            hook = self._tc_filters[0][0]
+            hook.attach_point = BPF_TC_INGRESS | BPF_TC_EGRESS
+            lib.bpf_tc_hook_destroy(hook)
+        self._tc_filters = []
         if self._xdp_mode:
             try:
                 ifindex = socket.if_nametoindex(self.ifname)
