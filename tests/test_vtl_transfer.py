@@ -243,13 +243,12 @@ def test_udp_encapsulation(testbed, tmp_path):
 def test_concurrent_sessions_share_one_receiver(testbed, tmp_path):
     # chain: the client's session crosses the middle host, which runs VTL itself (its own
     # session to the server): its KTFs pass the client's packets through (transit).
-    # The server's KTFs answer with XDP_TX, which a veth delivers only to a peer running
-    # XDP: the middle's KTFs must stay attached while the client's session runs, so the
-    # middle sends the bigger file and starts first.
-    tb = testbed(topology="chain")
+    # The middle starts first and sends more, over a 50 Mbit/s link (0.6 s), so that the
+    # client's session starts while the middle's runs.
+    tb = testbed(topology="chain", rate_mbit=50)
     cli, mid, srv = tb.host("client"), tb.host("middle"), tb.host("server")
     files = {}
-    for name, size in (("a.bin", SIZE // 2), ("b.bin", 4 * SIZE)):
+    for name, size in (("a.bin", SIZE // 2), ("b.bin", 2 * SIZE)):
         files[name] = tmp_path / name
         files[name].write_bytes(os.urandom(size))
     out = tmp_path / "out"

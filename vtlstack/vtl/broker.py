@@ -201,7 +201,8 @@ class Sender:
                 if name not in self.pool or name == "canonical":
                     raise VtlError(f"rule {r}: {name!r} is not a graft with feedback in "
                                    f"the pool")
-        self._monitor: Monitor | None = Monitor(rules) if rules else None
+        # Always there for the RTT samples; with rules it may also swap grafts.
+        self._monitor = Monitor(rules)
 
     # -- vtl_negotiate ------------------------------------------------------------------
 
@@ -272,7 +273,7 @@ class Sender:
         except NegotiationError as e:
             st["switches_refused"] = st.get("switches_refused", 0) + 1
             self.result.fallback_reason = f"switch to {target.name} failed: {e}"
-            self._monitor = None   # keep the graft that works; do not ask again
+            self._monitor.rules = []   # keep the graft that works; do not ask again
             return
         window = max(1, min(int(ans.get("window", target.window)), target.window))
         old = self.graft
@@ -290,7 +291,7 @@ class Sender:
         if ev.session != self.session:
             return
         if ev.kind == C.VTL_EV_ACKED:
-            if ev.seq > self._una and self._monitor is not None:
+            if ev.seq > self._una:
                 self._monitor.on_acked(ev.seq, ev.seq * MSS, time.monotonic())
             self._una = max(self._una, ev.seq)
         elif ev.kind == C.VTL_EV_RETX:
@@ -299,9 +300,11 @@ class Sender:
             self._goback = ev.seq
 
     def _rto(self) -> float:
-        # The handshake's RTT, with room for queueing; 50 ms floor (not TCP's 200 ms: a
-        # spurious timeout here resends one packet, or one window for Go-Back-N).
-        return max(0.05, 4 * self.rtt)
+        # Twice the smoothed RTT once there are samples, before that 4 times the
+        # handshake's (which includes the peer's graft load); 50 ms floor, not TCP's
+        # 200 ms: a spurious timeout here resends one packet, or one window for GBN.
+        srtt = self._monitor.srtt
+        return max(0.05, 2 * srtt if srtt is not None else 4 * self.rtt)
 
     def send(self, data: bytes) -> Result:
         """Send one message over the negotiated graft; returns when the graft's promise is
@@ -324,8 +327,7 @@ class Sender:
                                        flags=C.VTL_F_RETX if retx else 0,
                                        payload=chunks[seq]))
             st["retransmitted" if retx else "sent"] += 1
-            if self._monitor is not None:
-                self._monitor.on_send(seq, retx, time.monotonic())
+            self._monitor.on_send(seq, retx, time.monotonic())
 
         t0 = time.monotonic()
         nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
@@ -339,7 +341,7 @@ class Sender:
                 put(seq, retx=True)
             self._retx.clear()
             limit = min(total, self._una + self.window) if acked else total
-            if self._monitor is not None and target is None and acked:
+            if self._monitor.rules and target is None and acked:
                 rule = self._monitor.decide(self.graft.name)
                 if rule is not None:
                     target = self.pool[rule.dst]
@@ -402,7 +404,7 @@ class Sender:
 
     def close(self) -> None:
         """Remove the session's kernel state, the graft (if no one else uses it) and the
-        KTFs; idempotent, runs on every exit path of run()."""
+        KTFs; idempotent (Connection calls it on every exit path)."""
         host, self._host = self._host, None
         if host is not None:
             try:
