@@ -290,3 +290,11 @@ def test_concurrent_sessions_share_one_receiver(testbed, tmp_path):
     assert max(g["stats"].get("peak_sessions", 1) for g in got) == 2
     # The middle host's KTFs let the client's session through untouched.
     assert sent[0]["counters"]["transit"] > 0 and sent[0]["counters"]["drop_session"] == 0
+
+
+def test_the_papers_rule_moves_gbn_to_pr_at_a_long_rtt(testbed, tmp_path):
+    tb = testbed(topology="pair", delay_ms=160)      # RTT 320 ms
+    sent, got, data = transfer(tb, tmp_path, ["--graft", "gbn", "--monitor"], size=200_000)
+    assert sent["grafts"] == got["grafts"] == ["gbn", "pr"]
+    assert sent["stats"]["switch_rule"] == "rtt_ms>=300:gbn->pr"
+    assert got["sha256"] == hashlib.sha256(data).hexdigest()   # a clean link: nothing lost
