@@ -1,4 +1,4 @@
-"""`vtl bench-vtl`: the VTL paper's evaluation, reduced, on a pair testbed, in one run.
+"""`vtl bench vtl`: the VTL paper's evaluation, reduced, on a pair testbed, in one run.
 
 Fig. 8 / Table IV: negotiation delay with precompiled grafts (the receiver loads and
 verifies the graft inside it) and the size of each graft's object. Fig. 9: file completion
@@ -28,7 +28,7 @@ GRAFTS = ("sr", "gbn", "pr")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("bench-vtl", help="VTL grafts vs kernel TCP (paper Fig. 8-9)",
+    p = sub.add_parser("vtl", help="VTL grafts vs kernel TCP (paper Fig. 8-9)",
                        description=__doc__)
     p.add_argument("--sizes", default="1,4", help="file sizes in MB (default 1,4)")
     p.add_argument("--losses", default="0,2", help="loss rates in %% (default 0,2)")
@@ -82,7 +82,7 @@ def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None
 
 
 def run(args: argparse.Namespace) -> int:
-    require_root("vtl bench-vtl")
+    require_root("vtl bench vtl")
     from vtlstack._resources import bpf_path
     from vtlstack.testbed import Testbed
     from vtlstack.vtl.grafts import load_pool

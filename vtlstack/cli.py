@@ -10,7 +10,7 @@ from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
 _APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench",
-         "vtlsend", "vtlrecv", "grafts", "vtlbench")
+         "vtlsend", "vtlrecv", "grafts")
 
 
 class Terminated(SystemExit):
