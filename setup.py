@@ -102,7 +102,7 @@ class BuildPy(build_py):
 
 
 setup(
-    packages=["vtlstack", "vtlstack.apps"],
+    packages=["vtlstack", "vtlstack.apps", "vtlstack.vtl"],
     package_dir={"vtlstack": "vtlstack", "vtlstack.apps": "apps"},
     package_data={"vtlstack": ["_bpf/*.o", "_bpf/*.h", "_data/**/*", "*.pyi", "py.typed"]},
     ext_modules=_extensions(),

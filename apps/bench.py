@@ -65,9 +65,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop.add_argument("seconds", type=float)
     loop.add_argument("batch", type=int)
     loop.set_defaults(func=run_port_loop)
-    from vtlstack.apps import bench_tcp  # here: bench_tcp imports this module
+    from vtlstack.apps import bench_tcp, vtlbench  # here: bench_tcp imports this module
 
     bench_tcp.register(which)
+    vtlbench.register(which)
 
 
 # ---- the C reference -------------------------------------------------------------------

@@ -9,7 +9,8 @@ import sys
 from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
-_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench")
+_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench",
+         "vtlsend", "vtlrecv", "grafts")
 
 
 class Terminated(SystemExit):

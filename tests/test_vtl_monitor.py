@@ -1,0 +1,40 @@
+"""The net monitor and its rules (no root)."""
+
+import pytest
+
+from vtlstack.vtl.monitor import PAPER_RULE, Monitor, Rule
+
+
+def test_rules_parse_and_print():
+    assert str(PAPER_RULE) == "rtt_ms>=300:gbn->pr"
+    r = Rule.parse(" loss > 0.05 : sr -> pr ")
+    assert (r.metric, r.op, r.value, r.src, r.dst) == ("loss", ">", 0.05, "sr", "pr")
+    for bad in ("rtt>=3:gbn->pr", "rtt_ms=3:gbn->pr", "rtt_ms>=3:gbn", "rtt_ms>=x:a->b"):
+        with pytest.raises(ValueError, match="METRIC OP VALUE"):
+            Rule.parse(bad)
+
+
+def test_rtt_follows_karn_and_rfc6298_smoothing():
+    m = Monitor([PAPER_RULE], min_samples=1)
+    m.on_send(0, False, 0.0)
+    m.on_send(1, False, 0.0)
+    m.on_send(1, True, 0.5)          # seq 1 resent: its ACK gives no sample
+    m.on_acked(1, 1400, 0.1)
+    assert m.srtt == pytest.approx(0.1) and m.samples == 1
+    m.on_acked(2, 2800, 0.9)
+    assert m.samples == 1
+    m.on_send(2, False, 1.0)
+    m.on_acked(3, 4200, 1.9)         # 0.9 s sample: srtt moves by 1/8 of the difference
+    assert m.srtt == pytest.approx(0.1 + (0.9 - 0.1) / 8)
+    assert m.metrics()["loss"] == pytest.approx(1 / 3)
+
+
+def test_decide_applies_the_rule_of_the_current_graft_only():
+    m = Monitor([PAPER_RULE, Rule.parse("loss>=0.5:sr->pr")], min_samples=2)
+    for seq, rtt in enumerate((0.35, 0.35)):
+        m.on_send(seq, False, 0.0)
+        assert m.decide("gbn") is None        # not enough samples yet
+        m.on_acked(seq + 1, 0, rtt)
+    assert m.decide("gbn") == PAPER_RULE
+    assert m.decide("sr") is None             # loss is 0
+    assert m.decide("pr") is None
