@@ -77,6 +77,9 @@ def compile_bpf(outdir: Path) -> None:
         subprocess.run(cmd, check=True)
     for header in sorted((BPF_SRC / "include").glob("*.h")):
         shutil.copy2(header, outdir / header.name)
+    # the sources ship too: a graft may be built from its source at runtime
+    for src in sorted(BPF_SRC.glob("*.bpf.c")):
+        shutil.copy2(src, outdir / src.name)
 
 
 def copy_data(outdir: Path) -> None:
@@ -104,7 +107,8 @@ class BuildPy(build_py):
 setup(
     packages=["vtlstack", "vtlstack.apps", "vtlstack.vtl"],
     package_dir={"vtlstack": "vtlstack", "vtlstack.apps": "apps"},
-    package_data={"vtlstack": ["_bpf/*.o", "_bpf/*.h", "_data/**/*", "*.pyi", "py.typed"]},
+    package_data={"vtlstack": ["_bpf/*.o", "_bpf/*.h", "_bpf/*.bpf.c", "_data/**/*", "*.pyi",
+                               "py.typed"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
     zip_safe=False,

@@ -586,9 +586,10 @@ cdef class XskPort:
 
     cdef uint32_t refill(self) noexcept nogil:
         """Free frames -> fill ring. The kernel's share (fill ring plus RX ring not yet
-        read) is capped at the fill ring size, so the other frames stay free for TX and
-        for frames the stack holds: RX bursts can never starve alloc_frame(). Also never
-        more than the ring size at once: libxdp's reserve fails outright beyond that."""
+        read) is capped at the fill ring size and at half the pool, so the other frames stay
+        free for TX and for frames the stack holds: RX bursts can never starve
+        alloc_frame(). Also never more than the ring size at once: libxdp's reserve fails
+        outright beyond that."""
         cdef uint32_t idx = 0, i, n, budget, avail
         cdef uint64_t addr = 0
         # An eighth of the pool is never given to receiving: the stack's own sends (and so

@@ -50,8 +50,12 @@ def _find_source(graft: Graft) -> Path:
     for base in (graft.home, _REPO / "bpf"):
         if base is not None and (base / graft.source).is_file():
             return base / graft.source
+    try:
+        return bpf_path(graft.source)   # the copy shipped with the package
+    except VtlError:
+        pass
     raise GraftLoadError(f"graft {graft.name}: source {graft.source} not found beside its "
-                         f"manifest or in the checkout's bpf/")
+                         f"manifest, in the checkout's bpf/ or in the package")
 
 
 def graft_object(graft: Graft, from_source: bool = False) -> Path:
