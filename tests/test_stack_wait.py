@@ -200,7 +200,7 @@ AIO_ECHO = r"""
 import asyncio, json, sys
 from vtlstack import aio
 from vtlstack.stack import Stack
-iface, port, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+iface, port, n, frames = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 
 async def main(stack):
     sizes, finished = [], asyncio.Event()
@@ -225,9 +225,9 @@ async def main(stack):
     assert not server.is_serving()
     return sizes
 
-# the default pool (4096 frames) is smaller than n * snd_buf: sends wait in the network
-# thread for room, nothing is lost
-with Stack(iface) as stack:
+# the pool is smaller than n * (snd_buf + rcv_buf): sends wait in the network thread for
+# room, receive windows are bounded by the pool, nothing is lost
+with Stack(iface, frame_count=frames) as stack:
     sizes = asyncio.run(main(stack))
 print(json.dumps({"sizes": sorted(sizes), **stack.final_stats}), flush=True)
 """
@@ -340,9 +340,9 @@ def test_channel_arm_for_an_external_loop():
     ch.disarm()
 
 
-def echo_run(tb, script: str, n: int, size: int) -> tuple[dict, dict]:
+def echo_run(tb, script: str, n: int, size: int, *args: str) -> tuple[dict, dict]:
     """A stack echo script against n concurrent Linux clients of `size` bytes each."""
-    srv = stack_script(tb, script, PORT, n)
+    srv = stack_script(tb, script, PORT, n, *args)
     try:
         assert readline(srv).strip() == "ready"
         client = tb.exec("client", [sys.executable, "-c", ECHO_CLIENTS,
@@ -396,8 +396,12 @@ def test_nonblocking_accept_recv_send_connect(tb):
 
 
 @pytest.mark.root
-def test_asyncio_echo_server_on_the_stack(tb):
-    got, stats = echo_run(tb, AIO_ECHO, 20, 400000)
+@pytest.mark.parametrize("n, frames", [(20, 4096), (10, 1024)], ids=["pool4096", "pool1024"])
+def test_asyncio_echo_server_on_the_stack(tb, n, frames):
+    # 1024 frames (2 MB) back 10 connections whose buffers add up to 5 MB: the pool, not
+    # the buffers, is the limit. Sends, receive windows and the fill ring each keep a
+    # share, so no side waits on frames that only another's progress would free.
+    got, stats = echo_run(tb, AIO_ECHO, n, 400000, str(frames))
     assert stats["sizes"] == got["sizes"]
     assert_clean(stats)
 

@@ -263,6 +263,32 @@ def test_windows_stop_opening_when_the_pool_runs_low():
     p.done()
 
 
+def test_window_held_back_by_the_pool_reopens_when_frames_return():
+    """Nothing on a connection whose window the pool closed says when frames come back
+    (its app may have nothing to read): the engine sends the update itself then, rather
+    than wait for the peer's persist probes, which back off to minutes."""
+    p = Peer(frames=128, rcv_buf=1 << 20)
+    ours = opts(p.passive_open(options=(("MSS", 1460), ("WScale", 7))))["WScale"]
+    held = [p.pool.alloc() for _ in range(p.pool.stats()["free"] - 128 // 4)]
+    sent = 0
+    while p.eng.info(p.cid)["rcv_wnd"] > 0:          # the peer fills what was offered
+        n = min(1460, p.eng.info(p.cid)["rcv_wnd"])
+        p.data(b"x" * n)
+        p.seq += n
+        sent += n
+        p.eng.recv(p.cid, p.now)                      # the app reads it all
+    p.advance(40 * MS)
+    assert p.out()[-1].window == 0
+    p.advance(1 * MS)
+    assert p.out() == []                              # no frames: nothing to announce
+    for addr in held:
+        p.pool.free(addr)
+    p.advance(1 * MS)
+    update = p.one()
+    assert update.ack == p.seq and update.window << ours >= 1460 * 56 // 4
+    p.done()
+
+
 def test_timestamps_echo_the_latest_in_order_tsval_and_paws_drops_old_data():
     p = Peer()
     p.passive_open()
@@ -747,6 +773,39 @@ def test_out_of_order_queue_holds_a_whole_window():
     assert p.out()[-1].ack == p.seq + n * mss
     assert p.eng.recv(p.cid, p.now) == b"".join(chunks)
     p.seq += n * mss
+    p.done()
+
+
+def test_receive_queues_hold_at_most_half_the_pool_and_in_order_data_comes_first():
+    """Windows promise more than the pool holds once several are open. Receive queues
+    stop at half the pool (less the fill ring's floor): data past that is dropped and
+    counted (the peer resends it), except that in-order data pushes out out-of-order data
+    queued beyond it, or holes would hold the budget their own filling needs."""
+    mss = 1460
+    p = Peer(frames=128)                              # budget: 128 // 2 - 128 // 16 = 56
+    p.passive_open(options=(("MSS", mss), ("SAckOK", b""), ("WScale", 7)))
+    a = [bytes([i]) * mss for i in range(45)]
+    for i in range(1, 45):                            # 44 segments after a hole
+        p.data(a[i], seq=p.seq + i * mss)
+    p.out()
+    assert p.eng.info(p.cid)["ooo_frags"] == 44
+    # a second connection, whose SYN-ACK offered 64 KB as every SYN-ACK does
+    p.eng.segments()
+    p.feed(pkt(7000, 0, "S", 65535, [("MSS", mss)], sport=BPORT + 1))
+    synack = tcp_of(p.eng.segments()[0])
+    p.feed(pkt(7001, synack.seq + 1, "A", sport=BPORT + 1))
+    b = p.eng.accept(p.lid)
+    for i in range(13):                               # 12 fit the budget, the 13th not
+        p.feed(pkt(7001 + i * mss, synack.seq + 1, "PA", payload=b"b" * mss, sport=BPORT + 1))
+    assert p.eng.info(b)["rq_frags"] == 12
+    assert p.eng.counters()["pool_drops"] == 1
+    # the first connection's hole is filled: its farthest out-of-order segment makes room
+    p.data(a[0])
+    c = p.eng.counters()
+    assert c["ooo_pruned"] == 1 and c["pool_drops"] == 1
+    assert p.eng.recv(p.cid, p.now) == b"".join(a[:44])
+    assert p.eng.info(p.cid)["ooo_frags"] == 0
+    p.eng.segments()
     p.done()
 
 

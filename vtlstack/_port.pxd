@@ -58,6 +58,9 @@ cdef class FramePool:
     cdef uint8_t *state
     cdef uint64_t count[FRAME_NSTATES]
     cdef uint64_t bad_ops       # double free, unknown address, ref on a free frame...
+    # Frame references held by receive queues (kept by the TCP engine). The fill ring and
+    # these together get at most half the pool, so sends always have the other half.
+    cdef uint64_t rx_held
 
     cdef inline uint32_t frame_index(self, uint64_t addr) noexcept nogil
     cdef inline uint8_t *frame_ptr(self, uint64_t addr) noexcept nogil

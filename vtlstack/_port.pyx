@@ -41,6 +41,7 @@ __all__ = ["FramePool", "XskPort"]
 cdef enum:
     MAX_BATCH = 256
     FILL_FLOOR = 64     # frames the kernel keeps to receive into, whatever the pool's state
+    TX_RESERVE = 32     # ... except these: free frames only segments going out may take
 
 _STATE_NAMES = ("free", "fill", "rx", "tx", "held")
 
@@ -600,9 +601,11 @@ cdef class XskPort:
         # (a frame that carries only an ACK comes back at once).
         cdef uint32_t floor = FILL_FLOOR if FILL_FLOOR < self.q.fill.size else self.q.fill.size
         cdef uint32_t have = <uint32_t>self.pool.count[FRAME_FILL]
-        # and never more than half the pool: what is left must be able to open receive
-        # windows and hand the app frames to send (both wait for a quarter of the pool)
+        # and never more than half the pool with what receive queues hold: the other half
+        # is for sending, so an app that cannot send (and so does not read) never waits on
+        # frames that only its reading would free
         cdef uint32_t cap = self.pool.frame_count // 2
+        cap = cap - <uint32_t>self.pool.rx_held if cap > self.pool.rx_held else 0
         if cap > self.q.fill.size:
             cap = self.q.fill.size
         if self.closed or have >= cap:
@@ -611,8 +614,10 @@ cdef class XskPort:
         avail = self.pool.free_top - reserve if self.pool.free_top > reserve else 0
         if have + avail < floor:
             avail = floor - have
-            if avail > self.pool.free_top:
-                avail = self.pool.free_top
+            # Not the last free frames, though: with the send queues holding the rest and
+            # nothing in flight, the segments that would bring ACKs back need them.
+            if avail + TX_RESERVE > self.pool.free_top:
+                avail = self.pool.free_top - TX_RESERVE if self.pool.free_top > TX_RESERVE else 0
         if budget > avail:
             budget = avail
         n = xsk_prod_nb_free(&self.q.fill, budget)

@@ -152,6 +152,8 @@ ctypedef struct tcp_counters:
     uint64_t ooo_segments
     uint64_t ooo_full           # OOO queue full: segment dropped
     uint64_t rq_full            # in-order fragment list full: segment dropped
+    uint64_t pool_drops         # data dropped because the pool ran short (the peer resends)
+    uint64_t ooo_pruned         # out-of-order segments dropped to make room for in-order ones
     uint64_t sq_full            # send queue limit hit (send accepted fewer bytes)
     uint64_t no_frames          # the pool had no frame for the send queue
     uint64_t out_full           # output descriptor array full: segment dropped
@@ -181,6 +183,7 @@ ctypedef struct tcp_conn:
     uint8_t rcv_fin_pending # FIN seen beyond RCV.NXT (out of order)
     uint8_t ack_now
     uint8_t ack_batched     # owes an ACK at the end of this receive batch (on acks list)
+    uint8_t wnd_pressed     # its window was held back by a short pool (on pressed list)
     uint8_t timing          # an RTT measurement is running (Karn: never on a retransmit)
     uint8_t in_recovery
     uint8_t retries
@@ -282,6 +285,9 @@ cdef class TcpEngine:
     cdef int32_t *free_cids
     cdef int32_t *acks          # connections owing an ACK at the end of the receive batch
     cdef uint32_t acks_n
+    cdef int32_t *pressed       # connections whose window the pool held back, to reopen
+    cdef uint32_t sq_frames     # frames held by send queues: at most 3/8 of the pool
+    cdef uint32_t pressed_n
     cdef uint32_t nfree
     cdef uint32_t *ftab         # flow table: cid + 1, 0 empty, FT_TOMB deleted
     cdef uint32_t ftab_mask
@@ -372,8 +378,12 @@ cdef class TcpEngine:
     cdef uint32_t ts_offset(self, uint32_t lip, uint16_t lport, uint32_t rip,
                             uint16_t rport) noexcept nogil
     cdef void _drop_out(self) noexcept nogil
+    cdef uint32_t pool_room(self) noexcept nogil
+    cdef bint pool_roomy(self) noexcept nogil
+    cdef inline uint64_t rx_budget(self) noexcept nogil
     cdef uint32_t free_window(self, tcp_conn *c) noexcept nogil
     cdef bint window_can_open(self, tcp_conn *c) noexcept nogil
+    cdef void reopen_windows(self, uint64_t now) noexcept nogil
     cdef void rtt_sample(self, tcp_conn *c, uint64_t now) noexcept nogil
     cdef void challenge_ack(self, tcp_conn *c, uint64_t now) noexcept nogil
     cdef tcp_conn *_conn(self, int cid) except NULL

@@ -29,9 +29,9 @@
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
-from libc.string cimport memcpy, memset
+from libc.string cimport memcpy, memmove, memset
 
-from vtlstack._port cimport FRAME_FREE, VTL_NO_FRAME, FramePool
+from vtlstack._port cimport FRAME_FILL, FRAME_FREE, VTL_NO_FRAME, FramePool
 from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_,
     IPV4_MIN_HLEN,
@@ -314,12 +314,13 @@ cdef class TcpEngine:
         self.conns = <tcp_conn *>calloc(max_conns, sizeof(tcp_conn))
         self.free_cids = <int32_t *>calloc(max_conns, sizeof(int32_t))
         self.acks = <int32_t *>calloc(max_conns, sizeof(int32_t))
+        self.pressed = <int32_t *>calloc(max_conns, sizeof(int32_t))
         self.ftab = <uint32_t *>calloc(size, sizeof(uint32_t))
         self.out_cap = out_cap
         self.out = <tcp_seg_out *>calloc(out_cap, sizeof(tcp_seg_out))
         self.evq_cap = 2 * max_conns + 16
         self.evq = <int32_t *>calloc(self.evq_cap, sizeof(int32_t))
-        if not self.conns or not self.free_cids or not self.acks or not self.ftab or not self.out \
+        if not self.conns or not self.free_cids or not self.acks or not self.pressed or not self.ftab or not self.out \
                 or not self.evq:
             raise MemoryError()
         for i in range(max_conns):
@@ -332,6 +333,7 @@ cdef class TcpEngine:
         free(self.conns)
         free(self.free_cids)
         free(self.acks)
+        free(self.pressed)
         free(self.ftab)
         free(self.out)
         free(self.evq)
@@ -423,15 +425,18 @@ cdef class TcpEngine:
         cdef uint32_t i
         for i in range(c.sq_n):
             self.pool.unref(c.sq[(c.sq_head + i) % SQ_MAX].addr)
+        self.sq_frames -= c.sq_n
         c.sq_n = 0
         c.sq_bytes = 0
         for i in range(c.ooo_n):
             self.pool.unref(c.ooo[i].addr)
+        self.pool.rx_held -= c.ooo_n
         c.ooo_n = 0
         c.ooo_bytes = 0
         if rx_too:
             for i in range(c.rq_n):
                 self.pool.unref(c.rq[(c.rq_head + i) % RQ_MAX].addr)
+            self.pool.rx_held -= c.rq_n
             c.rq_n = 0
             c.rq_bytes = 0
 
@@ -578,16 +583,35 @@ cdef class TcpEngine:
 
     # -- output -----------------------------------------------------------------------------
 
+    cdef uint32_t pool_room(self) noexcept nogil:
+        """Frames receive windows may still promise: those free or in the fill ring
+        (received data lands in the latter), less a quarter of the pool kept for the send
+        queues and the app. Every connection's window is backed by the same frames."""
+        cdef uint64_t have = self.pool.count[FRAME_FREE] + self.pool.count[FRAME_FILL]
+        cdef uint64_t keep = self.pool.frame_count // 4
+        cdef uint64_t budget = self.rx_budget()
+        have = have - keep if have > keep else 0
+        budget = budget - self.pool.rx_held if budget > self.pool.rx_held else 0
+        return umin(umin(<uint32_t>have, <uint32_t>budget), RQ_MAX)
+
+    cdef bint pool_roomy(self) noexcept nogil:
+        """Can the pool back a useful window: half a buffer, or a quarter of the receive
+        budget when the pool is small?"""
+        cdef uint64_t want = umin(self.cfg.rcv_buf // 2,
+                                  <uint32_t>(self.rx_budget() // 4 * self.cfg.mss))
+        return self.pool_room() * <uint64_t>self.cfg.mss >= want
+
+    cdef inline uint64_t rx_budget(self) noexcept nogil:
+        """Frames receive queues may hold: half the pool (see FramePool.rx_held) less what
+        the fill ring always keeps to receive ACKs into."""
+        return self.pool.frame_count // 2 - self.pool.frame_count // 16
+
     cdef uint32_t free_window(self, tcp_conn *c) noexcept nogil:
         """What we could accept now: buffer minus unconsumed bytes, bounded by free fragment
-        slots and by what the window field can say."""
+        slots, by the pool (see pool_room) and by what the window field can say."""
         cdef uint32_t free_b = self.cfg.rcv_buf - c.rq_bytes if self.cfg.rcv_buf > c.rq_bytes else 0
         cdef uint32_t slots = RQ_MAX - c.rq_n if c.rq_n < RQ_MAX else 0
-        cdef uint64_t spare = self.pool.count[FRAME_FREE]
-        # Memory pressure: windows stop opening when a quarter of the pool is left (every
-        # connection's window is backed by the same frames)
-        spare = spare - self.pool.frame_count // 4 if spare > self.pool.frame_count // 4 else 0
-        slots = <uint32_t>umin(slots, <uint32_t>umin(spare, RQ_MAX))
+        slots = umin(slots, self.pool_room())
         free_b = umin(free_b, slots * <uint32_t>c.rcv_mss)
         return umin(free_b, <uint32_t>0xFFFF << c.rcv_wscale)
 
@@ -603,6 +627,15 @@ cdef class TcpEngine:
             c.rcv_adv = c.rcv_nxt + self.free_window(c)
         if SEQ_LT(c.rcv_adv, c.rcv_nxt):
             c.rcv_adv = c.rcv_nxt
+        if c.rcv_adv - c.rcv_nxt < self.cfg.rcv_buf // 2 and not c.wnd_pressed and \
+                not self.pool_roomy() and self.pressed_n < self.max_conns:
+            # The pool, not the app, keeps this window small. Nothing on this connection
+            # will say when frames come back (its app may have nothing left to read), so
+            # reopen_windows() sends the update then; otherwise only the peer's persist
+            # probes, backing off to minutes, would find the window open again.
+            c.wnd_pressed = 1
+            self.pressed[self.pressed_n] = <int32_t>(c - self.conns)
+            self.pressed_n += 1
         # RFC 9293 3.8.6.2.2: the right edge never moves left (no shrinking)
         return c.rcv_adv - c.rcv_nxt
 
@@ -1435,6 +1468,7 @@ cdef class TcpEngine:
                     self.pool.unref(f.addr)
                     c.sq_head = (c.sq_head + 1) % SQ_MAX
                     c.sq_n -= 1
+                    self.sq_frames -= 1
                 elif SEQ_LT(f.seq, data_to):
                     k = data_to - f.seq
                     f.addr += k
@@ -1553,6 +1587,7 @@ cdef class TcpEngine:
                 for j in range(i, c.ooo_n - 1):
                     c.ooo[j] = c.ooo[j + 1]
                 c.ooo_n -= 1
+                self.pool.rx_held -= 1
                 continue
             if SEQ_LT(a, s):
                 addr += b - s       # a queued one overlaps our head: trim it
@@ -1573,6 +1608,7 @@ cdef class TcpEngine:
         c.ooo[i].seq = s
         c.ooo[i].len = e - s
         c.ooo_n += 1
+        self.pool.rx_held += 1
         c.ooo_bytes += e - s
         c.ooo_last_seq = s
 
@@ -1586,6 +1622,25 @@ cdef class TcpEngine:
             # SHOULD send a RST to show that data was lost"
             self.emit_rst(c.lip, c.lport, c.rip, c.rport, c.snd_max, 0, 0)
             self.conn_closed(c, EV_RESET)
+            return
+        if seq == c.rcv_nxt:
+            # In-order data comes first: out-of-order data queued beyond it goes (from the
+            # far end) while the receive budget is spent, as Linux prunes its ofo queue.
+            # Else queues full of holes would hold the budget that the data filling those
+            # holes needs.
+            while c.ooo_n and self.pool.rx_held >= self.rx_budget():
+                c.ooo_n -= 1
+                c.ooo_bytes -= c.ooo[c.ooo_n].len
+                self.pool.unref(c.ooo[c.ooo_n].addr)
+                self.pool.rx_held -= 1
+                self.cnt.ooo_pruned += 1
+        if self.pool.rx_held >= self.rx_budget() or \
+                self.pool.count[FRAME_FREE] + self.pool.count[FRAME_FILL] < self.pool.frame_count // 8:
+            # Windows promise more than the pool holds once many are open. Data beyond the
+            # receive budget, or that would take the last frames, is dropped, as Linux drops
+            # what it cannot charge to tcp_mem: the frames go back to the fill ring, so the
+            # ACKs that empty the send queues still arrive, and the peer resends the data.
+            self.cnt.pool_drops += 1
             return
         if seq != c.rcv_nxt:
             # RFC 5681 4.2: "A TCP receiver SHOULD send an immediate duplicate ACK when an
@@ -1603,6 +1658,7 @@ cdef class TcpEngine:
         f.seq = seq
         f.len = plen
         c.rq_n += 1
+        self.pool.rx_held += 1
         c.rq_bytes += plen
         c.rcv_nxt += plen
         c.bytes_in += plen
@@ -1611,6 +1667,7 @@ cdef class TcpEngine:
             f = &c.ooo[0]
             if SEQ_LE(f.seq + f.len, c.rcv_nxt):
                 self.pool.unref(f.addr)
+                self.pool.rx_held -= 1      # else its reference moves to the rq
             else:
                 k = c.rcv_nxt - f.seq
                 c.rq[(c.rq_head + c.rq_n) % RQ_MAX].addr = f.addr + k
@@ -1664,6 +1721,24 @@ cdef class TcpEngine:
                 c.ack_now = 1
                 self.output(c, now)
         self.acks_n = 0
+
+    cdef void reopen_windows(self, uint64_t now) noexcept nogil:
+        """Window updates for the connections whose window the pool held back, once the
+        pool has room again (see rcv_window and pool_roomy)."""
+        cdef uint32_t i, n = self.pressed_n
+        cdef tcp_conn *c
+        if n == 0 or not self.pool_roomy():
+            return
+        for i in range(n):
+            c = &self.conns[self.pressed[i]]
+            if not c.in_use or not c.wnd_pressed:
+                continue    # closed since (a reused slot starts with the flag clear)
+            c.wnd_pressed = 0
+            if may_receive_data(c.state) and self.window_can_open(c):
+                c.ack_now = 1
+                self.output(c, now)     # may append it again, past n
+        self.pressed_n -= n
+        memmove(self.pressed, self.pressed + n, self.pressed_n * sizeof(int32_t))
 
     cdef void fin_input(self, tcp_conn *c, uint64_t now) noexcept nogil:
         # RFC 9293 3.10.7.4 eighth: "advance RCV.NXT over the FIN, and send an
@@ -1740,11 +1815,14 @@ cdef class TcpEngine:
 
     cdef void on_timer(self, uint64_t now) noexcept nogil:
         """Fire every timer due at `now` and send what follows. Before next_deadline() it
-        returns at once; otherwise one pass over the connections, which also recomputes the
-        exact next deadline."""
+        returns at once (after the window updates the pool now allows, see rcv_window);
+        otherwise one pass over the connections, which also recomputes the exact next
+        deadline."""
         cdef uint32_t i
         cdef tcp_conn *c
         cdef uint64_t t, best = 0
+        if self.pressed_n:
+            self.reopen_windows(now)
         if self.tmin == 0 or now < self.tmin:
             return
         for i in range(self.max_conns):
@@ -1909,10 +1987,12 @@ cdef class TcpEngine:
                 if c.sq_n == SQ_MAX:
                     self.cnt.sq_full += 1
                     break
-                # the last sixteenth of the pool is for segments out (ACKs among them):
-                # queued data waits (in the network thread) rather than take those
+                # Send queues get at most 3/8 of the pool (receiving has half, the app's
+                # frames to send from an eighth), and never the last sixteenth, which is
+                # for segments going out: queued data waits (in the network thread) then.
                 a = VTL_NO_FRAME
-                if self.pool.count[FRAME_FREE] > self.pool.frame_count // 16:
+                if self.pool.count[FRAME_FREE] > self.pool.frame_count // 16 and \
+                        self.sq_frames < self.pool.frame_count // 8 * 3:
                     a = self.pool.alloc_frame()
                 if a == VTL_NO_FRAME:
                     self.cnt.no_frames += 1
@@ -1924,6 +2004,7 @@ cdef class TcpEngine:
                 f.seq = c.snd_end
                 f.len = k
                 c.sq_n += 1
+                self.sq_frames += 1
             c.snd_end += k
             c.sq_bytes += k
             done += k
@@ -1950,6 +2031,7 @@ cdef class TcpEngine:
                 n -= f.len
                 c.rq_bytes -= f.len
                 self.pool.unref(f.addr)
+                self.pool.rx_held -= 1
                 c.rq_head = (c.rq_head + 1) % RQ_MAX
                 c.rq_n -= 1
             else:
