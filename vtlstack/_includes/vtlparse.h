@@ -659,6 +659,7 @@ static inline int vp_chunked(vp_base *b, uint16_t data_id, uint64_t max_total,
             if (c == '\r') { k->sub = CS_SIZE_LF; p++; continue; }
             if (c == ';') { k->sub = CS_EXT; p++; continue; }
             if (c == ' ' || c == '\t') { k->sub = CS_BWS; p++; continue; }
+            if (c == '\n') return vp_fail(b, "bare LF in a chunk size line", VP_OFF(p));
             return vp_fail(b, "invalid chunk size", VP_OFF(p));
         case CS_BWS: /* chunk-ext = *( BWS ";" ... ): whitespace must lead to an extension */
             if (c == ' ' || c == '\t') { p++; continue; }
