@@ -10,6 +10,8 @@ feeding costs the parse and one small object per record.
 import json
 import re
 
+cimport cython
+
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport int64_t, uint8_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
@@ -83,8 +85,11 @@ cdef class Library:
     cdef readonly size_t state_size
     cdef readonly object meta
     cdef readonly str path
-    cdef list keys, modes, idxs, convs   # per field id
-    cdef list types                      # per record type: (name, [(key, mode)])
+    cdef list keys                       # per field id: its key in the record's dict
+    cdef uint8_t *modes                  # per field id: M_*
+    cdef uint8_t *idxs                   # per field id: N of name.N / name[].N
+    cdef uint8_t *convs                  # per field id: C_*
+    cdef list types                      # per record type: (name, [(key, mode)], finish)
 
     def __cinit__(self, str path):
         self.path = path
@@ -102,13 +107,19 @@ cdef class Library:
         self.error = <vp_error_fn>self.sym(b"vp_error")
         self.state_size = (<vp_state_size_fn>self.sym(b"vp_state_size"))()
         self.meta = json.loads((<vp_meta_fn>self.sym(b"vp_meta"))().decode())
-        self.keys, self.modes, self.idxs, self.convs = [], [], [], []
-        for f in self.meta["fields"]:
+        nf = len(self.meta["fields"])
+        self.modes = <uint8_t *>malloc(nf + 1)
+        self.idxs = <uint8_t *>malloc(nf + 1)
+        self.convs = <uint8_t *>malloc(nf + 1)
+        if self.modes == NULL or self.idxs == NULL or self.convs == NULL:
+            raise MemoryError()
+        self.keys = []
+        for i, f in enumerate(self.meta["fields"]):
             key, mode, idx = _shape(f["path"])
             self.keys.append(key)
-            self.modes.append(mode)
-            self.idxs.append(idx)
-            self.convs.append(_CONV[f["as"]])
+            self.modes[i] = mode
+            self.idxs[i] = idx
+            self.convs[i] = _CONV[f["as"]]
         self.types = []
         for r in self.meta["records"]:
             slots = []
@@ -116,8 +127,15 @@ cdef class Library:
                 key, mode, _ = _shape(path)
                 if all(k != key for k, _ in slots):
                     slots.append((key, mode))
-            self.types.append((r["name"], slots))
+            # whether as_dict has lists to turn into tuples at the end
+            finish = any(mode in (M_TUPLE, M_LIST_TUPLE) for _, mode in slots)
+            self.types.append((r["name"], slots, finish))
         # The handle stays open for the life of the process: records may outlive streams.
+
+    def __dealloc__(self):
+        free(self.modes)
+        free(self.idxs)
+        free(self.convs)
 
     cdef void *sym(self, bytes name) except NULL:
         cdef void *f = dlsym(self.handle, name)
@@ -126,6 +144,9 @@ cdef class Library:
         return f
 
 
+# Batches and records can hold no cycles (a record points to its batch, a batch to bytes and
+# its library): keeping them out of the cyclic GC saves a collection every 700 records.
+@cython.no_gc
 cdef class Batch:
     """The events and the bytes of the records one feed completed; shared by those records."""
 
@@ -139,6 +160,7 @@ cdef class Batch:
         free(self.ev)
 
 
+@cython.no_gc
 cdef class Record:
     """One record. Its fields are spans of the stream until as_dict() makes values of them."""
 
@@ -171,7 +193,8 @@ cdef class Record:
         cdef list stack = []
         cdef dict d = {}
         cdef dict joins = None
-        for key, mode in lib.types[self.type_id][1]:
+        cdef tuple rtype = lib.types[self.type_id]
+        for key, mode in rtype[1]:
             d[key] = [] if mode in (M_LIST, M_LIST_TUPLE, M_TUPLE) else (
                 b"" if mode == M_JOIN else None)
         for i in range(self.first, self.first + self.count):
@@ -214,7 +237,7 @@ cdef class Record:
                     (<list>tuples[len(tuples) - 1]).append(v)
             if e.kind == VP_EV_BEGIN:
                 stack.append(v)
-        for key, mode in lib.types[self.type_id][1]:
+        for key, mode in (rtype[1] if rtype[2] else ()):
             if mode == M_TUPLE:
                 d[key] = tuple(d[key]) if d[key] else None
             elif mode == M_LIST_TUPLE:
