@@ -193,7 +193,6 @@ class Spec:
     start: str
     record_limit: int = 1 << 30
     depth: int = 16
-    text: str = ""
     record_types: list[str] = field(default_factory=list)
     # record type -> the field paths it can hold, in the order they appear
     record_fields: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
@@ -332,7 +331,7 @@ class _Parser:
         return pos, kw
 
     # -- top level
-    def spec(self, text: str) -> Spec:
+    def spec(self) -> Spec:
         fmt, rules, start = None, {}, None
         limits = {"record": 1 << 30, "depth": 16}
         while self.i < len(self.lines):
@@ -375,7 +374,7 @@ class _Parser:
         if start[0] not in rules:
             raise SpecError(start[1], f"start: no rule named {start[0]}")
         return Spec(fmt, self.option_list, self.var_list, rules, start[0],
-                    limits["record"], limits["depth"], text)
+                    limits["record"], limits["depth"])
 
     def option(self, args: list[str]) -> None:
         if len(args) != 3 or args[1] not in ("byte", "int", "flag"):
@@ -820,7 +819,7 @@ def _fields_of(spec: Spec) -> None:
 
 def parse_spec(text: str) -> Spec:
     """Parse and check a spec; raise SpecError(line, reason) if it is not valid."""
-    spec = _Parser(text).spec(text)
+    spec = _Parser(text).spec()
     _Checker(spec).run()
     _fields_of(spec)
     return spec
