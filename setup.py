@@ -1,15 +1,17 @@
 """Build the Cython fast path and the eBPF objects.
 
 The eBPF objects (bpf/*.bpf.c, compiled with clang -target bpf and BTF) and the shared
-headers they are built from land in vtlstack/_bpf/; parser specs, graft manifests and the
-benchmark's C reference are copied into vtlstack/_data/. All of it ships as package data,
-so only `vtlstack` is installed. `VTL_ONLY=_port,_fastpath python setup.py build_ext
---inplace` rebuilds a subset.
+headers they are built from land in vtlstack/_bpf/; the built-in record parsers
+(parsers/*.spec, generated to C and compiled) in vtlstack/_parsers/; parser specs, graft
+manifests and the benchmark's C reference are copied into vtlstack/_data/. All of it ships
+as package data, so only `vtlstack` is installed. `VTL_ONLY=_port,_fastpath python setup.py
+build_ext --inplace` rebuilds a subset.
 """
 
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy
@@ -30,6 +32,7 @@ EXTENSIONS = {
     "_fastpath": ["vtlstack/_fastpath.pyx"],
     "_wire": ["vtlstack/_wire.pyx"],
     "_tcp": ["vtlstack/_tcp.pyx"],
+    "_records": ["vtlstack/_records.pyx"],
 }
 
 
@@ -91,10 +94,21 @@ def copy_data(outdir: Path) -> None:
                 shutil.copy2(src, dst)
 
 
+def compile_parsers(outdir: Path) -> None:
+    """Generate C from every parsers/*.spec and compile it into outdir/<name>.so."""
+    sys.path.insert(0, str(ROOT))
+    try:
+        from vtlstack._pbuild import build_builtins
+    finally:
+        sys.path.pop(0)
+    build_builtins(ROOT / "parsers", outdir)
+
+
 class BuildExt(build_ext):
     def run(self) -> None:
         base = ROOT if self.inplace else Path(self.build_lib)
         compile_bpf(base / "vtlstack" / "_bpf")
+        compile_parsers(base / "vtlstack" / "_parsers")
         super().run()
 
 
@@ -108,7 +122,7 @@ setup(
     packages=["vtlstack", "vtlstack.apps", "vtlstack.vtl"],
     package_dir={"vtlstack": "vtlstack", "vtlstack.apps": "apps"},
     package_data={"vtlstack": ["_bpf/*.o", "_bpf/*.h", "_bpf/*.bpf.c", "_data/**/*", "*.pyi",
-                               "py.typed"]},
+                               "py.typed", "_parsers/*.so", "_includes/vtlparse.h"]},
     ext_modules=_extensions(),
     cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
     zip_safe=False,

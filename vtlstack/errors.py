@@ -33,3 +33,25 @@ def require_root(what: str) -> None:
         raise PrivilegeError(
             f"{what} needs CAP_NET_ADMIN and CAP_BPF: run it as root (e.g. with sudo)"
         )
+
+
+class SpecError(VtlError):
+    """A record spec that cannot be compiled: `line` (1-based) and `reason` say where and why."""
+
+    def __init__(self, line: int, reason: str) -> None:
+        super().__init__(f"line {line}: {reason}")
+        self.line = line
+        self.reason = reason
+
+
+class ParseError(VtlError):
+    """Input a record parser refused: `offset` is the stream offset of the offending byte."""
+
+    def __init__(self, offset: int, reason: str) -> None:
+        super().__init__(f"at stream offset {offset}: {reason}")
+        self.offset = offset
+        self.reason = reason
+
+
+class CompilerError(VtlError):
+    """A record spec could not be built into native code (no C compiler, or it failed)."""
