@@ -13,6 +13,7 @@ import time
 import pytest
 from vtlstack.apps._common import vtl_argv
 
+from vtlstack._resources import bpf_path
 from vtlstack.testbed import Testbed
 
 pytestmark = pytest.mark.root
@@ -191,18 +192,30 @@ def test_network_thread_sleeps_when_idle(tb):
     assert stats["net"]["polls"] >= 1
 
 
-def test_sigkill_leaves_a_program_that_is_reported_not_clobbered(tb):
+def test_sigkill_leaves_nothing_attached(tb):
+    """Steering is a bpf_link: the kernel detaches it when the killed process's fds close,
+    so the next run on the interface starts (a netlink attach would stay and block it)."""
     server = tb.host("server").iface.name
     proc = start_echo(tb)
     proc.kill()
     proc.wait(10)
-    assert xdp_attached(tb, "server"), "the kernel keeps an XDP program after SIGKILL"
+    assert not xdp_attached(tb, "server"), "an XDP program outlived the process"
+    out = tb.exec("server", vtl_argv("echo", "--iface", server, "--port", str(PORT),
+                                "--duration", "0.5"), capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+
+
+def test_a_program_attached_by_someone_else_is_reported_not_clobbered(tb):
+    server = tb.host("server").iface.name
+    tb.exec("server", ["ip", "link", "set", "dev", server, "xdp", "obj",
+                       str(bpf_path("steer")), "sec", "xdp"], check=True)
     out = tb.exec("server", vtl_argv("echo", "--iface", server, "--port", str(PORT),
                                 "--duration", "1"), capture_output=True, text=True, timeout=60)
     assert out.returncode == 1
     err = out.stderr.strip().splitlines()
     assert len(err) == 1 and server in err[0] and "xdp" in err[0].lower(), err
     assert xdp_attached(tb, "server"), "the program left there must not be clobbered"
+    tb.exec("server", ["ip", "link", "set", "dev", server, "xdp", "off"], check=True)
 
 
 def test_missing_interface_is_one_clear_line(tb):

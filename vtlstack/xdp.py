@@ -1,18 +1,14 @@
-"""Load and attach the XDP steering program (bpf/steer.bpf.c) through libxdp.
+"""Load the XDP steering program (bpf/steer.bpf.c) and attach it through a bpf_link.
 
 ``Steering`` mirrors a libbpf skeleton's lifecycle (open, attach, configure, one cleanup
 path) as a context manager. The map key/value layout comes from ``steer.h``, the same
 header the eBPF side is compiled with, read here through cffi (ABI mode, no compiler).
 
-bpffs: libxdp's multiprog dispatcher (which lets several XDP programs share an interface)
-pins its state in bpffs. If ``/sys/fs/bpf`` is not a bpffs we mount one only when this
-process is in a private mount namespace (``ip netns exec`` gives one), where the mount
-disappears with the namespace; in the machine's own mount namespace we do not change the
-system and let libxdp attach the program directly (legacy mode). ``attach_info`` says which
-way it went and why. On the development machines (kernel 6.18, libxdp 1.3) the kernel
-refuses the dispatcher's compatibility check (EPERM loading its test program), so libxdp
-attaches directly even with a bpffs; either way an interface that already has an XDP
-program is refused with XdpBusyError, never replaced or joined.
+The program is opened with libxdp (which reads its metadata) and attached as a bpf_link
+(Linux 5.9+): the kernel detaches a link when its last fd closes, so a process that dies
+any way at all, SIGKILL included, leaves nothing attached to block the next run. An
+interface that already has an XDP program is refused with XdpBusyError, never replaced
+or joined.
 
 libxdp/libbpf messages go to the ``vtlstack.xdp`` logger (see _route_logs).
 """
@@ -20,8 +16,6 @@ libxdp/libbpf messages go to the ``vtlstack.xdp`` logger (see _route_logs).
 from __future__ import annotations
 
 import atexit
-import ctypes
-import ctypes.util
 import errno
 import logging
 import os
@@ -53,11 +47,9 @@ MAP_OWNED = "owned_ports"
 MAP_RANGES = "owned_ranges"
 MAP_COUNTERS = "steer_counters"
 
-BPFFS = "/sys/fs/bpf"
-BPF_FS_MAGIC = 0xCAFE4A11
-
-_MODES = {"auto": 0, "drv": 1, "skb": 2}  # enum xdp_attach_mode: UNSPEC, NATIVE, SKB
-_MODE_NAMES = {0: "none", 1: "drv", 2: "skb", 3: "hw"}
+_MODES = {"auto": 0, "drv": 4, "skb": 2}  # XDP_FLAGS_{DRV,SKB}_MODE; none: the kernel picks
+_MODE_NAMES = {0: "none", 1: "drv", 2: "skb", 3: "hw"}   # enum xdp_attach_mode
+BPF_XDP = 37                                # enum bpf_attach_type
 
 _CDEF = """
 typedef uint8_t __u8;
@@ -69,15 +61,13 @@ struct xdp_program;
 struct xdp_multiprog;
 struct bpf_object;
 struct bpf_map;
+struct bpf_program;
 
 long libxdp_get_error(const void *ptr);
 int libxdp_strerror(int err, char *buf, size_t size);
 struct xdp_program *xdp_program__open_file(const char *filename, const char *section_name,
                                            void *opts);
 void xdp_program__close(struct xdp_program *xdp_prog);
-int xdp_program__attach(struct xdp_program *prog, int ifindex, int mode, unsigned int flags);
-int xdp_program__detach(struct xdp_program *prog, int ifindex, int mode, unsigned int flags);
-int xdp_program__is_attached(const struct xdp_program *xdp_prog, int ifindex);
 const char *xdp_program__name(const struct xdp_program *xdp_prog);
 uint32_t xdp_program__id(const struct xdp_program *xdp_prog);
 struct bpf_object *xdp_program__bpf_obj(struct xdp_program *xdp_prog);
@@ -95,6 +85,13 @@ int bpf_map_update_elem(int fd, const void *key, const void *value, uint64_t fla
 int bpf_map_lookup_elem(int fd, const void *key, void *value);
 int bpf_map_delete_elem(int fd, const void *key);
 int libbpf_num_possible_cpus(void);
+int bpf_object__load(struct bpf_object *obj);
+struct bpf_program *bpf_object__find_program_by_name(const struct bpf_object *obj,
+                                                     const char *name);
+int bpf_program__fd(const struct bpf_program *prog);
+struct bpf_link_create_opts { size_t sz; __u32 flags; };   /* the leading fields */
+int bpf_link_create(int prog_fd, int target_fd, int attach_type,
+                    const struct bpf_link_create_opts *opts);
 
 struct bpf_test_run_opts {
     size_t sz;
@@ -157,7 +154,8 @@ def _libs():
     return _ffi, _xdp, _bpf
 
 
-# Warnings that are normal on these machines (see attach_info): logged at INFO only.
+# Warnings that are normal on these machines (libxdp looks for its multiprog dispatcher
+# and its bpffs whenever it reads an interface's programs): logged at INFO only.
 _EXPECTED = (
     "skipping unrecognized data section",
     "No bpffs found",
@@ -172,9 +170,9 @@ _print_cb = None  # keeps the cffi callback alive for as long as the libraries m
 
 
 def _route_logs(ffi, xdp, bpf) -> None:
-    """Send libxdp/libbpf messages to the `vtlstack.xdp` logger instead of stderr: their
-    fallbacks (no bpffs, dispatcher refused) are expected here and summed up in
-    Steering.attach_info; warnings stay visible at WARNING, chatter goes to DEBUG."""
+    """Send libxdp/libbpf messages to the `vtlstack.xdp` logger instead of stderr: the
+    expected ones (see _EXPECTED) go to INFO, other warnings stay visible at WARNING,
+    chatter goes to DEBUG."""
     global _print_cb
     if os.uname().machine != "x86_64":
         return  # va_list is not a plain pointer elsewhere: keep the libraries' printing
@@ -238,70 +236,16 @@ def attached_programs(ifname: str) -> list[str]:
         xdp.xdp_multiprog__close(mp)
 
 
-def _is_legacy(ifindex: int) -> bool:
+def _attach_mode(ifindex: int) -> str:
+    """How the XDP program on ifindex runs: drv (native), skb (generic), hw, or none."""
     ffi, xdp, _ = _libs()
     mp = xdp.xdp_multiprog__get_from_ifindex(ifindex)
     if mp == ffi.NULL or xdp.libxdp_get_error(mp):
-        return False
+        return "none"
     try:
-        return bool(xdp.xdp_multiprog__is_legacy(mp))
+        return _MODE_NAMES.get(xdp.xdp_multiprog__attach_mode(mp), "?")
     finally:
         xdp.xdp_multiprog__close(mp)
-
-
-def _is_bpffs(path: str) -> bool:
-    with open("/proc/self/mounts") as f:
-        return any(
-            parts[1] == path and parts[2] == "bpf"
-            for parts in (line.split() for line in f)
-            if len(parts) > 2
-        )
-
-
-def _private_mount_ns() -> bool:
-    """True if this process has a mount namespace of its own, where a mount we add is
-    seen by nobody else and goes away with the namespace (as under ``ip netns exec``)."""
-    me = os.readlink("/proc/self/ns/mnt")
-    try:
-        return os.readlink("/proc/1/ns/mnt") != me
-    except OSError:
-        pass  # sandboxes may hide pid 1's namespaces even from root
-    try:
-        if os.readlink(f"/proc/{os.getppid()}/ns/mnt") != me:
-            return True
-    except OSError:
-        pass
-    # `ip netns exec NS` unshares the mount namespace and mounts a sysfs named NS on /sys.
-    with open("/proc/self/mountinfo") as f:
-        for line in f:
-            fields = line.split()
-            if len(fields) > 9 and fields[4] == "/sys":
-                src = fields[fields.index("-") + 2]
-                return src != "sysfs" and os.path.exists(f"/run/netns/{src}")
-    return False
-
-
-def _mount_bpffs(path: str) -> None:
-    libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-    if libc.mount(b"bpf", path.encode(), b"bpf", 0, None) != 0:
-        err = ctypes.get_errno()
-        raise VtlError(f"cannot mount bpffs on {path} ({os.strerror(err)})")
-
-
-def _prepare_bpffs() -> str:
-    """Make libxdp's dispatcher usable if we may; return how the program will attach."""
-    if os.environ.get("LIBXDP_BPFFS"):
-        return f"dispatcher (bpffs from LIBXDP_BPFFS={os.environ['LIBXDP_BPFFS']})"
-    if _is_bpffs(BPFFS):
-        return f"dispatcher (bpffs at {BPFFS})"
-    if _private_mount_ns() and os.path.isdir(BPFFS):
-        _mount_bpffs(BPFFS)
-        return f"dispatcher (mounted bpffs at {BPFFS} in this private mount namespace)"
-    return (
-        f"direct (legacy) attach: {BPFFS} is not a bpffs and this is the machine's own "
-        f"mount namespace, which we do not change (mount -t bpf bpf {BPFFS} to share the "
-        f"interface with other libxdp programs)"
-    )
 
 
 _COUNTER_NAMES = ("redirected", "passed", "malformed", "no_socket")
@@ -427,7 +371,7 @@ class Steering:
         self.ifname = ifname
         self.mode = mode
         self._prog = None
-        self._attached = _MODES[mode]
+        self._link_fd = -1
         self._ifindex = _ifindex(ifname)
         ffi, xdp, bpf = _libs()
         self._ffi, self._xdp, self._bpf = ffi, xdp, bpf
@@ -441,7 +385,6 @@ class Steering:
                 f"if it is a leftover"
             )
 
-        self.attach_info = _prepare_bpffs()
         path = str(bpf_path("steer"))
         prog = xdp.xdp_program__open_file(path.encode(), b"xdp", ffi.NULL)
         err = xdp.libxdp_get_error(prog)
@@ -449,27 +392,29 @@ class Steering:
             raise VtlError(f"cannot open {path} ({_strerror(err)}): rebuild with setup.py")
         self._prog = prog
         try:
-            ret = xdp.xdp_program__attach(prog, self._ifindex, _MODES[mode], 0)
-            if ret:
-                raise self._attach_error(ret)
-            # The mode it really got ("auto" lets libxdp choose): detach needs it.
-            self._attached = xdp.xdp_program__is_attached(prog, self._ifindex)
             obj = xdp.xdp_program__bpf_obj(prog)
+            ret = bpf.bpf_object__load(obj)
+            if ret:
+                raise VtlError(f"the kernel refused the steering program ({_strerror(ret)}; "
+                               f"the vtlstack.xdp logger has the verifier's log)")
+            fd = bpf.bpf_program__fd(bpf.bpf_object__find_program_by_name(obj, b"vtl_steer"))
+            opts = ffi.new("struct bpf_link_create_opts *",
+                           {"sz": ffi.sizeof("struct bpf_link_create_opts"),
+                            "flags": _MODES[mode]})
+            link = bpf.bpf_link_create(fd, self._ifindex, BPF_XDP, opts)
+            if link < 0:
+                raise self._attach_error(link)
+            self._link_fd = link
             self.xsks_map_fd = self._map_fd(obj, MAP_XSKS)
             self._owned_fd = self._map_fd(obj, MAP_OWNED)
             self._ranges_fd = self._map_fd(obj, MAP_RANGES)
             self._counters_fd = self._map_fd(obj, MAP_COUNTERS)
-            if _is_legacy(self._ifindex) and self.attach_info.startswith("dispatcher"):
-                # libxdp tries its dispatcher and quietly falls back when the kernel refuses
-                # it (its freplace compatibility check); say what actually happened.
-                self.attach_info = ("direct (legacy) attach: this kernel refused libxdp's "
-                                    "dispatcher (the vtlstack.xdp logger has libxdp's "
-                                    "reason), so libxdp attached the program alone")
             self._ncpus = bpf.libbpf_num_possible_cpus()
         except BaseException:
             self.close()  # whatever failed after the attach, nothing stays attached
             raise
-        self.attached_mode = _MODE_NAMES.get(self._attached, "?")
+        self.attached_mode = _attach_mode(self._ifindex)
+        self.attach_info = "bpf_link (detached by the kernel when its last fd closes)"
         self._owned: set[tuple[int, int]] = set()
         _live.add(self)
         _install_exit_hooks()
@@ -484,10 +429,15 @@ class Steering:
                 f"`ip link set dev {self.ifname} xdp off` or `xdp-loader unload "
                 f"{self.ifname} --all` if it is a leftover"
             )
-        if err == errno.EOPNOTSUPP:
+        if err == errno.EOPNOTSUPP and self.mode != "auto":
             return KernelFeatureError(
                 f"{self.ifname} cannot attach XDP in mode {self.mode!r} ({why}): "
                 f"use mode='skb' (generic XDP works on every driver)"
+            )
+        if err in (errno.EINVAL, errno.EOPNOTSUPP):
+            return KernelFeatureError(
+                f"cannot attach XDP to {self.ifname} as a bpf_link ({why}): XDP links "
+                f"need Linux 5.9 or later"
             )
         if err == errno.EPERM:
             return PrivilegeError(f"attaching XDP to {self.ifname} was refused ({why}): "
@@ -543,16 +493,12 @@ class Steering:
         if prog is None:
             return
         _live.discard(self)
-        xdp = self._xdp
         try:
-            if xdp.xdp_program__is_attached(prog, self._ifindex):
-                ret = xdp.xdp_program__detach(prog, self._ifindex, self._attached, 0)
-                if ret and xdp.xdp_program__is_attached(prog, self._ifindex):
-                    log.warning("detaching steering from %s failed: %s (remove it with "
-                                "`ip link set dev %s xdp off`)",
-                                self.ifname, _strerror(ret), self.ifname)
+            if self._link_fd >= 0:
+                os.close(self._link_fd)     # the last reference: the kernel detaches
+                self._link_fd = -1
         finally:
-            xdp.xdp_program__close(prog)
+            self._xdp.xdp_program__close(prog)
 
     def __enter__(self) -> Steering:
         return self
