@@ -33,6 +33,7 @@ EXTENSIONS = {
     "_wire": ["vtlstack/_wire.pyx"],
     "_tcp": ["vtlstack/_tcp.pyx"],
     "_records": ["vtlstack/_records.pyx"],
+    "_zc": ["vtlstack/_zc.pyx"],
 }
 
 

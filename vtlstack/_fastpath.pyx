@@ -233,10 +233,12 @@ cdef class NetThread:
             done += k
         return done
 
-    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen) -> bytes:
+    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen,
+                 bint consume=True) -> bytes:
         """Application thread: copy up to bufsize bytes out of the received spans (a deque
         of (addr, length), oldest first), hand each emptied frame back, and tell the
-        network thread how much was consumed (its window reopens)."""
+        network thread how much was consumed (its window reopens). Without `consume` the
+        caller says it later: bytes before these are still held (recv_zc)."""
         cdef Py_ssize_t total = 0, done = 0
         cdef uint64_t addr
         cdef uint32_t length, n
@@ -267,7 +269,7 @@ cdef class NetThread:
                 self._push(&m, 0)
             else:
                 spans[0] = (addr + n, length - n)
-        if total:
+        if total and consume:
             m.kind = MSG_TCP_CONSUME
             m.addr = 0
             m.len = <uint32_t>total

@@ -27,6 +27,7 @@ from typing import Any
 from vtlstack import _fastpath
 from vtlstack._port import XskPort
 from vtlstack._tcp import EVENT_NAMES
+from vtlstack._zc import FrameSet, ZcChain
 from vtlstack.errors import InterfaceError, VtlError, require_root
 from vtlstack.xdp import Steering
 
@@ -104,6 +105,9 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
+        # Zero-copy sets the app holds (recv_zc chains, record batches), each with what
+        # hands its frames to a given free(): MSG_FREE while running, the pool at close.
+        self._held: dict[FrameSet, Callable[[Callable[[int], Any]], None]] = {}
         self._grant_batch = max(4, min(_GRANT_BATCH, frame_count // 16))
         # non-blocking TCP sockets whose send found no free frame (see _frames_for)
         self._starved: set[TcpSocket] = set()
@@ -176,6 +180,11 @@ class Stack:
                 sock._queue.clear()
             for conn in self._tcp.values():
                 conn._drop_received(pool.free)
+            exported = 0
+            for held, give_back in self._held.items():
+                exported += held._abandon()
+                give_back(pool.free)
+            self._held.clear()
             if self._net is None and self._stopped_net is not None:
                 self._stopped_net.release_tcp()
                 self._stopped_net = None
@@ -185,6 +194,9 @@ class Stack:
                 self.final_stats["port"] = self._port.stats()
                 self._port.close()
                 self._port = None
+            if exported:
+                raise VtlError(f"{exported} zero-copy set(s) were still read through "
+                               "memoryviews when the stack closed: their memory is gone")
         if self._steering is not None:
             self._steering.close()
             self._steering = None
@@ -702,6 +714,11 @@ class TcpSocket(_TcpBase):
         self.local_port = local_port
         self.accepted = accepted
         self._rx: deque[tuple[int, int]] = deque()
+        # Consuming (the window reopens) goes in stream order: bytes up to the first chain
+        # recv_zc() handed out and the app has not released yet.
+        self._taken = 0         # stream bytes taken out of _rx (recv, recv_zc)
+        self._consumed = 0      # stream bytes the network thread was told were consumed
+        self._zc: deque[list] = deque()     # [start, end, released] per chain, in order
         self._connected = False
         self._eof = False
         self._shut_wr = False
@@ -763,8 +780,58 @@ class TcpSocket(_TcpBase):
                     return b""
                 self._raise_error()
             # one copy out of the frames, in Cython; emptied frames go back, and the
-            # network thread learns what was consumed (the window reopens)
-            return stack._net.app_recv(self._rx, bufsize, self.cid, self.gen)
+            # network thread learns what was consumed (the window reopens), unless a
+            # chain from recv_zc() still holds bytes before these
+            data = stack._net.app_recv(self._rx, bufsize, self.cid, self.gen,
+                                       not self._zc)
+            self._taken += len(data)
+            if not self._zc:
+                self._consumed = self._taken
+            return data
+
+    def recv_zc(self, max_frames: int | None = None,
+                timeout: float | None = None) -> ZcChain:
+        """The received bytes without a copy: a ZcChain of read-only views into the UMEM
+        frames they arrived in (up to max_frames frames, oldest first); an empty chain
+        once the peer has closed and everything was read. The frames stay the app's, and
+        count against the receive window, until `chain.release()` (or the end of a
+        `with` block); chains may be released in any order. Non-blocking:
+        BlockingIOError when nothing is there yet."""
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
+        self._wait(lambda: bool(self._rx) or self._eof or self._error is not None,
+                   timeout, "recv_zc")
+        stack = self._stack
+        with stack._lock:
+            if not self._rx:
+                if self._eof:
+                    return ZcChain(stack._port.pool, None, (), self._taken)
+                self._raise_error()
+            n = len(self._rx) if max_frames is None else min(max_frames, len(self._rx))
+            spans = [self._rx.popleft() for _ in range(n)]
+            entry = [self._taken, self._taken + sum(length for _, length in spans), False]
+            self._taken = entry[1]
+            self._zc.append(entry)
+            chain = ZcChain(stack._port.pool, lambda c: self._release_zc(c, entry), spans,
+                            entry[0])
+            stack._held[chain] = chain.give_back
+        return chain
+
+    def _release_zc(self, chain: ZcChain, entry: list) -> None:
+        """A chain's release(): its frames go back (each had the app's own reference), and
+        the bytes before the first chain still held count as consumed."""
+        stack = self._stack
+        with stack._lock:
+            give_back = stack._held.pop(chain)
+            give_back(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            entry[2] = True
+            while self._zc and self._zc[0][2]:
+                self._zc.popleft()
+            edge = self._zc[0][0] if self._zc else self._taken
+            if edge > self._consumed and not self.closed:
+                stack._send_ctl(_MSG.MSG_TCP_CONSUME, length=edge - self._consumed,
+                                sock=self.cid, port=self.gen)
+                self._consumed = edge
 
     def send(self, data: bytes, timeout: float | None = None) -> int:
         """Queue as much as the send credit allows (at least one byte, waiting for room);
