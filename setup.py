@@ -34,6 +34,7 @@ EXTENSIONS = {
     "_tcp": ["vtlstack/_tcp.pyx"],
     "_records": ["vtlstack/_records.pyx"],
     "_zc": ["vtlstack/_zc.pyx"],
+    "_recstream": ["vtlstack/_recstream.pyx"],
 }
 
 

@@ -3,6 +3,7 @@ recv_zc() views and their release rules, and records parsed in the network threa
 application thread) equal to the offline parser's on the same bytes. Every stack script ends
 with every frame back in the pool and no connection left but in TIME-WAIT."""
 
+import hashlib
 import json
 import sys
 
@@ -155,5 +156,169 @@ def test_recv_zc_views_hold_frames_until_released(tb):
     for key in ("use_after", "view_after", "tobytes_after"):
         assert "released" in stats[key], key
     assert stats["eof_chain"] == 0
+    assert_clean(stats)
+
+
+
+# Record connections served together with Stack.wait(): each read to its end or its
+# ParseError; the records of each as the sha256 of their repr, keyed by the peer's port.
+RECORD_SERVER = r"""
+import hashlib, json, sys
+from vtlstack.errors import ParseError
+from vtlstack.stack import Stack
+iface, port, fmt, parse_in, n = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], \
+    int(sys.argv[5])
+results = {}
+with Stack(iface) as stack:
+    lst = stack.listen(port, parser=fmt, parse_in=parse_in)
+    print("ready", flush=True)
+    conns = {}
+    while len(results) < n:
+        ready = stack.wait([lst, *conns], timeout=20)
+        assert ready, f"nothing for 20 s with {len(results)} of {n} done"
+        for sock, ev in ready:
+            if sock is lst:
+                while True:
+                    try:
+                        conns[lst.accept(timeout=0)] = []
+                    except BlockingIOError:
+                        break
+                continue
+            rows, done = conns[sock], None
+            while done is None:
+                try:
+                    batch = sock.read_records(max=300, timeout=0)
+                except BlockingIOError:
+                    break
+                except ParseError as e:
+                    done = [e.offset, e.reason]
+                    break
+                if not len(batch):
+                    done = "eof"
+                    break
+                with batch:
+                    got = batch.to_python()
+                    if fmt == "csv":
+                        # columns and views read the same bytes as to_python()
+                        assert list(batch.column(0)) == [r["fields"][0] for r in got]
+                        offs, lens = batch.spans(1)
+                        for o, n_, r in zip(offs, lens, got):
+                            if n_ >= 0 and b'"' not in r["fields"][1]:
+                                assert b"".join(map(bytes, batch.view(o, n_))) == \
+                                    r["fields"][1]
+                    rows.extend(got)
+            if done is not None:
+                results[sock.peer[1]] = {
+                    "records": len(rows), "end": done,
+                    "sha": hashlib.sha256(repr(rows).encode()).hexdigest()}
+                sock.close()
+                del conns[sock]
+    lst.close()
+print(json.dumps({"results": results, **stack.final_stats}), flush=True)
+"""
+
+# Opens one connection per file, then sends them `chunk` bytes at a time in turn (Nagle
+# off: small segments, fields across frames); a connection the stack resets is left.
+RECORD_CLIENT = r"""
+import json, socket, sys
+ip, port, chunk, files = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4:]
+socks = []
+for f in files:
+    s = socket.create_connection((ip, port), timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    socks.append([s, open(f, "rb").read(), 0])
+ports = {s.getsockname()[1]: i for i, (s, _, _) in enumerate(socks)}
+while any(at < len(data) for _, data, at in socks):
+    for st in socks:
+        s, data, at = st
+        if at < len(data):
+            try:
+                s.sendall(data[at:at + chunk])
+                st[2] = at + chunk
+            except OSError:
+                st[2] = len(data)
+for s, _, _ in socks:
+    try:
+        s.shutdown(socket.SHUT_WR)
+        s.recv(1)
+    except OSError:
+        pass
+    s.close()
+print(json.dumps(ports))
+"""
+
+
+def _csv(seed: int, rows: int) -> bytes:
+    return b"".join(b'%d,k%d,"a ""quoted"", field",%s\r\n' % (i, seed, b"v" * (i % 23))
+                    for i in range(rows))
+
+
+PAYLOADS = {
+    "csv": lambda i: _csv(i, 3000),
+    "http_request": lambda i: b"".join(
+        b"POST /up/%d HTTP/1.1\r\nHost: t\r\nX-Seq: %d\r\nContent-Length: %d\r\n\r\n%s"
+        % (i, k, k % 300, b"b" * (k % 300)) for k in range(400)),
+    "resp": lambda i: b"".join(b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n:%d\r\n" %
+                               (len(b"key%d" % k), b"key%d" % k, k) for k in range(2000)),
+}
+# a malformed record in the middle, and a record longer than max_record (half the 256 KB
+# receive buffer): each fails its own connection only
+BAD = {"csv": _csv(7, 500) + b'1,"unterminated"x\r\n' + _csv(8, 500),
+       "http_request": PAYLOADS["http_request"](0)[:5000] + b"GET / HTTP/1.1\r\nHost: a\r\n"
+       b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+       "resp": b"*1\r\n$3\r\nabc\r\n" * 100 + b"?bad\r\n"}
+HUGE = _csv(9, 100) + b"x" * 300_000 + b"\r\n"
+
+
+def expected(fmt: str, data: bytes) -> dict:
+    """What the offline parser makes of the same bytes, in the server's terms."""
+    from vtlstack import parsers
+    from vtlstack.errors import ParseError
+    s = parsers.load(fmt).stream()
+    rows = []
+    try:
+        rows += [r.as_dict() for r in s.feed(data)]
+        last = s.close()
+        rows += [last.as_dict()] if last else []
+        end = "eof"
+    except ParseError as e:
+        rows += [r.as_dict() for r in getattr(e, "records", [])]
+        end = [e.offset, e.reason]
+    return {"records": len(rows), "end": end,
+            "sha": hashlib.sha256(repr(rows).encode()).hexdigest()}
+
+
+@pytest.mark.parametrize("fmt, parse_in, chunk", [
+    ("csv", "net", 7), ("csv", "app", 1000), ("http_request", "net", 50),
+    ("resp", "net", 5), ("http_request", "app", 333)])
+def test_linux_client_records_equal_the_offline_parser(tb, tmp_path, fmt, parse_in, chunk):
+    payloads = [PAYLOADS[fmt](0), BAD[fmt], PAYLOADS[fmt](1)]
+    if fmt == "csv" and parse_in == "net":
+        payloads.append(HUGE)
+    files = []
+    for i, data in enumerate(payloads):
+        files.append(tmp_path / f"{i}.bin")
+        files[-1].write_bytes(data)
+    stats, said = run_pair(tb, RECORD_SERVER, (PORT, fmt, parse_in, len(payloads)),
+                           RECORD_CLIENT, (PORT, chunk, *files))
+    ports = json.loads(said)
+    got = {ports[port]: r for port, r in stats["results"].items()}
+    for i, data in enumerate(payloads):
+        if data is HUGE:
+            # whichever limit it meets first: 128 KB, or (in tiny segments) the 256
+            # fragments a receive queue holds
+            want = {**expected(fmt, _csv(9, 100)), "end": got[i]["end"]}
+            assert got[i]["end"][0] == len(_csv(9, 100))
+            assert got[i]["end"][1] in ("record larger than max_record (131072 bytes)",
+                                        "record larger than the receive queue can hold")
+        else:
+            want = expected(fmt, data)
+        assert got[i] == want, (i, got[i], want)
+    assert got[0]["records"] > 100 and got[1]["end"] != "eof"
+    errors = len(payloads) - 2
+    if parse_in == "net":
+        assert stats["net"]["parse_errors"] == errors
+    else:
+        assert stats["app_parse_errors"] == errors
     assert_clean(stats)
 

@@ -2316,6 +2316,11 @@ cdef class TcpEngine:
         }
 
     @property
+    def rcv_buf(self):
+        """Bytes of receive buffer per connection (the most the window offers)."""
+        return self.cfg.rcv_buf
+
+    @property
     def snd_buf(self):
         """Bytes of send queue per connection (what an app may have unacknowledged)."""
         return self.cfg.snd_buf

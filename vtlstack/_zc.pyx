@@ -29,11 +29,6 @@ cdef class FrameSet:
     made from one of the set's views is alive raises BufferError and releases nothing.
     """
 
-    cdef readonly FramePool pool
-    cdef readonly bint released
-    cdef Py_ssize_t exports
-    cdef object on_release
-
     def __cinit__(self, FramePool pool not None, on_release, *args, **kw):
         self.pool = pool
         self.on_release = on_release
@@ -74,11 +69,6 @@ cdef class FrameSet:
 cdef class FrameView:
     """Bytes [addr, addr + len) of one UMEM frame, exported read-only (buffer protocol).
     `offset` is the stream offset of its first byte."""
-
-    cdef readonly FrameSet owner
-    cdef readonly uint64_t addr
-    cdef readonly uint32_t length
-    cdef readonly uint64_t offset
 
     def __cinit__(self, FrameSet owner not None, uint64_t addr, uint32_t length,
                   uint64_t offset=0):

@@ -117,6 +117,7 @@ class Stack:
         self._port: XskPort | None = None
         self._net: _fastpath.NetThread | None = None
         self.final_stats: dict[str, Any] = {}
+        self.app_parse_errors = 0   # record connections closed by parse_in="app" parsing
         self._stopped_net: _fastpath.NetThread | None = None
         try:
             self._steering = Steering(iface, mode=mode)
@@ -160,6 +161,7 @@ class Stack:
             self._stopped_net = self._net
             self.final_stats = {"net": self._net.stats(), "tcp": self._net.tcp.counters(),
                                 "tcp_left": self._net.tcp.open_states(),
+                                "app_parse_errors": self.app_parse_errors,
                                 "net_cpu_seconds": cpu}
             if self._steering is not None:
                 self.final_stats["steering"] = self._steering.counters()
@@ -235,6 +237,28 @@ class Stack:
                 raise OSError(errno.EADDRINUSE, f"cannot listen on TCP port {port}")
             listener = TcpListener(self, cid, port)
             self._tcp[cid] = listener
+        return listener
+
+    def listen(self, port: int, parser: str | os.PathLike | None = None, *,
+               parse_in: str = "net", backlog: int = 128, ring_events: int = 1 << 14,
+               max_record: int | None = None, **options: Any) -> TcpListener:
+        """A listening TCP socket; with a parser (a built-in name, a spec path or a loaded
+        vtlstack.parsers.Parser; `options` go to parsers.load) its connections deliver
+        records: `conn.read_records()` (see vtlstack.records). parse_in="net" parses in
+        the network thread as frames arrive, "app" in read_records(). `ring_events`
+        bounds the parsed events not yet read per connection (the parser waits beyond
+        it), `max_record` the bytes of one record (default and most: half the receive
+        buffer); beyond either the connection fails with a ParseError."""
+        config = None
+        if parser is not None:
+            from vtlstack.records import RecordConfig
+
+            config = RecordConfig(parser, options, parse_in, ring_events, max_record,
+                                  self._net.tcp.rcv_buf)
+        elif options:
+            raise TypeError(f"parser options without a parser: {', '.join(options)}")
+        listener = self.tcp_listen(port, backlog)
+        listener._records = config
         return listener
 
     def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0, *,
@@ -355,6 +379,7 @@ class Stack:
             return self.final_stats
         assert self._port is not None and self._steering is not None
         return {"net": self._net.stats(), "port": self._port.stats(),
+                "app_parse_errors": self.app_parse_errors,
                 "steering": self._steering.counters(), "tcp": self._net.tcp.counters(),
                 "net_cpu_seconds": self.net_thread_cpu_seconds()}
 
@@ -415,7 +440,7 @@ class Stack:
             elif kind == _MSG.MSG_TCP_DATA:
                 conn = self._tcp.get(sock)
                 if isinstance(conn, TcpSocket) and conn.gen == port:
-                    conn._rx.append((addr, length))
+                    conn._on_data(addr, length)
                     self._touched.add(conn)
                 else:
                     self._send_ctl(_MSG.MSG_FREE, addr=addr)  # for a socket closed since
@@ -640,6 +665,7 @@ class TcpListener(_TcpBase):
     def __init__(self, stack: Stack, cid: int, port: int) -> None:
         super().__init__(stack, cid, 0)
         self.port = port
+        self._records: Any = None      # a RecordConfig: accepted connections parse
 
     def accept(self, timeout: float | None = None) -> TcpSocket:
         """The next established connection. Non-blocking: BlockingIOError when none is
@@ -659,10 +685,16 @@ class TcpListener(_TcpBase):
                                                               sock=self.cid)
                 if cid >= 0:
                     # _events stays set: more may be queued (an extra request finds out)
-                    conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
-                                     accepted=True)
+                    if self._records is not None:
+                        conn = self._records.socket(stack, cid, gen, (peer_ip, peer_port),
+                                                    self.port)
+                    else:
+                        conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
+                                         accepted=True)
                     conn._connected = True
                     stack._tcp[cid] = conn
+                    if self._records is not None:
+                        conn._attach()
                     return conn
                 # The queue was empty when the network thread looked. A child that arrives
                 # later announces itself after the result, so it is not cleared here.
@@ -812,17 +844,20 @@ class TcpSocket(_TcpBase):
             entry = [self._taken, self._taken + sum(length for _, length in spans), False]
             self._taken = entry[1]
             self._zc.append(entry)
-            chain = ZcChain(stack._port.pool, lambda c: self._release_zc(c, entry), spans,
+            chain = ZcChain(stack._port.pool, lambda c: self._released(c, entry), spans,
                             entry[0])
             stack._held[chain] = chain.give_back
         return chain
 
-    def _release_zc(self, chain: ZcChain, entry: list) -> None:
-        """A chain's release(): its frames go back (each had the app's own reference), and
-        the bytes before the first chain still held count as consumed."""
+    def _on_data(self, addr: int, length: int) -> None:
+        self._rx.append((addr, length))
+
+    def _released(self, held: FrameSet, entry: list) -> None:
+        """A chain's (or a record batch's) release(): its frames go back (the app's own
+        references), and the bytes before the first one still held count as consumed."""
         stack = self._stack
         with stack._lock:
-            give_back = stack._held.pop(chain)
+            give_back = stack._held.pop(held)
             give_back(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
             entry[2] = True
             while self._zc and self._zc[0][2]:
