@@ -5,6 +5,7 @@ with every frame back in the pool and no connection left but in TIME-WAIT."""
 
 import hashlib
 import json
+import subprocess
 import sys
 
 import pytest
@@ -322,3 +323,39 @@ def test_linux_client_records_equal_the_offline_parser(tb, tmp_path, fmt, parse_
         assert stats["app_parse_errors"] == errors
     assert_clean(stats)
 
+
+def test_vtl_sink_format_counts_records_and_ends_bad_connections(tb, tmp_path):
+    """`vtl sink --format csv`: per connection the stream's bytes and SHA-256 as before,
+    plus its records; a connection that does not parse ends with its error."""
+    from vtlstack.apps._common import vtl_argv
+
+    good, bad = _csv(3, 20000), BAD["csv"]
+    files = [tmp_path / "good.bin", tmp_path / "bad.bin"]
+    files[0].write_bytes(good)
+    files[1].write_bytes(bad)
+    server = tb.host("server").iface
+    sink = tb.popen("server", vtl_argv("sink", "--iface", server.name, "--port", str(PORT),
+                                       "--count", "2", "--format", "csv"),
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert json.loads(sink.stdout.readline())["event"] == "ready"
+        cli = tb.exec("client", [sys.executable, "-c", RECORD_CLIENT, server.ip, str(PORT),
+                                 "1400", *map(str, files)],
+                      capture_output=True, text=True, timeout=120)
+        out, err = sink.communicate(timeout=60)
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.communicate()
+    assert cli.returncode == 0 and sink.returncode == 0, cli.stderr + err
+    lines = [json.loads(line) for line in out.splitlines()]
+    conns = sorted((e for e in lines if e["event"] == "connection"),
+                   key=lambda e: e["bytes"])
+    want_bad = expected("csv", bad)
+    assert conns[1]["records"] == 20000 and conns[1]["bytes"] == len(good)
+    assert conns[1]["sha256"] == hashlib.sha256(good).hexdigest()
+    assert "error" not in conns[1]
+    assert conns[0]["records"] == want_bad["records"]
+    assert conns[0]["error"].endswith(want_bad["end"][1])
+    assert lines[-1]["event"] == "stats" and lines[-1]["net"]["parse_errors"] == 1
+    assert_clean(lines[-1])
