@@ -33,6 +33,8 @@ EXTENSIONS = {
     "_wire": ["vtlstack/_wire.pyx"],
     "_tcp": ["vtlstack/_tcp.pyx"],
     "_records": ["vtlstack/_records.pyx"],
+    "_zc": ["vtlstack/_zc.pyx"],
+    "_recstream": ["vtlstack/_recstream.pyx"],
 }
 
 

@@ -13,6 +13,9 @@ Each one runs one-way RX drop and UDP echo, at 64 and 1400 bytes. Then the stack
 for a while, to measure the CPU of its network thread. The numbers move from run to run,
 so compare the ratios of a single run, not absolute figures across runs.
 
+`vtl bench records` (apps/bench_records.py) sets CSV records parsed in the stack against
+Python's csv module on a kernel socket.
+
 `vtl bench tcp` (apps/bench_tcp.py) sets the stack's TCP against kernel TCP: bulk both ways,
 connections per second and request/response latency, with iperf3 as the ceiling.
 """
@@ -65,10 +68,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop.add_argument("seconds", type=float)
     loop.add_argument("batch", type=int)
     loop.set_defaults(func=run_port_loop)
-    from vtlstack.apps import bench_tcp, vtlbench  # here: bench_tcp imports this module
+    from vtlstack.apps import bench_records, bench_tcp, vtlbench  # bench_tcp imports this
 
     bench_tcp.register(which)
     vtlbench.register(which)
+    bench_records.register(which)
 
 
 # ---- the C reference -------------------------------------------------------------------

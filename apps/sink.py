@@ -4,19 +4,30 @@ One JSON line per connection as it ends: bytes, SHA-256 of the stream, seconds,
 throughput. A `ready` line comes first, once the port is listening, and a `stats` line
 last. Connections are served concurrently, from one thread: the stack says which sockets
 moved (`Stack.pump()`), so a pass costs what happened, not how many connections are open.
+
+With --format the stack parses each connection into records (csv, http_request, resp...;
+in the network thread, or with --parse-in app in the application thread): the lines also
+count records, a connection whose input does not parse ends with its error, and progress
+(records/s, MB/s) shows live on a terminal, or as a `progress` JSON line every second.
 """
 
 import argparse
 import hashlib
 import select
 import selectors
+import sys
 import time
 from typing import Any
 
 from vtlstack.apps._common import RunUntil, emit
 
+from vtlstack.errors import ParseError
+from vtlstack.parsers import BUILTINS
+
 RECV_BYTES = 1 << 20
+RECORDS_MAX = 4096  # records per batch
 _POLL_S = 0.2      # longest sleep between checks of `running`
+_PROGRESS_S = 1.0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,6 +48,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="UMEM frames, 2 KB each (default 4096)")
     p.add_argument("--net-cpu", type=int, default=None,
                    help="pin the network thread to this CPU (default: not pinned)")
+    p.add_argument("--format", choices=BUILTINS, default=None,
+                   help="read each connection as records of this format, parsed in the stack")
+    p.add_argument("--parse-in", choices=("net", "app"), default="net",
+                   help="with --format: parse in the network thread (default) or in the "
+                        "application thread")
     p.set_defaults(func=run)
 
 
@@ -46,9 +62,14 @@ def run(args: argparse.Namespace) -> int:
     stack = Stack(args.iface, mode=args.mode, max_conns=args.max_conns,
                   frame_count=args.frames, net_cpu=args.net_cpu)
     with stack, RunUntil(args.duration) as running:
-        listener = stack.tcp_listen(args.port)
+        if args.format:
+            listener = stack.listen(args.port, parser=args.format, parse_in=args.parse_in)
+        else:
+            listener = stack.tcp_listen(args.port)
         emit({"event": "ready", "iface": args.iface, "ip": stack.ip, "port": args.port})
-        served = serve(listener, running, args.count, StackEvents(stack))
+        served = serve(listener, running, args.count, StackEvents(stack),
+                       _drain_records if args.format else _drain,
+                       Progress(sys.stdout.isatty()) if args.format else None)
         listener.close()
     emit({"event": "stats", **served, **stack.final_stats})
     return 0
@@ -97,25 +118,70 @@ class _Consumed:
     def __init__(self) -> None:
         self.digest = hashlib.sha256()
         self.total = 0
+        self.records = 0
+        self.error: str | None = None
         self.start = time.monotonic()
 
-    def line(self) -> dict:
+    def line(self, records: bool) -> dict:
         seconds = time.monotonic() - self.start
-        return {"event": "connection", "bytes": self.total,
-                "sha256": self.digest.hexdigest(), "seconds": round(seconds, 4),
-                "mbit_per_s": round(self.total * 8 / seconds / 1e6, 1) if seconds else None}
+        out = {"event": "connection", "bytes": self.total,
+               "sha256": self.digest.hexdigest(), "seconds": round(seconds, 4),
+               "mbit_per_s": round(self.total * 8 / seconds / 1e6, 1) if seconds else None}
+        if records:
+            out["records"] = self.records
+            out["records_per_s"] = round(self.records / seconds) if seconds else None
+        if self.error is not None:
+            out["error"] = self.error
+        return out
 
 
-def serve(listener: Any, running: RunUntil, count: int | None, events: Any) -> dict:
+class Progress:
+    """Records/s and MB/s over all connections, once a second: a status line redrawn on a
+    terminal, a `progress` JSON line otherwise."""
+
+    def __init__(self, tty: bool) -> None:
+        self.tty = tty
+        self.ended_records = self.ended_bytes = 0
+        self.last = (time.monotonic(), 0, 0)
+
+    def ended(self, consumed: _Consumed) -> None:
+        self.ended_records += consumed.records
+        self.ended_bytes += consumed.total
+
+    def tick(self, open_: dict) -> None:
+        now = time.monotonic()
+        then, records0, bytes0 = self.last
+        if now - then < _PROGRESS_S:
+            return
+        records = self.ended_records + sum(c.records for c in open_.values())
+        nbytes = self.ended_bytes + sum(c.total for c in open_.values())
+        self.last = (now, records, nbytes)
+        rate, mb = (records - records0) / (now - then), (nbytes - bytes0) / (now - then) / 1e6
+        if self.tty:
+            sys.stdout.write(f"\r{rate:12,.0f} records/s {mb:9.1f} MB/s {records:14,} "
+                             f"records {len(open_):5} open ")
+            sys.stdout.flush()
+        else:
+            emit({"event": "progress", "records_per_s": round(rate), "mb_per_s": round(mb, 1),
+                  "records": records, "bytes": nbytes, "open": len(open_)})
+
+
+def serve(listener: Any, running: RunUntil, count: int | None, events: Any,
+          drain: Any = None, progress: Progress | None = None) -> dict:
     """Accept and consume connections concurrently, a JSON line for each as it ends.
 
     Stops after `count` connections ended (None: when `running` turns false). Each ready
     socket is read until it would block, so a readiness report is never needed twice.
-    Returns the serving figures: connections ended, errors, the most open at once."""
+    `drain(conn, consumed)` reads a connection (default: bytes); with `progress` the
+    connections are record connections. Returns the serving figures: connections ended,
+    errors, the most open at once."""
     open_: dict[Any, _Consumed] = {}
     served = errors = peak = 0
+    drain = drain or _drain
     try:
         while running and (count is None or served < count):
+            if progress is not None:
+                progress.tick(open_)
             for sock in events.ready(_POLL_S):
                 if sock is listener:
                     # a new connection is read at once: its first bytes (even its end)
@@ -132,15 +198,21 @@ def serve(listener: Any, running: RunUntil, count: int | None, events: Any) -> d
                     if consumed is None:
                         continue    # closed in this pass already
                     try:
-                        done = _drain(conn, consumed)
-                    except OSError:
-                        # a reset ends that connection, not the service
+                        done = drain(conn, consumed)
+                    except (OSError, ParseError) as exc:
+                        # a reset or bad input ends that connection, not the service
                         done, errors = True, errors + 1
+                        consumed.error = str(exc)
                     if done:
                         del open_[conn]
                         events.remove(conn)
                         conn.close()
-                        emit(consumed.line())
+                        if progress is not None:
+                            progress.ended(consumed)
+                        if progress is not None and progress.tty:
+                            print(f"\n{consumed.line(True)}", flush=True)
+                        else:
+                            emit(consumed.line(progress is not None))
                         served += 1
     finally:
         for conn in open_:
@@ -168,3 +240,20 @@ def _drain(conn: Any, consumed: _Consumed) -> bool:
             return True
         consumed.digest.update(data)
         consumed.total += len(data)
+
+
+def _drain_records(conn: Any, consumed: _Consumed) -> bool:
+    """Read records until it would block; True at end of stream. The stream's bytes are
+    hashed through the batch's views of its frames (no copy)."""
+    while True:
+        try:
+            batch = conn.read_records(max=RECORDS_MAX, timeout=0)
+        except (BlockingIOError, TimeoutError):
+            return False
+        with batch:
+            if not len(batch):
+                return True
+            for view in batch.view(batch.start, batch.end - batch.start):
+                consumed.digest.update(view)
+            consumed.total += batch.end - batch.start
+            consumed.records += len(batch)

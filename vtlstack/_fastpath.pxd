@@ -4,6 +4,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from vtlstack._handoff cimport Channel
 from vtlstack._includes.spsc cimport vtl_msg
+from vtlstack._includes.vtlrec cimport vr_stream
 from vtlstack._port cimport XskPort, vtl_desc
 from vtlstack._tcp cimport TcpEngine
 
@@ -30,6 +31,8 @@ cpdef enum MsgKind:
     MSG_TCP_SHUTDOWN = 35
     MSG_TCP_CLOSE = 36
     MSG_TCP_ABORT = 37
+    MSG_TCP_PARSE_ATTACH = 38   # addr = a vr_stream the app made: parse the connection into it
+    MSG_TCP_PARSE = 39          # the app took events from a stalled record stream: go on
     # Net -> app:
     MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed)
     MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits
@@ -91,6 +94,7 @@ cdef struct net_counters:
     uint64_t linger_expired     # it stopped with connections still closing
     uint64_t tcp_send_waits     # sends the engine could not take whole yet (they wait)
     uint64_t tcp_send_refused   # sends on a connection that can no longer send
+    uint64_t parse_errors       # record connections closed by a parse error (or a limit)
 
 
 cdef class NetThread:
@@ -134,6 +138,7 @@ cdef class NetThread:
     cdef uint8_t *owned         # per cid: the app holds it (listened, connected, accepted)
     cdef uint32_t redeliver_n
     cdef uint32_t want_owed     # frames the app asked for and has not been granted yet
+    cdef vr_stream **recs       # per cid: the record stream it parses into, or NULL
 
     cdef void loop(self) noexcept nogil
     cdef void _push(self, vtl_msg *m, bint wake=*) except *
@@ -150,6 +155,8 @@ cdef class NetThread:
     cdef void tcp_events(self) noexcept nogil
     cdef void tcp_notify(self, int32_t cid, uint32_t mask, bint data) noexcept nogil
     cdef int tcp_deliver(self, int32_t cid) noexcept nogil
+    cdef int tcp_parse(self, int32_t cid) noexcept nogil
+    cdef void tcp_unparse(self, int32_t cid) noexcept nogil
     cdef void tcp_retry(self, int32_t cid) noexcept nogil
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil

@@ -8,7 +8,7 @@ application thread reaches this state only through the two Channels (see _handof
 import os
 import threading
 
-from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
+from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
 from libc.string cimport memcpy, memset
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -19,10 +19,14 @@ from vtlstack._includes.posix cimport (
     POLLIN, SYS_gettid, now_ns, poll, pollfd, syscall,
 )
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
+from vtlstack._includes.vtlrec cimport (
+    VR_DONE, VR_FAILED, VR_NO_ROOM, VR_OPEN, vr_fail, vr_finish, vr_parse, vr_put, vr_stream,
+)
 from vtlstack._port cimport FRAME_FREE, FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
 from vtlstack._tcp cimport (
-    EV_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX, ST_CLOSED, ST_LISTEN,
-    ST_SYN_RECEIVED, ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_frag,
+    EV_CLOSED, EV_PEER_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX,
+    ST_CLOSE_WAIT, ST_CLOSED, ST_CLOSING, ST_LAST_ACK, ST_LISTEN, ST_SYN_RECEIVED,
+    ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_frag,
 )
 from vtlstack.proto.eth cimport (
     ETH_HLEN, ETH_SRC, ETHERTYPE_IPV4, eth_swap_addrs, eth_type, eth_write,
@@ -168,6 +172,7 @@ cdef class NetThread:
         self.gen = <uint16_t *>calloc(max_conns, sizeof(uint16_t))
         self.redeliver = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.owned = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
+        self.recs = <vr_stream **>calloc(max_conns, sizeof(vr_stream *))
         self.ev_held = <uint32_t *>calloc(max_conns, sizeof(uint32_t))
         self.pend_head = <int32_t *>malloc(max_conns * sizeof(int32_t))
         self.pend_tail = <int32_t *>malloc(max_conns * sizeof(int32_t))
@@ -179,7 +184,7 @@ cdef class NetThread:
         self.pend_len = <uint32_t *>malloc(nodes * sizeof(uint32_t))
         self.pend_next = <int32_t *>malloc(nodes * sizeof(int32_t))
         if (self.delivered == NULL or self.gen == NULL or self.redeliver == NULL
-                or self.owned == NULL or self.ev_held == NULL or self.pend_head == NULL
+                or self.owned == NULL or self.ev_held == NULL or self.recs == NULL or self.pend_head == NULL
                 or self.pend_tail == NULL or self.pend_then == NULL or self.pend_cids == NULL
                 or self.pend_listed == NULL
                 or self.pend_addr == NULL or self.pend_len == NULL or self.pend_next == NULL):
@@ -197,6 +202,10 @@ cdef class NetThread:
         free(self.gen)
         free(self.redeliver)
         free(self.owned)
+        if self.recs != NULL:
+            for i in range(self.max_conns):
+                self.tcp_unparse(i)
+        free(self.recs)
         free(self.ev_held)
         free(self.pend_head)
         free(self.pend_tail)
@@ -233,10 +242,12 @@ cdef class NetThread:
             done += k
         return done
 
-    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen) -> bytes:
+    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen,
+                 bint consume=True) -> bytes:
         """Application thread: copy up to bufsize bytes out of the received spans (a deque
         of (addr, length), oldest first), hand each emptied frame back, and tell the
-        network thread how much was consumed (its window reopens)."""
+        network thread how much was consumed (its window reopens). Without `consume` the
+        caller says it later: bytes before these are still held (recv_zc)."""
         cdef Py_ssize_t total = 0, done = 0
         cdef uint64_t addr
         cdef uint32_t length, n
@@ -267,7 +278,7 @@ cdef class NetThread:
                 self._push(&m, 0)
             else:
                 spans[0] = (addr + n, length - n)
-        if total:
+        if total and consume:
             m.kind = MSG_TCP_CONSUME
             m.addr = 0
             m.len = <uint32_t>total
@@ -301,6 +312,8 @@ cdef class NetThread:
             self.pend_ncids -= 1
             self.pend_drop(self.pend_cids[self.pend_ncids], 0)
             self.pend_listed[self.pend_cids[self.pend_ncids]] = 0
+        for i in range(self.max_conns):
+            self.tcp_unparse(i)
         self.tcp.release_all()
 
     def start(self, cpu=None) -> None:
@@ -511,7 +524,7 @@ cdef class NetThread:
                 for k in range(6):
                     mac[k] = (m.arg >> (8 * k)) & 0xFF
                 self.neigh_set(m.ip, mac)
-            elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_ABORT:
+            elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_PARSE:
                 self.tcp_request(&m)
             elif m.kind == MSG_STOP:
                 self.stopping = 1
@@ -632,6 +645,11 @@ cdef class NetThread:
         if data and not self.tcp_deliver(cid):
             self.ev_held[cid] = mask   # the data goes before the event that announces it
             return
+        if self.recs[cid] != NULL:
+            if mask & EV_PEER_CLOSED:
+                self.recs[cid].fin = 1
+            if self.tcp_parse(cid):
+                mask |= EV_READABLE     # records (or the stream's end, or its error)
         if mask == 0:
             return
         m.kind = MSG_TCP_EVENT
@@ -688,6 +706,57 @@ cdef class NetThread:
             self.delivered[cid] += m.len
         return 1
 
+    cdef int tcp_parse(self, int32_t cid) noexcept nogil:
+        """Run the connection's parser over its in-order bytes not parsed yet, frame by
+        frame and in place (fields across frames are spans), as far as the app has been
+        handed them: its records' bytes are always in frames it holds. At the stream's end
+        (everything parsed) the parser finishes. A parse error, a record over its limits
+        or one the receive queue cannot hold closes the connection (RST). Returns 1 if
+        records were published or the stream ended or failed."""
+        cdef vr_stream *r = self.recs[cid]
+        cdef tcp_frag frags[RQ_MAX]
+        cdef uint32_t n, i, flen
+        cdef uint64_t off, edge
+        cdef uint64_t before
+        cdef uint8_t st
+        cdef int rc = VR_DONE
+        if r.status != VR_OPEN:
+            return 0
+        before = r.records
+        n = self.tcp.c_peek(cid, frags, RQ_MAX)
+        off = r.consumed
+        edge = r.consumed + self.delivered[cid]
+        for i in range(n):
+            if off >= edge:
+                break
+            flen = frags[i].len
+            if off + flen > edge:
+                flen = <uint32_t>(edge - off)
+            rc = vr_parse(r, self.port.frame_ptr(frags[i].addr), flen, off)
+            if rc != VR_DONE:
+                break
+            off += frags[i].len
+        st = self.tcp.conns[cid].state
+        if rc == VR_DONE and r.parsed == r.consumed + self.tcp.conns[cid].rq_bytes and \
+                r.parsed == edge and (r.fin or st == ST_CLOSE_WAIT or st == ST_CLOSING or
+                                      st == ST_LAST_ACK or st == ST_TIME_WAIT):
+            rc = vr_finish(r)
+        elif rc == VR_DONE and n == RQ_MAX and r.consumed >= r.rec_start:
+            # every fragment the queue can hold is the unfinished record's: it can never
+            # complete (tiny segments), and the window stays shut
+            rc = vr_fail(r, VR_NO_ROOM, r.rec_start)
+        if rc == VR_FAILED:
+            self.c.parse_errors += 1
+            self.tcp.c_abort(cid, self.now)
+            return 1
+        return r.records != before or r.status != VR_OPEN
+
+    cdef void tcp_unparse(self, int32_t cid) noexcept nogil:
+        """The connection no longer parses (the app closed it): let go of its stream."""
+        if self.recs[cid] != NULL:
+            vr_put(self.recs[cid])
+            self.recs[cid] = NULL
+
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil:
         """Is this request about the connection the app thinks it is?"""
         if m.sock < self.max_conns and self.gen[m.sock] == m.port:
@@ -734,12 +803,23 @@ cdef class NetThread:
                 self.tcp_deliver(cid)  # bytes that came with or right after the handshake
         elif m.kind == MSG_TCP_SEND:
             self.tcp_send(m)
+        elif m.kind == MSG_TCP_PARSE_ATTACH:
+            # the app made the stream and holds it too; a stale one is let go at once
+            if not self.tcp_current(m) or self.recs[m.sock] != NULL:
+                vr_put(<vr_stream *><uintptr_t>m.addr)
+                return
+            self.recs[m.sock] = <vr_stream *><uintptr_t>m.addr
+            self.tcp_notify(m.sock, 0, 0)   # what came before the app accepted
         elif not self.tcp_current(m):
             return
+        elif m.kind == MSG_TCP_PARSE:
+            self.tcp_notify(m.sock, 0, 0)
         elif m.kind == MSG_TCP_CONSUME:
             if m.len > self.delivered[m.sock]:
                 m.len = self.delivered[m.sock]
             self.delivered[m.sock] -= m.len
+            if self.recs[m.sock] != NULL:
+                self.recs[m.sock].consumed += m.len
             self.tcp.c_consume(m.sock, m.len, self.now)
         elif m.kind == MSG_TCP_SHUTDOWN:
             if self.pend_head[m.sock] >= 0:
@@ -753,6 +833,7 @@ cdef class NetThread:
             self.delivered[m.sock] = 0
             self.owned[m.sock] = 0
             self.ev_held[m.sock] = 0
+            self.tcp_unparse(m.sock)
             if m.kind == MSG_TCP_CLOSE and self.pend_head[m.sock] >= 0:
                 self.pend_then[m.sock] = MSG_TCP_CLOSE      # after the bytes that wait
             elif m.kind == MSG_TCP_CLOSE:
@@ -760,6 +841,7 @@ cdef class NetThread:
             else:
                 self.pend_drop(m.sock, 1)
                 self.tcp.c_abort(m.sock, self.now)
+                self.tcp.c_close(m.sock, self.now)  # CLOSED now: the slot is free again
 
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil:
         """Bytes from the app, in one of its frames. The engine copies what its send queue

@@ -357,43 +357,66 @@ cdef class Stream:
     cdef list hand_out(self, bytes chunk, size_t closed_n):
         """Records for the events acc[0:closed_n]; keep the rest and the bytes they need."""
         cdef Batch batch
-        cdef Record rec
-        cdef vp_event *e
-        cdef size_t i, first = 0
-        cdef list records = []
+        cdef list records
         cdef uint64_t new_keep
         if closed_n == 0:
             self.pending += chunk
-            return records
-        batch = Batch.__new__(Batch)
-        batch.lib = self.lib
-        batch.ev = <vp_event *>malloc(sizeof(vp_event) * closed_n)
-        if batch.ev == NULL:
-            raise MemoryError()
-        memcpy(batch.ev, self.acc, sizeof(vp_event) * closed_n)
-        batch.n = closed_n
-        batch.base = self.keep
-        batch.window = bytes(self.pending) + chunk if self.pending else chunk
-        for i in range(closed_n):
-            e = &batch.ev[i]
-            if e.kind != VP_EV_RECORD:
-                continue
-            rec = Record.__new__(Record)
-            rec.batch = batch
-            rec.first = first
-            rec.count = i - first
-            rec.type_id = e.id
-            rec.offset = e.off
-            rec.length = e.len
-            first = i + 1
-            if self.skip_header:
-                self.skip_header = False
-                self.header_record = rec
-            else:
-                records.append(rec)
+            return []
+        batch = _batch(self.lib, self.acc, closed_n, self.keep,
+                       bytes(self.pending) + chunk if self.pending else chunk)
+        records = _split(batch)
+        if self.skip_header:
+            self.skip_header = False
+            self.header_record = records.pop(0)
         memmove(self.acc, self.acc + closed_n, sizeof(vp_event) * (self.acc_n - closed_n))
         self.acc_n -= closed_n
         new_keep = batch.ev[closed_n - 1].off + batch.ev[closed_n - 1].len
         self.pending = bytearray(batch.window[new_keep - self.keep:])
         self.keep = new_keep
         return records
+
+
+cdef Batch _batch(Library lib, const vp_event *ev, size_t n, uint64_t base, bytes window):
+    cdef Batch batch = Batch.__new__(Batch)
+    batch.lib = lib
+    batch.ev = <vp_event *>malloc(sizeof(vp_event) * n)
+    if batch.ev == NULL:
+        raise MemoryError()
+    memcpy(batch.ev, ev, sizeof(vp_event) * n)
+    batch.n = n
+    batch.base = base
+    batch.window = window
+    return batch
+
+
+cdef list _split(Batch batch):
+    """The records of a batch's events (they end with a RECORD event)."""
+    cdef Record rec
+    cdef vp_event *e
+    cdef size_t i, first = 0
+    cdef list records = []
+    for i in range(batch.n):
+        e = &batch.ev[i]
+        if e.kind != VP_EV_RECORD:
+            continue
+        rec = Record.__new__(Record)
+        rec.batch = batch
+        rec.first = first
+        rec.count = i - first
+        rec.type_id = e.id
+        rec.offset = e.off
+        rec.length = e.len
+        first = i + 1
+        records.append(rec)
+    return records
+
+
+def records_from_events(Library lib, const uint8_t[::1] events, bytes window,
+                        uint64_t base) -> list:
+    """The records of complete records' events (vp_event structs, as the stack's record
+    streams hand them over) over the stream bytes window = [base, base + len(window)):
+    the same Record objects, so the same as_dict(), as Stream.feed() gives."""
+    cdef size_t n = events.shape[0] // sizeof(vp_event)
+    if n == 0:
+        return []
+    return _split(_batch(lib, <const vp_event *>&events[0], n, base, window))

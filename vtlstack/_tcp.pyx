@@ -31,6 +31,7 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset
 
+from vtlstack._includes.posix cimport now_ns
 from vtlstack._port cimport FRAME_FILL, FRAME_FREE, VTL_NO_FRAME, FramePool
 from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_,
@@ -2316,6 +2317,11 @@ cdef class TcpEngine:
         }
 
     @property
+    def rcv_buf(self):
+        """Bytes of receive buffer per connection (the most the window offers)."""
+        return self.cfg.rcv_buf
+
+    @property
     def snd_buf(self):
         """Bytes of send queue per connection (what an app may have unacknowledged)."""
         return self.cfg.snd_buf
@@ -2443,3 +2449,72 @@ def cc_trace(str name, uint32_t mss, double w0, double rtt, int rounds, bint los
         trace.append(((now - t0) / 1e9, cc.cwnd / mss))
     # CUBIC fixes W_max and K when the avoidance epoch starts (the first ACK after the loss)
     return {"w_max": cc.w_max, "k": cc.k, "cwnd_after_loss": after, "trace": trace}
+
+
+def bench_rx_append(FramePool pool not None, uint32_t plen, uint64_t packets,
+                    bint copy) -> float:
+    """Table 3.1 of seed 004, in this engine's terms: ns per in-order segment of plen bytes
+    taken by a connection's receive side and consumed again, as data_input() and
+    c_consume() do it: a tcp_frag appended to the fragment ring with a frame reference and
+    dropped again (zero-copy), or, with `copy`, the payload copied into a linear ring
+    buffer of rcv_buf bytes and its tail moved on (mTCP's tcp_ring_buffer). The packets
+    are the pool's frames in turn (payload past the headers, as received), so the copies
+    read memory that is not all in cache, as the NIC's DMA leaves it."""
+    cdef uint32_t nframes = pool.frame_count, i
+    cdef uint32_t ring_size = 262144, w = 0
+    cdef uint64_t k, t0, t1
+    cdef uint64_t *addrs = <uint64_t *>calloc(nframes, sizeof(uint64_t))
+    cdef uint8_t *ring = <uint8_t *>calloc(ring_size, 1)
+    cdef tcp_frag rq[RQ_MAX]
+    cdef uint32_t rq_head = 0, rq_n = 0, rcv_nxt = 0, part
+    cdef uint64_t rq_bytes = 0
+    cdef tcp_frag *f
+    if addrs == NULL or ring == NULL:
+        free(addrs)
+        free(ring)
+        raise MemoryError()
+    if plen == 0 or plen + 66 > pool.frame_size:
+        free(addrs)
+        free(ring)
+        raise ValueError(f"plen must be within 1..{pool.frame_size - 66}")
+    for i in range(nframes):
+        addrs[i] = pool.alloc_frame()
+        if addrs[i] == VTL_NO_FRAME:
+            for k in range(i):
+                pool.unref(addrs[k])
+            free(addrs)
+            free(ring)
+            raise ValueError("the pool must be free for the bench")
+        memset(pool.frame_ptr(addrs[i]), <int>(i & 0xFF), pool.frame_size)
+    with nogil:
+        t0 = now_ns()
+        for k in range(packets):
+            i = <uint32_t>(k % nframes)
+            if copy:
+                part = umin(plen, ring_size - w)
+                memcpy(ring + w, pool.frame_ptr(addrs[i] + 66), part)
+                memcpy(ring, pool.frame_ptr(addrs[i] + 66 + part), plen - part)
+                w = (w + plen) % ring_size    # consumed at once: the head follows
+                rcv_nxt += plen
+            else:
+                pool.ref(addrs[i] + 66)
+                f = &rq[(rq_head + rq_n) % RQ_MAX]
+                f.addr = addrs[i] + 66
+                f.seq = rcv_nxt
+                f.len = plen
+                rq_n += 1
+                rq_bytes += plen
+                rcv_nxt += plen
+                f = &rq[rq_head]        # consumed: the fragment's reference goes
+                rq_bytes -= f.len
+                pool.unref(f.addr)
+                rq_head = (rq_head + 1) % RQ_MAX
+                rq_n -= 1
+        t1 = now_ns()
+    for i in range(nframes):
+        pool.unref(addrs[i])
+    free(addrs)
+    free(ring)
+    if rq_bytes != 0 or rcv_nxt != <uint32_t>(packets * plen):
+        raise AssertionError("the bench lost bytes")
+    return (t1 - t0) / <double>packets

@@ -55,3 +55,7 @@ class ParseError(VtlError):
 
 class CompilerError(VtlError):
     """A record spec could not be built into native code (no C compiler, or it failed)."""
+
+
+class ReleasedError(VtlError):
+    """Zero-copy views (recv_zc chains, record batches) used or released after release()."""

@@ -27,6 +27,7 @@ from typing import Any
 from vtlstack import _fastpath
 from vtlstack._port import XskPort
 from vtlstack._tcp import EVENT_NAMES
+from vtlstack._zc import FrameSet, ZcChain
 from vtlstack.errors import InterfaceError, VtlError, require_root
 from vtlstack.xdp import Steering
 
@@ -104,6 +105,9 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
+        # Zero-copy sets the app holds (recv_zc chains, record batches), each with what
+        # hands its frames to a given free(): MSG_FREE while running, the pool at close.
+        self._held: dict[FrameSet, Callable[[Callable[[int], Any]], None]] = {}
         self._grant_batch = max(4, min(_GRANT_BATCH, frame_count // 16))
         # non-blocking TCP sockets whose send found no free frame (see _frames_for)
         self._starved: set[TcpSocket] = set()
@@ -113,6 +117,7 @@ class Stack:
         self._port: XskPort | None = None
         self._net: _fastpath.NetThread | None = None
         self.final_stats: dict[str, Any] = {}
+        self.app_parse_errors = 0   # record connections closed by parse_in="app" parsing
         self._stopped_net: _fastpath.NetThread | None = None
         try:
             self._steering = Steering(iface, mode=mode)
@@ -156,6 +161,7 @@ class Stack:
             self._stopped_net = self._net
             self.final_stats = {"net": self._net.stats(), "tcp": self._net.tcp.counters(),
                                 "tcp_left": self._net.tcp.open_states(),
+                                "app_parse_errors": self.app_parse_errors,
                                 "net_cpu_seconds": cpu}
             if self._steering is not None:
                 self.final_stats["steering"] = self._steering.counters()
@@ -176,6 +182,11 @@ class Stack:
                 sock._queue.clear()
             for conn in self._tcp.values():
                 conn._drop_received(pool.free)
+            exported = 0
+            for held, give_back in self._held.items():
+                exported += held._abandon()
+                give_back(pool.free)
+            self._held.clear()
             if self._net is None and self._stopped_net is not None:
                 self._stopped_net.release_tcp()
                 self._stopped_net = None
@@ -185,6 +196,9 @@ class Stack:
                 self.final_stats["port"] = self._port.stats()
                 self._port.close()
                 self._port = None
+            if exported:
+                raise VtlError(f"{exported} zero-copy set(s) were still read through "
+                               "memoryviews when the stack closed: their memory is gone")
         if self._steering is not None:
             self._steering.close()
             self._steering = None
@@ -223,6 +237,28 @@ class Stack:
                 raise OSError(errno.EADDRINUSE, f"cannot listen on TCP port {port}")
             listener = TcpListener(self, cid, port)
             self._tcp[cid] = listener
+        return listener
+
+    def listen(self, port: int, parser: str | os.PathLike | None = None, *,
+               parse_in: str = "net", backlog: int = 128, ring_events: int = 1 << 14,
+               max_record: int | None = None, **options: Any) -> TcpListener:
+        """A listening TCP socket; with a parser (a built-in name, a spec path or a loaded
+        vtlstack.parsers.Parser; `options` go to parsers.load) its connections deliver
+        records: `conn.read_records()` (see vtlstack.records). parse_in="net" parses in
+        the network thread as frames arrive, "app" in read_records(). `ring_events`
+        bounds the parsed events not yet read per connection (the parser waits beyond
+        it), `max_record` the bytes of one record (default and most: half the receive
+        buffer); beyond either the connection fails with a ParseError."""
+        config = None
+        if parser is not None:
+            from vtlstack.records import RecordConfig
+
+            config = RecordConfig(parser, options, parse_in, ring_events, max_record,
+                                  self._net.tcp.rcv_buf)
+        elif options:
+            raise TypeError(f"parser options without a parser: {', '.join(options)}")
+        listener = self.tcp_listen(port, backlog)
+        listener._records = config
         return listener
 
     def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0, *,
@@ -343,6 +379,7 @@ class Stack:
             return self.final_stats
         assert self._port is not None and self._steering is not None
         return {"net": self._net.stats(), "port": self._port.stats(),
+                "app_parse_errors": self.app_parse_errors,
                 "steering": self._steering.counters(), "tcp": self._net.tcp.counters(),
                 "net_cpu_seconds": self.net_thread_cpu_seconds()}
 
@@ -403,7 +440,7 @@ class Stack:
             elif kind == _MSG.MSG_TCP_DATA:
                 conn = self._tcp.get(sock)
                 if isinstance(conn, TcpSocket) and conn.gen == port:
-                    conn._rx.append((addr, length))
+                    conn._on_data(addr, length)
                     self._touched.add(conn)
                 else:
                     self._send_ctl(_MSG.MSG_FREE, addr=addr)  # for a socket closed since
@@ -628,6 +665,7 @@ class TcpListener(_TcpBase):
     def __init__(self, stack: Stack, cid: int, port: int) -> None:
         super().__init__(stack, cid, 0)
         self.port = port
+        self._records: Any = None      # a RecordConfig: accepted connections parse
 
     def accept(self, timeout: float | None = None) -> TcpSocket:
         """The next established connection. Non-blocking: BlockingIOError when none is
@@ -647,10 +685,16 @@ class TcpListener(_TcpBase):
                                                               sock=self.cid)
                 if cid >= 0:
                     # _events stays set: more may be queued (an extra request finds out)
-                    conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
-                                     accepted=True)
+                    if self._records is not None:
+                        conn = self._records.socket(stack, cid, gen, (peer_ip, peer_port),
+                                                    self.port)
+                    else:
+                        conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
+                                         accepted=True)
                     conn._connected = True
                     stack._tcp[cid] = conn
+                    if self._records is not None:
+                        conn._attach()
                     return conn
                 # The queue was empty when the network thread looked. A child that arrives
                 # later announces itself after the result, so it is not cleared here.
@@ -702,6 +746,11 @@ class TcpSocket(_TcpBase):
         self.local_port = local_port
         self.accepted = accepted
         self._rx: deque[tuple[int, int]] = deque()
+        # Consuming (the window reopens) goes in stream order: bytes up to the first chain
+        # recv_zc() handed out and the app has not released yet.
+        self._taken = 0         # stream bytes taken out of _rx (recv, recv_zc)
+        self._consumed = 0      # stream bytes the network thread was told were consumed
+        self._zc: deque[list] = deque()     # [start, end, released] per chain, in order
         self._connected = False
         self._eof = False
         self._shut_wr = False
@@ -763,8 +812,61 @@ class TcpSocket(_TcpBase):
                     return b""
                 self._raise_error()
             # one copy out of the frames, in Cython; emptied frames go back, and the
-            # network thread learns what was consumed (the window reopens)
-            return stack._net.app_recv(self._rx, bufsize, self.cid, self.gen)
+            # network thread learns what was consumed (the window reopens), unless a
+            # chain from recv_zc() still holds bytes before these
+            data = stack._net.app_recv(self._rx, bufsize, self.cid, self.gen,
+                                       not self._zc)
+            self._taken += len(data)
+            if not self._zc:
+                self._consumed = self._taken
+            return data
+
+    def recv_zc(self, max_frames: int | None = None,
+                timeout: float | None = None) -> ZcChain:
+        """The received bytes without a copy: a ZcChain of read-only views into the UMEM
+        frames they arrived in (up to max_frames frames, oldest first); an empty chain
+        once the peer has closed and everything was read. The frames stay the app's, and
+        count against the receive window, until `chain.release()` (or the end of a
+        `with` block); chains may be released in any order. Non-blocking:
+        BlockingIOError when nothing is there yet."""
+        if max_frames is not None and max_frames < 1:
+            raise ValueError("max_frames must be at least 1")
+        self._wait(lambda: bool(self._rx) or self._eof or self._error is not None,
+                   timeout, "recv_zc")
+        stack = self._stack
+        with stack._lock:
+            if not self._rx:
+                if self._eof:
+                    return ZcChain(stack._port.pool, None, (), self._taken)
+                self._raise_error()
+            n = len(self._rx) if max_frames is None else min(max_frames, len(self._rx))
+            spans = [self._rx.popleft() for _ in range(n)]
+            entry = [self._taken, self._taken + sum(length for _, length in spans), False]
+            self._taken = entry[1]
+            self._zc.append(entry)
+            chain = ZcChain(stack._port.pool, lambda c: self._released(c, entry), spans,
+                            entry[0])
+            stack._held[chain] = chain.give_back
+        return chain
+
+    def _on_data(self, addr: int, length: int) -> None:
+        self._rx.append((addr, length))
+
+    def _released(self, held: FrameSet, entry: list) -> None:
+        """A chain's (or a record batch's) release(): its frames go back (the app's own
+        references), and the bytes before the first one still held count as consumed."""
+        stack = self._stack
+        with stack._lock:
+            give_back = stack._held.pop(held)
+            give_back(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            entry[2] = True
+            while self._zc and self._zc[0][2]:
+                self._zc.popleft()
+            edge = self._zc[0][0] if self._zc else self._taken
+            if edge > self._consumed and not self.closed:
+                stack._send_ctl(_MSG.MSG_TCP_CONSUME, length=edge - self._consumed,
+                                sock=self.cid, port=self.gen)
+                self._consumed = edge
 
     def send(self, data: bytes, timeout: float | None = None) -> int:
         """Queue as much as the send credit allows (at least one byte, waiting for room);
