@@ -4,7 +4,7 @@ Rounds of `vtl bench records`, each on one testbed with one sender: CSV rows rec
 read_records() with parsing in the network thread, in the application thread, as numpy
 columns, and Python's csv module on a kernel socket; HTTP/1.1 requests (header-only, and
 with 2 KB bodies) received by read_records() parsed in either thread, by the stack with no
-parser (recv_zc), and by httptools on a kernel socket. The rates, the ratios and the
+parser (recv and recv_zc), and by httptools on a kernel socket. The rates, the ratios and the
 targets land in the benchmark's extra_info (and in --benchmark-json). Speed is not
 asserted: the machine is shared and noisy, so each test prints the ratios of its own run.
 """
