@@ -13,8 +13,9 @@ Each one runs one-way RX drop and UDP echo, at 64 and 1400 bytes. Then the stack
 for a while, to measure the CPU of its network thread. The numbers move from run to run,
 so compare the ratios of a single run, not absolute figures across runs.
 
-`vtl bench records` (apps/bench_records.py) sets CSV records parsed in the stack against
-Python's csv module on a kernel socket.
+`vtl bench records` (apps/bench_records.py) sets CSV rows and HTTP/1.1 requests parsed in
+the stack against Python's csv module and httptools on a kernel socket, and against the
+stack's own TCP receive with no parser.
 
 `vtl bench tcp` (apps/bench_tcp.py) sets the stack's TCP against kernel TCP: bulk both ways,
 connections per second and request/response latency, with iperf3 as the ceiling.

@@ -1,16 +1,31 @@
-"""`vtl bench records`: CSV rows/s received as records by the stack, against Python's csv
-module reading a kernel TCP socket, on one pair testbed in one run.
+"""`vtl bench records`: records received by the stack against a kernel socket read by the
+usual Python parser, on one pair testbed in one run.
 
-The client host sends the same rows (16 bytes each by default, RFC 4180 CRLF) from a kernel
-socket to each receiver in turn; each receiver reads one connection to its end and counts
-rows from its first byte to the end of the stream:
+The client host sends the same bytes from a kernel socket to each receiver in turn; each
+receiver reads one connection to its end and counts records from its first byte to the end
+of the stream. Three workloads:
 
-- stack-net: `Stack.listen(parser="csv")`, rows parsed in the network thread, read with
-  read_records() (fields stay spans in the frames);
-- stack-app: the same, parsed in the application thread (parse_in="app");
-- stack-net-column: parsed in the network thread, each batch's first field taken as a
-  numpy column (the columnar way to use the rows);
-- kernel-csv: a kernel socket read through csv.reader (rows as lists of str).
+- csv: 16-byte rows (RFC 4180 CRLF), read by
+  - stack-net: `Stack.listen(parser="csv")`, parsed in the network thread, read with
+    read_records() (fields stay spans in the frames);
+  - stack-app: the same, parsed in the application thread (parse_in="app");
+  - stack-net-column: parsed in the network thread, each batch's first field taken as a
+    numpy column (the columnar way to use the rows);
+  - kernel-csv: a kernel socket read through csv.reader (rows as lists of str);
+- http_get: pipelined HTTP/1.1 GETs with 7 headers, no body, and
+- http_post: pipelined POSTs with the same headers and a 2 KB body (Content-Length), read by
+  - stack-net and stack-app as above with parser="http_request";
+  - stack-recv and stack-recv-zc: the same bytes with no parser, read with recv() (one
+    copy) or taken with recv_zc() (views released unread): the stack's TCP receive alone.
+    The faster of the two is reported as stack-raw, the ceiling of the record path (its
+    records/s is the rate at which the bytes of that many requests arrived);
+  - kernel-httptools: a kernel socket fed to httptools.HttpRequestParser with only
+    on_message_complete (the least work httptools can be asked to do, so the kindest
+    comparison for it).
+
+Then the offline line: the generated parsers on in-memory bytes (vtlstack.apps.bench_parsers),
+the rate parsing alone would allow. Targets (the issue's): csv stack-net 10x the csv module;
+http_get stack-net 3x httptools; http_post stack-net at least 90 % of stack-raw's MB/s.
 
 The figures move from run to run: compare the ratios of one run.
 """
@@ -23,6 +38,7 @@ import select
 import statistics
 import subprocess
 import sys
+import time
 from typing import Any
 
 from vtlstack.apps._common import emit, vtl_argv
@@ -30,21 +46,43 @@ from vtlstack.apps._common import emit, vtl_argv
 from vtlstack.errors import VtlError, require_root
 
 PORT = 9100
-RECEIVERS = ("stack-net", "stack-app", "stack-net-column", "kernel-csv")
+RAW = ("stack-recv", "stack-recv-zc")
+RECEIVERS = ("stack-net", "stack-app", "stack-net-column", *RAW, "kernel-csv",
+             "kernel-httptools")
+HTTP_RECEIVERS = ("stack-net", "stack-app", *RAW, "kernel-httptools")
+WORKLOADS = {  # workload -> (parser, receivers)
+    "csv": ("csv", ("stack-net", "stack-app", "stack-net-column", "kernel-csv")),
+    "http_get": ("http_request", HTTP_RECEIVERS),
+    "http_post": ("http_request", HTTP_RECEIVERS),
+}
+HTTP_RATIOS = (("stack-net", "kernel-httptools"), ("stack-app", "kernel-httptools"),
+               ("stack-net", "stack-app"), ("stack-net", "stack-raw"),
+               ("stack-app", "stack-raw"))
+RATIOS = {
+    "csv": (("stack-net", "kernel-csv"), ("stack-app", "kernel-csv"),
+            ("stack-net", "stack-app"), ("stack-net-column", "kernel-csv")),
+    "http_get": HTTP_RATIOS,
+    "http_post": HTTP_RATIOS,
+}
+TARGETS = {  # workload -> (receiver, its peer, the least ratio that meets the target)
+    "csv": ("stack-net", "kernel-csv", 10.0),
+    "http_get": ("stack-net", "kernel-httptools", 3.0),
+    "http_post": ("stack-net", "stack-raw", 0.9),
+}
 
-# The sender (Linux host): rows in 1 MB blocks from a kernel socket, then close.
+# The sender (Linux host): the record repeated in ~1 MB blocks from a kernel socket, then
+# close; the record comes as hex so that one sender serves every workload.
 SENDER = r"""
 import socket, sys
-ip, port, rows, width = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-row = b"%0*d,abcdef\r\n" % (width - 9, 0)
-assert len(row) == width
-per = (1 << 20) // width
-block = row * per
+ip, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+record = bytes.fromhex(sys.argv[4])
+per = max(1, (1 << 20) // len(record))
+block = record * per
 s = socket.create_connection((ip, port), timeout=30)
-left = rows
+left = count
 while left:
     n = min(left, per)
-    s.sendall(block if n == per else row * n)
+    s.sendall(block if n == per else record * n)
     left -= n
 s.shutdown(socket.SHUT_WR)
 s.recv(1)
@@ -53,10 +91,16 @@ s.close()
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("records", help="CSV records: the stack's parsing vs the csv module",
+    p = sub.add_parser("records", help="records in the stack vs csv module and httptools",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=4_000_000, help="rows per receiver (4M)")
+    p.add_argument("--rows", type=int, default=4_000_000, help="CSV rows per receiver (4M)")
     p.add_argument("--width", type=int, default=16, help="bytes per row, CRLF included (16)")
+    p.add_argument("--gets", type=int, default=1_000_000,
+                   help="header-only requests per receiver (1M)")
+    p.add_argument("--posts", type=int, default=100_000,
+                   help="requests with 2 KB bodies per receiver (100k)")
+    p.add_argument("--workloads", default="csv,http_get,http_post,offline",
+                   help="which to run, comma-separated (all)")
     p.add_argument("--repeat", type=int, default=1, help="runs per receiver; medians")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=run)
@@ -64,50 +108,113 @@ def register(sub: argparse._SubParsersAction) -> None:
     recv.add_argument("receiver", choices=RECEIVERS)
     recv.add_argument("iface")
     recv.add_argument("port", type=int)
+    recv.add_argument("--parser", default="csv")
     recv.set_defaults(func=run_receiver)
 
 
+def _kernel(port: int, read: Any) -> int:
+    """Accept one connection on a kernel socket; read(conn) -> records, timed from the
+    accept (the sender connects only once the receiver is ready)."""
+    import socket
+
+    with socket.create_server(("0.0.0.0", port)) as srv:
+        emit({"event": "ready"})
+        conn, _ = srv.accept()
+        with conn:
+            start = time.perf_counter()
+            records = read(conn)
+            seconds = time.perf_counter() - start
+    emit({"records": records, "seconds": seconds})
+    return 0
+
+
+def _read_csv(conn: Any) -> int:
+    import csv
+
+    with conn.makefile("r", encoding="latin-1", newline="", buffering=1 << 20) as f:
+        return sum(1 for _ in csv.reader(f))
+
+
+def _read_httptools(conn: Any) -> int:
+    import httptools
+
+    class Count:  # httptools calls only the callbacks its protocol object has
+        n = 0
+
+        def on_message_complete(self) -> None:
+            self.n += 1
+
+    count = Count()
+    parser = httptools.HttpRequestParser(count)
+    buf = bytearray(1 << 18)
+    view = memoryview(buf)
+    while n := conn.recv_into(buf):
+        parser.feed_data(view[:n])
+    return count.n
+
+
+def _recv(conn: Any) -> tuple[int, float]:
+    """Bytes read with recv() (one copy out of the frames, in Cython), seconds from the
+    first."""
+    got, start = 0, None
+    while data := conn.recv(1 << 20, timeout=30):
+        start = start or time.perf_counter()
+        got += len(data)
+    return got, time.perf_counter() - start
+
+
+def _recv_zc(conn: Any) -> tuple[int, float]:
+    """Bytes taken with recv_zc() (views into the frames, released unread), seconds from
+    the first."""
+    got, start = 0, None
+    while True:
+        with conn.recv_zc(timeout=30) as chain:
+            start = start or time.perf_counter()
+            if not len(chain):
+                return got, time.perf_counter() - start
+            got += chain.nbytes
+
+
+def _read_records(conn: Any, column: bool) -> tuple[int, float]:
+    """Records read with read_records() (with column, each batch's first field gathered
+    into numpy), seconds from the first batch."""
+    got, start = 0, None
+    while True:
+        with conn.read_records(max=1 << 16, timeout=30) as batch:
+            start = start or time.perf_counter()
+            if not len(batch):
+                return got, time.perf_counter() - start
+            got += len(batch.column(0)) if column else len(batch)
+
+
 def run_receiver(args: argparse.Namespace) -> int:
-    """Read one connection to its end; one JSON line: rows, bytes, seconds."""
-    import time
-
+    """Read one connection to its end; one JSON line: records (bytes for the raw
+    receivers), seconds from the first data."""
     if args.receiver == "kernel-csv":
-        import csv
-        import socket
-
-        with socket.create_server(("0.0.0.0", args.port)) as srv:
-            emit({"event": "ready"})
-            conn, _ = srv.accept()
-            with conn, conn.makefile("r", encoding="latin-1", newline="",
-                                     buffering=1 << 20) as f:
-                start = time.perf_counter()
-                rows = sum(1 for _ in csv.reader(f))
-                seconds = time.perf_counter() - start
-        emit({"rows": rows, "seconds": seconds})
-        return 0
+        return _kernel(args.port, _read_csv)
+    if args.receiver == "kernel-httptools":
+        return _kernel(args.port, _read_httptools)
     from vtlstack.stack import Stack
 
-    parse_in = "app" if args.receiver == "stack-app" else "net"
-    column = args.receiver == "stack-net-column"
+    raw = args.receiver in RAW
     with Stack(args.iface) as stack:
-        lst = stack.listen(args.port, parser="csv", parse_in=parse_in)
+        if raw:
+            lst = stack.tcp_listen(args.port)
+        else:
+            lst = stack.listen(args.port, parser=args.parser,
+                               parse_in="app" if args.receiver == "stack-app" else "net")
         emit({"event": "ready"})
         conn = lst.accept(timeout=30)
-        rows = 0
-        start = None
-        while True:
-            batch = conn.read_records(max=1 << 16, timeout=30)
-            if start is None:
-                start = time.perf_counter()
-            with batch:
-                if not len(batch):
-                    break
-                rows += len(batch.column(0)) if column else len(batch)
-        seconds = time.perf_counter() - start
+        if raw:
+            got, seconds = (_recv if args.receiver == "stack-recv" else _recv_zc)(conn)
+        else:
+            got, seconds = _read_records(conn, args.receiver == "stack-net-column")
         conn.close()
         lst.close()
-    emit({"rows": rows, "seconds": seconds, "parse_errors": stack.final_stats["net"]
-          ["parse_errors"], "held": stack.final_stats["port"]["held"]})
+    net = stack.final_stats["net"]
+    emit({"bytes" if raw else "records": got, "seconds": seconds,
+          "parse_errors": net["parse_errors"] + net.get("app_parse_errors", 0),
+          "held": stack.final_stats["port"]["held"]})
     return 0
 
 
@@ -120,15 +227,18 @@ def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
     return json.loads(line)
 
 
-def one_run(tb: Any, receiver: str, rows: int, width: int) -> dict[str, Any]:
+def one_run(tb: Any, receiver: str, parser: str, record: bytes,
+            count: int) -> dict[str, float]:
+    """`count` copies of `record` from the client to `receiver` on the server: its
+    records/s and MB/s."""
     server = tb.host("server").iface
     proc = tb.popen("server", vtl_argv("bench", "records-recv", receiver, server.name,
-                                       str(PORT)),
+                                       str(PORT), "--parser", parser),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         _line(proc, 30)
         sender = tb.exec("client", [sys.executable, "-c", SENDER, server.ip, str(PORT),
-                                    str(rows), str(width)],
+                                    str(count), record.hex()],
                          capture_output=True, text=True, timeout=600)
         if sender.returncode != 0:
             raise VtlError(f"the sender failed: {sender.stderr.strip()}")
@@ -138,57 +248,114 @@ def one_run(tb: Any, receiver: str, rows: int, width: int) -> dict[str, Any]:
         if proc.poll() is None:
             proc.kill()
         proc.communicate()
-    if got["rows"] != rows:
-        raise VtlError(f"{receiver} read {got['rows']} rows of {rows}")
-    if got.get("held"):
-        raise VtlError(f"{receiver} left {got['held']} frames held")
-    return {"rows_per_s": rows / got["seconds"], "mb_per_s": rows * width / got["seconds"] / 1e6}
+    size = count * len(record)
+    if receiver in RAW and got["bytes"] != size:
+        raise VtlError(f"{receiver} read {got['bytes']} bytes of {size}")
+    if receiver not in RAW and got["records"] != count:
+        raise VtlError(f"{receiver} read {got['records']} {parser} records of {count}")
+    if got.get("parse_errors") or got.get("held"):
+        raise VtlError(f"{receiver} ended with {got['parse_errors']} parse errors and "
+                       f"{got['held']} frames held")
+    return {"records_per_s": count / got["seconds"], "mb_per_s": size / got["seconds"] / 1e6}
 
 
-def records_bench(rows: int = 4_000_000, width: int = 16, repeat: int = 1,
+def _records(workload: str, rows: int, width: int, gets: int,
+             posts: int) -> tuple[bytes, int]:
+    from vtlstack.apps.bench_parsers import HTTP_GET, HTTP_POST
+
+    if workload == "csv":
+        row = b"%0*d,abcdef\r\n" % (width - 9, 0)
+        if len(row) != width:
+            raise VtlError(f"a CSV row cannot be {width} bytes (10 at least)")
+        return row, rows
+    return (HTTP_GET, gets) if workload == "http_get" else (HTTP_POST, posts)
+
+
+def records_bench(rows: int = 4_000_000, width: int = 16, gets: int = 1_000_000,
+                  posts: int = 100_000, repeat: int = 1,
+                  workloads: tuple[str, ...] = (*WORKLOADS, "offline"),
                   progress: Any = None) -> dict[str, Any]:
-    """Every receiver on one testbed, `repeat` times each, interleaved; medians and the
-    ratios of this run."""
+    """Every receiver of every workload on one testbed, `repeat` times each, interleaved;
+    medians, the ratios of this run and the targets; then the offline parsers."""
     from vtlstack.testbed import Testbed
 
     require_root("vtl bench records")
-    runs: dict[str, list[dict]] = {r: [] for r in RECEIVERS}
+    unknown = set(workloads) - {*WORKLOADS, "offline"}
+    if unknown:
+        raise VtlError(f"no such workload: {', '.join(sorted(unknown))}")
+    online = [w for w in WORKLOADS if w in workloads]
+    sends = {w: _records(w, rows, width, gets, posts) for w in online}
+    runs: dict[str, dict[str, list[dict]]] = {w: {r: [] for r in WORKLOADS[w][1]}
+                                              for w in online}
     with Testbed.up(topology="pair", prefix="vtlbrec") as tb:
         for _ in range(repeat):
-            for receiver in RECEIVERS:
-                row = one_run(tb, receiver, rows, width)
-                runs[receiver].append(row)
-                if progress:
-                    progress(receiver, row)
-    result: dict[str, Any] = {"rows": rows, "row_bytes": width, "repeat": repeat}
-    for receiver, rs in runs.items():
-        result[receiver] = {k: round(statistics.median(r[k] for r in rs), 1)
-                            for k in ("rows_per_s", "mb_per_s")}
-    rate = {r: result[r]["rows_per_s"] for r in RECEIVERS}
-    result["ratios"] = {
-        "stack_net_vs_kernel_csv": round(rate["stack-net"] / rate["kernel-csv"], 2),
-        "stack_app_vs_kernel_csv": round(rate["stack-app"] / rate["kernel-csv"], 2),
-        "stack_net_vs_stack_app": round(rate["stack-net"] / rate["stack-app"], 2),
-        "column_vs_kernel_csv": round(rate["stack-net-column"] / rate["kernel-csv"], 2),
-    }
+            for w in online:
+                parser, receivers = WORKLOADS[w]
+                record, count = sends[w]
+                for receiver in receivers:
+                    row = one_run(tb, receiver, parser, record, count)
+                    runs[w][receiver].append(row)
+                    if progress:
+                        progress(w, receiver, row)
+    result: dict[str, Any] = {"repeat": repeat}
+    targets = {}
+    for w in online:
+        record, count = sends[w]
+        res: dict[str, Any] = {"records": count, "record_bytes": len(record)}
+        for receiver, rs in runs[w].items():
+            res[receiver] = {k: round(statistics.median(r[k] for r in rs), 1)
+                             for k in ("records_per_s", "mb_per_s")}
+        # same bytes and count for every receiver: MB/s ratios are records/s ratios
+        if RAW[0] in res:
+            fastest = max(RAW, key=lambda r: res[r]["mb_per_s"])
+            res["stack-raw"] = {**res[fastest], "via": fastest}
+        res["ratios"] = {f"{a}_vs_{b}".replace("-", "_"):
+                         round(res[a]["mb_per_s"] / res[b]["mb_per_s"], 2)
+                         for a, b in RATIOS[w]}
+        a, b, least = TARGETS[w]
+        ratio = res["ratios"][f"{a}_vs_{b}".replace("-", "_")]
+        targets[w] = {"ratio": ratio, "of": f"{a} / {b}", "target": least,
+                      "met": ratio >= least}
+        result[w] = res
+    result["targets"] = targets
+    if "offline" in workloads:
+        from vtlstack.apps.bench_parsers import offline_rates
+
+        result["offline"] = offline_rates()
     return result
 
 
 def run(args: argparse.Namespace) -> int:
-    def progress(receiver: str, row: dict) -> None:
+    def progress(workload: str, receiver: str, row: dict) -> None:
         if not args.json:
-            print(f"  {receiver:17} {row['rows_per_s'] / 1e6:8.2f} M rows/s "
+            print(f"  {workload:9} {receiver:17} {row['records_per_s'] / 1e6:8.3f} M/s "
                   f"{row['mb_per_s']:8.1f} MB/s", file=sys.stderr, flush=True)
 
-    result = records_bench(args.rows, args.width, args.repeat, progress)
+    result = records_bench(args.rows, args.width, args.gets, args.posts, args.repeat,
+                           tuple(args.workloads.split(",")), progress)
     if args.json:
         print(json.dumps(result))
         return 0
-    print(f"CSV rows of {args.width} bytes, {args.rows:,} per receiver, medians of "
-          f"{args.repeat}:")
-    for receiver in RECEIVERS:
-        r = result[receiver]
-        print(f"  {receiver:17} {r['rows_per_s'] / 1e6:8.2f} M rows/s {r['mb_per_s']:8.1f} MB/s")
-    for name, ratio in result["ratios"].items():
-        print(f"  {name:28} {ratio:.2f}x")
+    for w in WORKLOADS:
+        if w not in result:
+            continue
+        res = result[w]
+        print(f"{w}: {res['records']:,} records of {res['record_bytes']} bytes per "
+              f"receiver, medians of {args.repeat}:")
+        for receiver in WORKLOADS[w][1]:
+            r = res[receiver]
+            print(f"  {receiver:17} {r['records_per_s'] / 1e6:8.3f} M records/s "
+                  f"{r['mb_per_s']:8.1f} MB/s")
+        if "stack-raw" in res:
+            print(f"  stack-raw is {res['stack-raw']['via']}, the faster raw receive")
+        for name, ratio in res["ratios"].items():
+            print(f"  {name:34} {ratio:.2f}x")
+    for w, t in result["targets"].items():
+        print(f"target {w}: {t['of']} = {t['ratio']:.2f}, at least {t['target']}: "
+              f"{'met' if t['met'] else 'NOT met'}")
+    if "offline" in result:
+        print("offline, generated parsers on in-memory bytes (best of 3):")
+        for name, r in result["offline"].items():
+            print(f"  {name:20} {r['records_per_s'] / 1e6:8.3f} M records/s "
+                  f"{r['mb_per_s']:8.1f} MB/s")
     return 0

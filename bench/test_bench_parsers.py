@@ -9,48 +9,18 @@ will), `values` also turns every record into Python values with as_dict().
 
 import csv
 import io
-import time
 
-from vtlstack import parsers
-
-CHUNK = 65536
-
-
-def _best(fn, rounds: int = 5) -> float:
-    best = float("inf")
-    for _ in range(rounds):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
-def _chunks(data: bytes) -> list[bytes]:
-    return [data[i:i + CHUNK] for i in range(0, len(data), CHUNK)]
-
-
-def _generated(name: str, data: bytes, values: bool) -> int:
-    s = parsers.load(name).stream()
-    n = 0
-    for chunk in _chunks(data):
-        records = s.feed(chunk)
-        if values:
-            for r in records:
-                r.as_dict()
-        n += len(records)
-    if s.close() is not None:
-        n += 1
-    return n
+from vtlstack.apps.bench_parsers import CHUNK, best, chunks, generated, inputs
 
 
 def _compare(name: str, data: bytes, peer, peer_name: str) -> dict:
-    counts = {_generated(name, data, False), _generated(name, data, True), peer(data)}
+    counts = {generated(name, data, False), generated(name, data, True), peer(data)}
     assert len(counts) == 1, f"the parsers disagree on the record count: {counts}"
     n = counts.pop()
     mb = len(data) / 1e6
-    times = {"feed": _best(lambda: _generated(name, data, False)),
-             "values": _best(lambda: _generated(name, data, True)),
-             peer_name: _best(lambda: peer(data))}
+    times = {"feed": best(lambda: generated(name, data, False)),
+             "values": best(lambda: generated(name, data, True)),
+             peer_name: best(lambda: peer(data))}
     result = {"records": n, "bytes": len(data)}
     for k, t in times.items():
         result[f"{k}_records_per_s"] = round(n / t)
@@ -77,7 +47,7 @@ def _python_http(data: bytes) -> int:
     """A plain Python HTTP/1.1 request reader: what a server without a C parser does."""
     n, at, size = 0, 0, len(data)
     buf = b""
-    for chunk in _chunks(data):
+    for chunk in chunks(data):
         buf += chunk
         while True:
             end = buf.find(b"\r\n\r\n")
@@ -103,40 +73,32 @@ def _python_http(data: bytes) -> int:
     return n
 
 
-CSV_ROWS = b"".join(b"%05d,abcdef,xy\n" % (i % 100000) for i in range(500_000))  # 16-byte rows
-CSV_QUOTED = b"".join(b'%d,"quoted, with ""quotes""",plain text field,3.14159\r\n' % i
-                      for i in range(150_000))
-HEADERS = (b"Host: example.com\r\nUser-Agent: bench/1.0\r\nAccept: */*\r\n"
-           b"Accept-Language: en, mi\r\nAccept-Encoding: gzip, deflate\r\n"
-           b"Connection: keep-alive\r\nCookie: a=1; b=2\r\n")
-HTTP_GETS = b"GET /index.html?x=1 HTTP/1.1\r\n" + HEADERS + b"\r\n"
-HTTP_POSTS = (b"POST /upload HTTP/1.1\r\n" + HEADERS + b"Content-Length: 2048\r\n\r\n"
-              + b"b" * 2048)
+INPUTS = inputs()
 
 
 def test_csv_16_byte_rows_vs_csv_module(benchmark):
-    result = benchmark.pedantic(_compare, args=("csv", CSV_ROWS, _csv_module, "csv_module"),
-                                rounds=1, iterations=1)
+    result = benchmark.pedantic(_compare, args=(*INPUTS["csv_16_byte_rows"], _csv_module,
+                                                "csv_module"), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["feed_vs_csv_module"] > 0
 
 
 def test_csv_quoted_rows_vs_csv_module(benchmark):
-    result = benchmark.pedantic(_compare, args=("csv", CSV_QUOTED, _csv_module, "csv_module"),
-                                rounds=1, iterations=1)
+    result = benchmark.pedantic(_compare, args=(*INPUTS["csv_quoted_rows"], _csv_module,
+                                                "csv_module"), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["feed_vs_csv_module"] > 0
 
 
 def test_http_requests_header_only_vs_python(benchmark):
-    result = benchmark.pedantic(_compare, args=("http_request", HTTP_GETS * 40_000,
-                                                _python_http, "python"), rounds=1, iterations=1)
+    result = benchmark.pedantic(_compare, args=(*INPUTS["http_get_7_headers"], _python_http,
+                                                "python"), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["feed_vs_python"] > 0
 
 
 def test_http_requests_2k_bodies_vs_python(benchmark):
-    result = benchmark.pedantic(_compare, args=("http_request", HTTP_POSTS * 10_000,
-                                                _python_http, "python"), rounds=1, iterations=1)
+    result = benchmark.pedantic(_compare, args=(*INPUTS["http_post_2k_bodies"], _python_http,
+                                                "python"), rounds=1, iterations=1)
     benchmark.extra_info.update(result)
     assert result["feed_vs_python"] > 0
