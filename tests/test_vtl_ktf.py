@@ -61,19 +61,27 @@ with KtfHost(sys.argv[1]) as h:
 """
 
 
-# The bpf_links whose program is a VTL KTF, as {prog id: name} (bpftool 7.1 does not
-# list tcx links under `net show`, so links are the way to see the egress KTF).
+# The bpf_links of this process whose program is a VTL KTF, as {prog id: name}. Links are
+# the way to see the egress KTF (bpftool 7.1 does not list tcx links under `net show`);
+# they are read from this process's own fds, since `bpftool link show` lists every link on
+# the machine, other runs' too.
 _LINKS = r"""
-import json, subprocess
+import json, os, subprocess
 def vtl_links():
     out = {}
-    for link in json.loads(subprocess.run(["bpftool", "-j", "link", "show"],
-                                          capture_output=True, text=True).stdout or "[]"):
-        prog = subprocess.run(["bpftool", "-j", "prog", "show", "id", str(link["prog_id"])],
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") != "anon_inode:bpf_link":
+                continue
+            with open(f"/proc/self/fdinfo/{fd}") as f:
+                info = dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
+        except OSError:
+            continue
+        prog = subprocess.run(["bpftool", "-j", "prog", "show", "id", info["prog_id"]],
                               capture_output=True, text=True)
         name = json.loads(prog.stdout or "{}").get("name", "")
         if name in ("vtl_ingress", "vtl_egress", "vtl_bounce"):
-            out[link["prog_id"]] = name
+            out[int(info["prog_id"])] = name
     return out
 """
 
