@@ -51,6 +51,8 @@ from vtlstack.vtl.wire import C, Header, WireError
 __all__ = ["NegotiationError", "Sender", "Receiver", "Result", "FALLBACK_PORT"]
 
 FALLBACK_PORT = 7253
+REORDER_WINDOW = 0.25   # of the minimum RTT: how much later a packet may be sent and still
+                        # arrive first without the earlier one being lost (RFC 8985 6.2)
 MSS = wire.MAX_PAYLOAD
 SENDER, RECEIVER = C.VTL_ROLE_SENDER, C.VTL_ROLE_RECEIVER
 
@@ -193,6 +195,9 @@ class Sender:
         self._host: KtfHost | None = None
         self._raw: _Channel | None = None
         self._una = 0
+        self._delivered = 0   # distinct packets the receiver has had (from its ACKs)
+        self._sent_at: list[float] = []   # when each seq of the message left last
+        self._newest_acked = 0.0          # the latest such time of a packet an ACK answered
         self._retx: set[int] = set()
         self._goback: int | None = None
         rules = list(rules or [])
@@ -291,11 +296,17 @@ class Sender:
         if ev.session != self.session:
             return
         if ev.kind == C.VTL_EV_ACKED:
-            if ev.seq > self._una:
-                self._monitor.on_acked(ev.seq, ev.seq * MSS, time.monotonic())
-            self._una = max(self._una, ev.seq)
+            now = time.monotonic()
+            self._monitor.on_acked(ev.seq, ev.answers, ev.seq * MSS, now)
+            if ev.answers < len(self._sent_at):
+                self._newest_acked = max(self._newest_acked, self._sent_at[ev.answers])
+            if ev.seq >= self._una and ev.bits >= self._delivered:
+                self._una, self._delivered = ev.seq, ev.bits
+                self._monitor.on_delivered(ev.bits, now)
         elif ev.kind == C.VTL_EV_RETX:
-            self._retx.update(ev.seq + i for i in range(32) if ev.bits >> i & 1)
+            self._retx.add(ev.seq)
+            if ev.bits:
+                self._retx.add(ev.seq + ev.bits)
         elif ev.kind == C.VTL_EV_GOBACK:
             self._goback = ev.seq
 
@@ -320,6 +331,10 @@ class Sender:
             st[k] = 0
         target: Graft | None = None   # a graft the monitor wants: drain, then switch
 
+        sent_at = self._sent_at = [0.0] * total
+        self._newest_acked = 0.0
+        resent_at: dict[int, float] = {}
+
         def put(seq: int, retx: bool = False) -> None:
             assert self.graft is not None
             raw.send(self.peer, Header(type=C.VTL_DATA, session=self.session, seq=seq,
@@ -327,7 +342,10 @@ class Sender:
                                        flags=C.VTL_F_RETX if retx else 0,
                                        payload=chunks[seq]))
             st["retransmitted" if retx else "sent"] += 1
-            self._monitor.on_send(seq, retx, time.monotonic())
+            now = sent_at[seq] = time.monotonic()
+            if retx:
+                resent_at[seq] = now
+            self._monitor.on_send(seq, retx, now, highest - self._delivered)
 
         t0 = time.monotonic()
         nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
@@ -337,10 +355,34 @@ class Sender:
                 # Go-Back-N: everything from the lost packet on is sent again.
                 nxt, self._goback = max(self._goback, self._una), None
                 st["gobacks"] += 1
+            now = time.monotonic()
+            srtt = self._monitor.srtt or 0.0
             for seq in sorted(s for s in self._retx if self._una <= s < nxt):
+                # A hole NACKed again less than a round trip after we resent it: that
+                # NACK left before the retransmission could arrive (the second look of
+                # the receiver lags by a fixed number of packets, not by time).
+                if now - resent_at.get(seq, -1.0) < srtt:
+                    st["renack_ignored"] = st.get("renack_ignored", 0) + 1
+                    continue
                 put(seq, retx=True)
             self._retx.clear()
             limit = min(total, self._una + self.window) if acked else total
+            selective = self.graft.id in (C.VTL_GRAFT_SR, C.VTL_GRAFT_PR)
+            if selective and self._una < highest and sent_at[self._una] < \
+                    self._newest_acked - REORDER_WINDOW * (self._monitor.min_rtt or 0.0):
+                # The cumulative ACK stops at a packet that left before one an ACK has
+                # answered since: lost, with its NACK or its retransmission (time order,
+                # as RACK reasons, RFC 8985). Resent now, this costs a round trip, not a
+                # timeout: what repairs holes near the end of a transfer, which the
+                # receiver's NACKs (they need later packets) cannot.
+                put(self._una, retx=True)
+                st["head_resent"] = st.get("head_resent", 0) + 1
+            if selective:
+                # Within the receive window, keep about two bandwidth-delay products in
+                # flight (the monitor's estimate). What arrived beyond a hole is not in
+                # flight (the receiver's count says so), so a hole does not stall us.
+                room = self._monitor.inflight_limit() - (highest - self._delivered)
+                limit = min(limit, nxt + max(0, room))
             if self._monitor.rules and target is None and acked:
                 rule = self._monitor.decide(self.graft.name)
                 if rule is not None:
