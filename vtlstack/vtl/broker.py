@@ -467,8 +467,13 @@ class Sender:
         t0 = time.monotonic()
         try:
             with socket.create_connection((self.peer, FALLBACK_PORT), timeout=5) as s:
+                # sendall's timeout bounds the whole call, so the data goes in pieces,
+                # each within the idle timeout: a slow path is not a dead peer.
+                s.settimeout(self.idle_timeout)
                 s.sendall(struct.pack("!QI", len(data), len(meta)) + meta)
-                s.sendall(data)
+                view = memoryview(data)
+                for i in range(0, len(data), 1 << 16):
+                    s.sendall(view[i:i + (1 << 16)])
                 s.shutdown(socket.SHUT_WR)
                 s.settimeout(10)
                 if s.recv(1) != b"k":
