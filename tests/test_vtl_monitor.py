@@ -55,9 +55,13 @@ def test_inflight_limit_follows_the_path_not_our_own_queue():
 
     run(0.010, 10, 1.0)                 # a 10 ms path, no queue
     assert m.base_rtt() == pytest.approx(0.010)
-    assert m.inflight_limit() == pytest.approx(20, abs=1)   # 2 x 1000/s x 10 ms
+    assert m.inflight_limit() == pytest.approx(20, abs=1)   # 1000/s x (10 ms + 10 ms)
     run(0.030, 30, 1.5)                 # a queue of our own: 30 ms RTT with 30 out
     assert m.base_rtt() == pytest.approx(0.010)
     run(0.300, 30, 1.5)                 # the path itself now takes 300 ms
     assert m.base_rtt() == pytest.approx(0.270)
-    assert m.inflight_limit() == pytest.approx(2 * rate * 0.270, abs=1)
+    assert m.inflight_limit() == pytest.approx(rate * (0.270 + 0.020), abs=1)
+    run(0.300, 300, 1.5)                # the sender fills that path: the estimate holds
+    assert m.base_rtt() == pytest.approx(0.270)
+    run(0.050, 50, 0.1)                 # and drops at once when the path is shorter again
+    assert m.base_rtt() == pytest.approx(0.050)

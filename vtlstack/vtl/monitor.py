@@ -7,18 +7,22 @@ written ``METRIC OP VALUE:FROM->TO``, e.g. the paper's ``rtt_ms>=300:gbn->pr``; 
 are ``rtt_ms``, ``loss`` (resent / sent) and ``rate_mbit`` (acknowledged bytes over time).
 
 It also tells Selective Repeat and Partial Reliability how many packets to keep in flight
-(``inflight_limit``): twice the path's bandwidth-delay product, from the best delivery rate
-of the last seconds and an estimate of the path's base RTT. Loss is not a signal here (these
-grafts are for lossy paths); the limit only keeps the bottleneck busy without filling its
-queue, so a hole's retransmission does not wait behind a queue the sender built itself.
+(``inflight_limit``): the path's bandwidth-delay product, from the best delivery rate of the
+last seconds and an estimate of the path's base RTT, plus as much again as headroom for the
+sender's jitter, but never more than 20 ms of traffic (bottleneck buffers are sized in time,
+the testbed's tbf holds 50 ms). Loss is not a signal here (these grafts are for lossy
+paths); the limit only keeps the bottleneck busy without filling its queue, so a hole's
+retransmission does not wait behind a queue the sender built itself.
+
 The base RTT has to follow a path whose delay changes (the paper's Fig. 10) without taking
-the sender's own queue for path delay: each RTT sample ``r`` of a packet sent with ``f``
-packets in flight bounds it from below by ``r - f / rate`` (at most ``f`` packets waited
-ahead of it at the bottleneck, which drains at least at the best rate seen), and the base
-RTT is the smallest sample ever, or the smallest such bound of the last second once that is
-more than twice as large. A queue of our own cancels out of the bound; a longer path does
-not. (Were the rate overestimated, the bound would take some of our own queue for path
-delay; the factor 2 keeps that from feeding on itself unless the rate is off twofold.)
+the sender's own queue for path delay. Every RTT sample bounds it from above, so it drops at
+once to a smaller sample. Each sample ``r`` of a packet sent with ``f`` packets in flight
+also bounds it from below by ``r - f / rate`` (at most ``f`` packets waited ahead of it at the
+bottleneck, which drains at least at the best rate seen): a queue of our own cancels out of
+that bound, a longer path does not. When every bound of the last second exceeds twice the
+estimate, the estimate rises to the smallest of them. (Were the rate overestimated, the
+bounds would take some of our own queue for path delay; the factor 2 keeps that from feeding
+on itself unless the rate is off twofold.)
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ PAPER_RULE = Rule.parse("rtt_ms>=300:gbn->pr")   # VTL paper, section V.C
 
 INITIAL_INFLIGHT = 32   # packets in flight before the path is measured
 MIN_INFLIGHT = 16       # never fewer: a path this thin is not worth measuring finer
-GAIN = 2.0              # the limit in bandwidth-delay products: room for the sender's jitter
+MAX_QUEUE = 0.02        # s: headroom beyond the bandwidth-delay product, at most this long
 RATE_WINDOW = 2.0       # s: the best delivery rate of this long
 BASE_WINDOW = 1.0       # s: lower bounds of the base RTT from this long
 RATE_SPAN = 0.05        # s: delivery-rate samples over at least this long (ACKs bunch up)
@@ -74,9 +78,12 @@ class _WindowedExtreme:
     def __init__(self, window: float, largest: bool) -> None:
         self.window, self.largest = window, largest
         self._q: collections.deque[tuple[float, float]] = collections.deque()
+        self._first: float | None = None
 
     def add(self, now: float, value: float) -> None:
         q = self._q
+        if self._first is None:
+            self._first = now
         while q and (q[-1][1] <= value if self.largest else q[-1][1] >= value):
             q.pop()
         q.append((now, value))
@@ -85,6 +92,10 @@ class _WindowedExtreme:
 
     def value(self) -> float | None:
         return self._q[0][1] if self._q else None
+
+    def spans(self, now: float) -> bool:
+        """Whether values have been added for a whole window (not only since a start)."""
+        return self._first is not None and now - self._first >= self.window
 
 
 class Monitor:
@@ -95,6 +106,7 @@ class Monitor:
         self.min_samples = min_samples
         self.srtt: float | None = None
         self.min_rtt: float | None = None
+        self._base_rtt: float | None = None
         self.samples = 0
         self.sent = 0
         self.resent = 0
@@ -105,7 +117,7 @@ class Monitor:
             collections.OrderedDict()
         self._resent: set[int] = set()
         self._rate = _WindowedExtreme(RATE_WINDOW, largest=True)     # packets/s
-        self._base = _WindowedExtreme(BASE_WINDOW, largest=False)    # s
+        self._bounds = _WindowedExtreme(BASE_WINDOW, largest=False)  # s, base RTT >=
         self._delivered: collections.deque[tuple[float, int]] = collections.deque()
 
     def on_send(self, seq: int, retx: bool, now: float, inflight: int = 0) -> None:
@@ -130,16 +142,14 @@ class Monitor:
 
     def inflight_limit(self) -> int:
         """How many packets to keep in flight (see the module docstring)."""
-        rate, base = self._rate.value(), self.base_rtt()
+        rate, base = self._rate.value(), self._base_rtt
         if rate is None or base is None or self.samples < self.min_samples:
             return INITIAL_INFLIGHT
-        return max(MIN_INFLIGHT, math.ceil(GAIN * rate * base))
+        return max(MIN_INFLIGHT, math.ceil(rate * (base + min(base, MAX_QUEUE))))
 
     def base_rtt(self) -> float | None:
-        bound = self._base.value()
-        if self.min_rtt is None:
-            return None
-        return bound if bound is not None and bound > 2 * self.min_rtt else self.min_rtt
+        """The estimate of the path's RTT without queues (see the module docstring)."""
+        return self._base_rtt
 
     def on_acked(self, una: int, answers: int, acked_bytes: int, now: float) -> None:
         """An ACK came: the window is at una, and the ACK answers DATA seq `answers` (one
@@ -155,9 +165,13 @@ class Monitor:
         self.srtt = rtt if self.srtt is None else self.srtt + (rtt - self.srtt) / 8
         self.min_rtt = rtt if self.min_rtt is None else min(self.min_rtt, rtt)
         self.samples += 1
+        base = self._base_rtt = rtt if self._base_rtt is None else min(self._base_rtt, rtt)
         rate = self._rate.value()
         if rate:
-            self._base.add(now, rtt - inflight / rate)
+            self._bounds.add(now, rtt - inflight / rate)
+            low = self._bounds.value()
+            if low is not None and low > 2 * base and self._bounds.spans(now):
+                self._base_rtt = low
 
     def metrics(self) -> dict[str, float]:
         elapsed = max(time.monotonic() - self._t0, 1e-6)
