@@ -284,13 +284,18 @@ def test_delay_changes_live(testbed):
     assert abs(min(_replies(tb.ping("client", dst, count=10))) - 4) <= 1
     assert tb._wire.forwarder.pid == pid and tb._wire.forwarder.poll() is None
     assert tb.describe()["links"][0]["impair"]["delay_ms"] == 2
+    # 21 echo requests and replies of 90 bytes on the wire each, and ARP besides.
+    assert all(21 * 90 <= n <= 21 * 90 + 2 * 42 for n in tb.link_bytes().values())
     with pytest.raises(TestbedError, match="bad delay"):
         tb.set_delay(-1)
 
 
 def test_set_delay_needs_a_delayed_link(testbed):
+    tb = testbed(loss_pct=1)
     with pytest.raises(TestbedError, match="no delayed link"):
-        testbed(loss_pct=1).set_delay(10)
+        tb.set_delay(10)
+    with pytest.raises(TestbedError, match="no delayed link"):
+        tb.link_bytes()
 
 
 def test_chain_impairs_middle_server_link(testbed):

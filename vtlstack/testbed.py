@@ -300,13 +300,18 @@ class _Wire:
         ffi = _impair_ffi()
         return ffi.new("struct impair_stats *", ffi.from_buffer("struct impair_stats *", raw)[0])
 
+    def forwarded(self) -> list[int]:
+        """The forwarder's counters, both directions (a->b first), read from shared memory."""
+        from vtlstack.wire import counters_view
+
+        return [int(v) for v in counters_view(self.stats_path)]
+
     def stats(self) -> dict[str, dict[str, int]]:
         out = {}
         if self.delayed:
             from vtlstack._wire import COUNTERS
-            from vtlstack.wire import counters_view
 
-            fwd = [int(v) for v in counters_view(self.stats_path)]
+            fwd = self.forwarded()
         for d, (src, dst) in enumerate(((self.a, self.b), (self.b, self.a))):
             xdp = self._read_stats(self._xdp_maps(src)["impair_stats"])
             row = {"passed": xdp.passed, "dropped": xdp.dropped}
@@ -594,6 +599,18 @@ class Testbed:
         if self._wire is None:
             raise TestbedError(f"testbed {self.name!r} has no impaired link: nothing to count")
         return self._wire.stats()
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes the delayed link has carried per direction ("client->server", ...): cheap
+        enough to sample while traffic flows (throughput over time)."""
+        if self._wire is None or self._wire.forwarder is None:
+            raise TestbedError(f"testbed {self.name!r} has no delayed link: only its "
+                               f"forwarder counts bytes")
+        from vtlstack._wire import COUNTERS
+
+        fwd, n, w = self._wire.forwarded(), len(COUNTERS), self._wire
+        at = COUNTERS.index("sent_bytes")
+        return {f"{w.a[2:]}->{w.b[2:]}": fwd[at], f"{w.b[2:]}->{w.a[2:]}": fwd[n + at]}
 
     def describe(self) -> dict[str, Any]:
         """Everything a user needs to address the testbed, as JSON-able data."""

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     print("ready", flush=True)
     try:
         run(sa.fileno(), sb.fileno(), args.delay_ms, args.reorder_pct, args.reorder_extra_ms,
-            args.frame_size + VNET_HDR_LEN, args.queue_frames, counters, control=control)
+            args.frame_size + VNET_HDR_LEN, args.queue_frames, counters, control=control,
+            skip_bytes=VNET_HDR_LEN)
     except OSError as exc:
         print(f"vtlstack.wire: {exc}", file=sys.stderr)
         return 1
