@@ -577,8 +577,12 @@ static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_sessio
 		s->snd_una = ack;
 		s->dupacks = 0;
 		news = 1;
-	} else if (ack == una && m->type == VTL_ACK && una != s->snd_nxt) {
-		/* Go-Back-N: the third duplicate ACK means the seq at una was lost. */
+	} else if (ack == una && m->type == VTL_ACK && una != s->snd_nxt &&
+		   (__s32)(m->seq - ack) > 0) {
+		/* Go-Back-N: the third duplicate ACK means the seq at una was lost. Only an
+		 * ACK that answers a packet above the hole says so: one that answers a packet
+		 * the receiver already had (go-back's own duplicates) does not, or every
+		 * go-back would set off the next. */
 		if (++s->dupacks == VTL_REORDER && graft == VTL_GRAFT_GBN)
 			goback = 1;
 	}

@@ -8,7 +8,7 @@ are ``rtt_ms``, ``loss`` (resent / sent) and ``rate_mbit`` (acknowledged bytes o
 
 It also tells Selective Repeat and Partial Reliability how many packets to keep in flight
 (``inflight_limit``): the path's bandwidth-delay product, from the best delivery rate of the
-last seconds and an estimate of the path's base RTT, plus as much again as headroom for the
+last 10 s and an estimate of the path's base RTT, plus as much again as headroom for the
 sender's jitter, but never more than 20 ms of traffic (bottleneck buffers are sized in time,
 the testbed's tbf holds 50 ms). Loss is not a signal here (these grafts are for lossy
 paths); the limit only keeps the bottleneck busy without filling its queue, so a hole's
@@ -67,7 +67,12 @@ PAPER_RULE = Rule.parse("rtt_ms>=300:gbn->pr")   # VTL paper, section V.C
 INITIAL_INFLIGHT = 32   # packets in flight before the path is measured
 MIN_INFLIGHT = 16       # never fewer: a path this thin is not worth measuring finer
 MAX_QUEUE = 0.02        # s: headroom beyond the bandwidth-delay product, at most this long
-RATE_WINDOW = 2.0       # s: the best delivery rate of this long
+PACING_GAIN = 1.1       # new packets leave at this much the best delivery rate: 10 % more
+                        # per round trip to find a faster path, and a queue that grows
+                        # slowly enough for a short buffer while a window fills
+PACE_MIN_RTT = 1.0      # s: never pace below MIN_INFLIGHT packets per this long
+RATE_WINDOW = 10.0      # s: the best delivery rate of this long (a path whose RTT grows
+                        # keeps its rate: the sender need not find it again)
 BASE_WINDOW = 1.0       # s: lower bounds of the base RTT from this long
 RATE_SPAN = 0.05        # s: delivery-rate samples over at least this long (ACKs bunch up)
 
@@ -146,6 +151,14 @@ class Monitor:
         if rate is None or base is None or self.samples < self.min_samples:
             return INITIAL_INFLIGHT
         return max(MIN_INFLIGHT, math.ceil(rate * (base + min(base, MAX_QUEUE))))
+
+    def pacing_rate(self) -> float | None:
+        """Packets/s to pace new packets at: a little above the best delivery rate, so the
+        rate can still grow (None until the path is measured)."""
+        rate = self._rate.value()
+        if rate is None or self.samples < self.min_samples:
+            return None
+        return max(PACING_GAIN * rate, MIN_INFLIGHT / PACE_MIN_RTT)
 
     def base_rtt(self) -> float | None:
         """The estimate of the path's RTT without queues (see the module docstring)."""
