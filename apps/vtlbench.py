@@ -72,10 +72,10 @@ def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
     return json.loads(line)
 
 
-def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None
-              ) -> tuple[dict[str, Any], dict[str, Any]]:
+def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None,
+              budget: float = 60.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """One file from client to server; source_cache: the receiver compiles the graft
-    from source with this cache directory."""
+    from source with this cache directory; budget: seconds the transfer may take."""
     cli, srv = tb.host("client"), tb.host("server")
     tcp = graft == "tcp"
     extra = ["--no-vtl"] if tcp else []
@@ -83,8 +83,8 @@ def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None
     if source_cache is not None:
         extra.append("--from-source")
         env = {**os.environ, "VTL_GRAFT_CACHE": source_cache}
-    recv = tb.popen("server", vtl_argv("recv", "--iface", srv.iface.name, "--timeout", "60",
-                                       *extra),
+    recv = tb.popen("server", vtl_argv("recv", "--iface", srv.iface.name, "--timeout",
+                                       str(int(budget)), *extra),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         _line(recv, 20)
@@ -92,10 +92,10 @@ def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None
                                           srv.iface.ip,
                                           *(["--nego-tries", "1"] if tcp else
                                             ["--graft", graft]), str(path)),
-                       capture_output=True, text=True, timeout=300)
+                       capture_output=True, text=True, timeout=budget + 30)
         if sent.returncode:
             raise VtlError(f"vtl send ({graft}) failed: {sent.stderr.strip()}")
-        got = _line(recv, 60)
+        got = _line(recv, budget)
         recv.wait(timeout=15)
     finally:
         if recv.poll() is None:
@@ -209,8 +209,11 @@ def run(args: argparse.Namespace) -> int:
                             "shared_header_bytes": bpf_path("vtl.h").stat().st_size,
                             "loss_pct": loss}
                 for mb, path in files.items():
+                    # Go-Back-N at 5 % loss runs at a third of the link rate: ten times
+                    # the time at link rate leaves room, a hung transfer still ends.
+                    budget = 60 + 10 * mb * 8 / args.rate
                     for g in (*GRAFTS, "tcp"):
-                        sent, got = _transfer(tb, g, path)
+                        sent, got = _transfer(tb, g, path, budget=budget)
                         row = {"graft": g, "size_mb": mb, "loss_pct": loss,
                                "fct_s": sent["fct_s"], "mbit": sent["throughput_mbit"],
                                "lost_packets": got["lost_packets"],
