@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from vtlstack.testbed import Testbed, TestbedExistsError, down_all
+from vtlstack.testbed import Testbed, TestbedError, TestbedExistsError, down_all
 
 pytestmark = pytest.mark.root
 
@@ -270,6 +270,32 @@ def test_delay_accuracy(testbed, delay_ms):
     # would move the mean without saying anything about the wire.
     assert abs(min(rtts) - 2 * delay_ms) <= 1, rtts
     assert abs(statistics.median(rtts) - 2 * delay_ms) <= 1, rtts
+
+
+def test_delay_changes_live(testbed):
+    # The forwarder keeps running: only the delay of frames arriving after the change moves.
+    tb = testbed(delay_ms=5)
+    dst = tb.host("server").iface.ip
+    assert _replies(tb.ping("client", dst, count=1))
+    pid = tb._wire.forwarder.pid
+    tb.set_delay(20)
+    assert abs(min(_replies(tb.ping("client", dst, count=10))) - 40) <= 1
+    tb.set_delay(2)
+    assert abs(min(_replies(tb.ping("client", dst, count=10))) - 4) <= 1
+    assert tb._wire.forwarder.pid == pid and tb._wire.forwarder.poll() is None
+    assert tb.describe()["links"][0]["impair"]["delay_ms"] == 2
+    # 21 echo requests and replies of 90 bytes on the wire each, and ARP besides.
+    assert all(21 * 90 <= n <= 21 * 90 + 2 * 42 for n in tb.link_bytes().values())
+    with pytest.raises(TestbedError, match="bad delay"):
+        tb.set_delay(-1)
+
+
+def test_set_delay_needs_a_delayed_link(testbed):
+    tb = testbed(loss_pct=1)
+    with pytest.raises(TestbedError, match="no delayed link"):
+        tb.set_delay(10)
+    with pytest.raises(TestbedError, match="no delayed link"):
+        tb.link_bytes()
 
 
 def test_chain_impairs_middle_server_link(testbed):

@@ -38,7 +38,7 @@ def test_bad_services():
     ("""name = "gbn"\nid = 3\nversion = "1"\nobject = "o"\nservices = {}\n
         ktfs = { ingress = "a", egress = "b" }""", "vtl.h says 1"),
     ("""name = "gbn"\nid = 1\nversion = "1"\nobject = "o"\nservices = {}\n
-        ktfs = { ingress = "a", egress = "b" }\n[qos]\nwindow = 65""", "window 65"),
+        ktfs = { ingress = "a", egress = "b" }\n[qos]\nwindow = 1025""", "window 1025"),
 ])
 def test_bad_manifests(tmp_path, text, match):
     (tmp_path / "canonical.toml").write_text((data_dir("grafts") / "canonical.toml").read_text())

@@ -125,6 +125,15 @@ def _start_server(tb):
     return srv, proc
 
 
+def _report(proc):
+    """Tell a waiting host script to report; its JSON line."""
+    proc.stdin.write("\n")
+    proc.stdin.flush()
+    res = json.loads(proc.stdout.readline())
+    proc.wait(timeout=10)
+    return res
+
+
 def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
     tb = testbed(topology="pair")
     srv, proc = _start_server(tb)
@@ -161,10 +170,7 @@ def test_bad_input_is_dropped_and_counted_in_the_kernel(testbed):
                   input=json.dumps(pkts), capture_output=True, text=True, timeout=20)
     assert out.returncode == 0, out.stderr
     client = json.loads(out.stdout)
-    proc.stdin.write("\n")
-    proc.stdin.flush()
-    res = json.loads(proc.stdout.readline())
-    proc.wait(timeout=10)
+    res = _report(proc)
     counters = res["counters"]
     assert counters["drop_truncated"] == 2
     assert counters["drop_csum"] == 2                          # one over IP, one in UDP
@@ -314,3 +320,60 @@ print(json.dumps({"times": times, "cache": sorted(os.listdir(sys.argv[2]))}))
     assert len(res["cache"]) == 1 and res["cache"][0].startswith("sr-")
     first, second = res["times"]
     assert second < first          # the second deploy loads the cached object only
+
+
+# Client and server of one Selective Repeat session with the full 1024-packet window: the
+# client sends the hex packets, then polls until its KTF reports `until` delivered, and
+# prints its events (kind, seq, bits, answers); the server prints its counters.
+_SR_WIDE = r"""
+import json, socket, sys, time
+from vtlstack.vtl.grafts import load_pool
+from vtlstack.vtl.ktf import KtfHost
+sr = load_pool()["sr"]
+role, ifname = int(sys.argv[1]), sys.argv[2]
+events = []
+with KtfHost(ifname) as h:
+    h.deploy(sr)
+    h.open_session(100, role, sr, 1024)
+    if role == 1:
+        print("ready", flush=True)
+        sys.stdin.readline()
+        print(json.dumps(h.counters()), flush=True)
+        sys.exit()
+    h.rings(None, lambda e: events.append((e.kind, e.seq, e.bits, e.answers)))
+    s = socket.socket(socket.AF_INET, socket.SOCK_RAW, 253)
+    pkts, until = json.loads(sys.stdin.read())
+    for pkt in pkts:
+        s.sendto(bytes.fromhex(pkt), (sys.argv[3], 0))
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and not (events and events[-1][2] == until):
+        h.poll(0.05)
+    print(json.dumps(events))
+"""
+
+
+def test_selective_repeat_window_and_delivered_count_in_the_kernel(testbed):
+    # Seqs 1..200 and then the hole, 0: the receiver holds 200 packets beyond a hole (more
+    # than three 64-bit words of its ring bitmap), NACKs the hole when seq 3 arrives and
+    # again VTL_RENACK packets later, and every ACK says how many packets it has.
+    tb = testbed(topology="pair")
+    srv = tb.host("server")
+    server = tb.popen("server", [sys.executable, "-P", "-c", _SR_WIDE, "1", srv.iface.name],
+                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert server.stdout.readline().strip() == "ready"
+    pkts = [_data(100, seq).hex() for seq in (*range(1, 201), 0)]
+    out = tb.exec("client", [sys.executable, "-P", "-c", _SR_WIDE, "0",
+                             tb.host("client").iface.name, srv.iface.ip],
+                  input=json.dumps([pkts, 201]), capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    events = json.loads(out.stdout)
+    counters = _report(server)
+    assert counters["rx_data"] == 201 and counters["drop_window"] == 0
+    assert counters["tx_nack"] == 2 and counters["tx_ack"] == 199
+    assert [e for e in events if e[0] == C.VTL_EV_RETX] == \
+        [[C.VTL_EV_RETX, 0, 0, 0]] * 2                # the hole, at seq 3 and at 3 + 127
+    acked = [e for e in events if e[0] == C.VTL_EV_ACKED]
+    counts = [e[2] for e in acked]
+    assert counts == sorted(counts) and len(set(counts)) == len(counts)
+    assert acked[-2] == [C.VTL_EV_ACKED, 0, 200, 200]   # 200 had, the window still at 0
+    assert acked[-1] == [C.VTL_EV_ACKED, 201, 201, 0]   # the hole filled: slid over all

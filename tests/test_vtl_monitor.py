@@ -19,12 +19,12 @@ def test_rtt_follows_karn_and_rfc6298_smoothing():
     m.on_send(0, False, 0.0)
     m.on_send(1, False, 0.0)
     m.on_send(1, True, 0.5)          # seq 1 resent: its ACK gives no sample
-    m.on_acked(1, 1400, 0.1)
+    m.on_acked(1, 0, 1400, 0.1)
     assert m.srtt == pytest.approx(0.1) and m.samples == 1
-    m.on_acked(2, 2800, 0.9)
+    m.on_acked(2, 1, 2800, 0.9)
     assert m.samples == 1
     m.on_send(2, False, 1.0)
-    m.on_acked(3, 4200, 1.9)         # 0.9 s sample: srtt moves by 1/8 of the difference
+    m.on_acked(3, 2, 4200, 1.9)         # 0.9 s sample: srtt moves by 1/8 of the difference
     assert m.srtt == pytest.approx(0.1 + (0.9 - 0.1) / 8)
     assert m.metrics()["loss"] == pytest.approx(1 / 3)
 
@@ -34,7 +34,34 @@ def test_decide_applies_the_rule_of_the_current_graft_only():
     for seq, rtt in enumerate((0.35, 0.35)):
         m.on_send(seq, False, 0.0)
         assert m.decide("gbn") is None        # not enough samples yet
-        m.on_acked(seq + 1, 0, rtt)
+        m.on_acked(seq + 1, seq, 0, rtt)
     assert m.decide("gbn") == PAPER_RULE
     assert m.decide("sr") is None             # loss is 0
     assert m.decide("pr") is None
+
+
+def test_inflight_limit_follows_the_path_not_our_own_queue():
+    m = Monitor([], min_samples=1)
+    rate, clock, seq = 1000.0, 0.0, 0
+
+    def run(rtt, inflight, seconds):
+        # One packet a millisecond, each answered rtt later, `inflight` out at the time.
+        nonlocal clock, seq
+        for _ in range(int(seconds * rate)):
+            m.on_send(seq, False, clock, inflight)
+            m.on_acked(seq + 1, seq, 0, clock + rtt)
+            m.on_delivered(seq + 1, clock + rtt)
+            seq, clock = seq + 1, clock + 1 / rate
+
+    run(0.010, 10, 1.0)                 # a 10 ms path, no queue
+    assert m.base_rtt() == pytest.approx(0.010)
+    assert m.inflight_limit() == pytest.approx(20, abs=1)   # 1000/s x (10 ms + 10 ms)
+    run(0.030, 30, 1.5)                 # a queue of our own: 30 ms RTT with 30 out
+    assert m.base_rtt() == pytest.approx(0.010)
+    run(0.300, 30, 1.5)                 # the path itself now takes 300 ms
+    assert m.base_rtt() == pytest.approx(0.270)
+    assert m.inflight_limit() == pytest.approx(rate * (0.270 + 0.020), abs=1)
+    run(0.300, 300, 1.5)                # the sender fills that path: the estimate holds
+    assert m.base_rtt() == pytest.approx(0.270)
+    run(0.050, 50, 0.1)                 # and drops at once when the path is shorter again
+    assert m.base_rtt() == pytest.approx(0.050)

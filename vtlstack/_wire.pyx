@@ -6,10 +6,13 @@ the other once it is due. Per direction there are two FIFO rings of (due time, f
 ``main`` (due = arrival + delay) and ``held`` (due = arrival + delay + reorder extra, for
 the reordered share). Within a ring due times never decrease, so each ring only ever sends
 from its head, and frames in ``main`` overtake older ones sitting in ``held``. A full ring
-drops the frame and counts it. The loop runs without the GIL and sleeps in ppoll() until a
-frame arrives or the next one is due. The due time is an absolute timerfd deadline rather
-than a ppoll() timeout: poll timeouts get a slack of 0.1% of their length (50 us on a
-50 ms delay), a timerfd none.
+drops the frame and counts it. The delay may change while frames flow (``control``, read as
+frames arrive): a frame gets the delay in force when it arrives, as with netem. A longer delay
+keeps the rings in order; after a shorter one, new frames wait behind the older ones still
+queued, so the change takes effect as those drain (no frame overtakes another). The loop
+runs without the GIL and sleeps in ppoll() until a frame arrives or the next one is due.
+The due time is an absolute timerfd deadline rather than a ppoll() timeout: poll timeouts
+get a slack of 0.1% of their length (50 us on a 50 ms delay), a timerfd none.
 """
 
 from libc.errno cimport EAGAIN, EINTR, errno
@@ -69,8 +72,10 @@ cdef extern from "<sys/prctl.h>" nogil:
 
 # Counters, per direction (direction d uses [d * N_COUNTERS, (d + 1) * N_COUNTERS)).
 # queue_full: dropped because the ring was full; send_errors: refused by the egress (mostly
-# tbf's queue being full, i.e. the rate limit's own drops).
-COUNTERS = ("received", "sent", "reordered", "queue_full", "truncated", "send_errors")
+# tbf's queue being full, i.e. the rate limit's own drops); sent_bytes: the bytes of the
+# frames sent (what the link carried, for throughput over time).
+COUNTERS = ("received", "sent", "reordered", "queue_full", "truncated", "send_errors",
+            "sent_bytes")
 cdef enum:
     C_RECEIVED = 0
     C_SENT = 1
@@ -78,7 +83,8 @@ cdef enum:
     C_QUEUE_FULL = 3
     C_TRUNCATED = 4
     C_SEND_ERRORS = 5
-    N_COUNTERS = 6
+    C_SENT_BYTES = 6
+    N_COUNTERS = 7
     BATCH = 64
 
 cdef struct Ring:
@@ -120,8 +126,9 @@ cdef inline uint64_t xorshift(uint64_t *s) noexcept nogil:
 
 
 cdef int flush(Ring *r, int fd, uint32_t slot, int64_t now, mmsghdr *msgs, iovec *iov,
-               uint64_t *cnt) noexcept nogil:
-    """Send the ring's due frames out of fd. Returns -1 when the socket is full (retry)."""
+               uint64_t *cnt, uint32_t skip) noexcept nogil:
+    """Send the ring's due frames out of fd. Returns -1 when the socket is full (retry).
+    skip: bytes of each frame that are not on the wire (the virtio_net_hdr)."""
     cdef uint32_t n, i, idx
     cdef int sent
     while r.count:
@@ -149,6 +156,8 @@ cdef int flush(Ring *r, int fd, uint32_t slot, int64_t now, mmsghdr *msgs, iovec
             cnt[C_SEND_ERRORS] += 1
         else:
             cnt[C_SENT] += sent
+            for i in range(sent):
+                cnt[C_SENT_BYTES] += r.length[(r.head + i) % r.nslots] - skip
         r.head = (r.head + sent) % r.nslots
         r.count -= sent
     return 0
@@ -160,10 +169,14 @@ cdef int64_t next_due(Ring *r) noexcept nogil:
 
 def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_extra_ms,
         uint32_t frame_size, uint32_t queue_frames, uint64_t[::1] counters not None,
-        uint64_t seed=0x9E3779B97F4A7C15):
+        uint64_t seed=0x9E3779B97F4A7C15, uint64_t[::1] control=None,
+        uint32_t skip_bytes=0):
     """Forward between the two bound AF_PACKET sockets until one of them fails.
 
     counters: 2 * len(COUNTERS) uint64 slots (direction a->b first), updated in place.
+    control: if given, control[0] is the delay in ns, read as frames arrive (another
+    process may change it; it starts as delay_ms). skip_bytes: bytes of each frame that
+    never reach the wire (a virtio_net_hdr), left out of sent_bytes.
     """
     if counters.shape[0] < 2 * N_COUNTERS:
         raise ValueError(f"counters needs {2 * N_COUNTERS} slots")
@@ -177,6 +190,10 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
         <uint64_t>(reorder_pct / 100.0 * 18446744073709551616.0)
     cdef uint64_t rng = seed or 1
     cdef uint64_t *cnt = &counters[0]
+    cdef volatile uint64_t *ctl = NULL
+    if control is not None:
+        control[0] = <uint64_t>delay
+        ctl = &control[0]
     cdef Ring rings[4]          # [dir * 2 + 0] main, [dir * 2 + 1] held; dir 0 = a->b
     cdef mmsghdr msgs[BATCH]
     cdef iovec iov[BATCH]
@@ -220,7 +237,7 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
                 blocked = 0
                 for k in range(4):
                     if flush(&rings[k], fds[1 - k // 2], frame_size, now, msgs, iov,
-                             cnt + (k // 2) * N_COUNTERS) < 0:
+                             cnt + (k // 2) * N_COUNTERS, skip_bytes) < 0:
                         blocked = 1
                 wake = -1
                 for k in range(4):
@@ -265,6 +282,8 @@ def run(int fd_a, int fd_b, double delay_ms, double reorder_pct, double reorder_
                             err = errno
                         continue
                     now = now_ns()
+                    if ctl != NULL:     # the delay in force when these frames arrived
+                        delay = <int64_t>ctl[0]
                     for i in range(got):
                         cnt[d * N_COUNTERS + C_RECEIVED] += 1
                         if msgs[i].msg_hdr.msg_flags & MSG_TRUNC:

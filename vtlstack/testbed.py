@@ -17,7 +17,8 @@ between its two hosts, which still share one L2 segment (ARP crosses it). In the
 bpf/impair.bpf.c drops frames at XDP (random or Gilbert-Elliott bursts; never ARP), tbf
 limits the rate on both egresses, and frames are moved across either by a tc redirect
 program or, with delay or reordering, by the forwarder of vtlstack._wire (started as
-``python -m vtlstack.wire`` in the wire namespace). See :meth:`Testbed.link_stats`.
+``python -m vtlstack.wire`` in the wire namespace). See :meth:`Testbed.link_stats`. A link
+built with a delay can change it while traffic flows (:meth:`Testbed.set_delay`).
 """
 
 from __future__ import annotations
@@ -183,6 +184,7 @@ class _Wire:
         self.frame_size = mtu + 18
         self.delayed = bool(impair.get("delay_ms") or impair.get("reorder_pct"))
         self.stats_path = f"/dev/shm/{netns}.stats"
+        self.control_path = f"/dev/shm/{netns}.ctl"
         self.forwarder: subprocess.Popen | None = None
 
     def setup(self) -> None:
@@ -222,7 +224,7 @@ class _Wire:
                 "--reorder-pct", str(self.impair.get("reorder_pct", 0)),
                 "--reorder-extra-ms", str(self.impair.get("reorder_extra_ms", 0)),
                 "--frame-size", str(self.frame_size), "--queue-frames", str(queue),
-                "--stats", self.stats_path]
+                "--stats", self.stats_path, "--control", self.control_path]
         # Own session: a Ctrl-C meant for `vtl testbed up` must not take the wire down.
         self.forwarder = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           text=True, start_new_session=True)
@@ -235,6 +237,12 @@ class _Wire:
         # Nothing more is read from it; closing our ends keeps no pipe buffers pending.
         self.forwarder.stdout.close()
         self.forwarder.stderr.close()
+
+    def set_delay(self, delay_ms: float) -> None:
+        from vtlstack.wire import control_view
+
+        control_view(self.control_path)[0] = int(delay_ms * 1e6)
+        self.impair["delay_ms"] = delay_ms
 
     def _tbf(self, ifname: str, mbit: float) -> None:
         bytes_per_s = mbit * 1e6 / 8
@@ -292,13 +300,18 @@ class _Wire:
         ffi = _impair_ffi()
         return ffi.new("struct impair_stats *", ffi.from_buffer("struct impair_stats *", raw)[0])
 
+    def forwarded(self) -> list[int]:
+        """The forwarder's counters, both directions (a->b first), read from shared memory."""
+        from vtlstack.wire import counters_view
+
+        return [int(v) for v in counters_view(self.stats_path)]
+
     def stats(self) -> dict[str, dict[str, int]]:
         out = {}
         if self.delayed:
             from vtlstack._wire import COUNTERS
-            from vtlstack.wire import counters_view
 
-            fwd = [int(v) for v in counters_view(self.stats_path)]
+            fwd = self.forwarded()
         for d, (src, dst) in enumerate(((self.a, self.b), (self.b, self.a))):
             xdp = self._read_stats(self._xdp_maps(src)["impair_stats"])
             row = {"passed": xdp.passed, "dropped": xdp.dropped}
@@ -560,6 +573,22 @@ class Testbed:
             raise TestbedError(f"ping from {host} to {dst} failed: {proc.stderr.strip()}")
         return [None if v == "-" else float(v) for v in proc.stdout.split()]
 
+    def set_delay(self, delay_ms: float) -> None:
+        """Change the impaired link's one-way delay (each direction) while traffic flows.
+
+        Only a link built with a delay has the forwarder that applies it. Frames already
+        queued keep the delay they arrived with; after a shorter delay new frames wait
+        behind them (nothing is reordered), so a decrease takes effect as the queue drains.
+        The queue was sized at build time for the delay then: at high rates a much longer
+        delay can overflow it (``queue_full`` in :meth:`link_stats`).
+        """
+        if self._wire is None or self._wire.forwarder is None:
+            raise TestbedError(f"testbed {self.name!r} has no delayed link: build it with "
+                               f"delay_ms > 0 to change the delay later")
+        _impairment(None, delay_ms, 0, "random", 0, 1.0)   # the same bounds as up()
+        self._wire.set_delay(delay_ms)
+        self.links[-1].impair["delay_ms"] = delay_ms
+
     def link_stats(self) -> dict[str, dict[str, int]]:
         """Counters of the impaired link per direction ("client->server", ...).
 
@@ -570,6 +599,18 @@ class Testbed:
         if self._wire is None:
             raise TestbedError(f"testbed {self.name!r} has no impaired link: nothing to count")
         return self._wire.stats()
+
+    def link_bytes(self) -> dict[str, int]:
+        """Bytes the delayed link has carried per direction ("client->server", ...): cheap
+        enough to sample while traffic flows (throughput over time)."""
+        if self._wire is None or self._wire.forwarder is None:
+            raise TestbedError(f"testbed {self.name!r} has no delayed link: only its "
+                               f"forwarder counts bytes")
+        from vtlstack._wire import COUNTERS
+
+        fwd, n, w = self._wire.forwarded(), len(COUNTERS), self._wire
+        at = COUNTERS.index("sent_bytes")
+        return {f"{w.a[2:]}->{w.b[2:]}": fwd[at], f"{w.b[2:]}->{w.a[2:]}": fwd[n + at]}
 
     def describe(self) -> dict[str, Any]:
         """Everything a user needs to address the testbed, as JSON-able data."""
@@ -670,10 +711,11 @@ def _kill_pids(ns: str, grace: float = 2.0) -> None:
 def _remove_namespaces(namespaces: list[str]) -> None:
     errors = []
     for ns in namespaces:
-        # The forwarder's counters file, if this was a wire namespace.
+        # The forwarder's counters and control files, if this was a wire namespace.
         if ns.endswith("-wire"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(f"/dev/shm/{ns}.stats")
+            for suffix in (".stats", ".ctl"):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(f"/dev/shm/{ns}{suffix}")
         try:
             _kill_pids(ns)
         except TestbedError as exc:
@@ -703,9 +745,9 @@ def down_all(prefix: str = "vtl") -> list[str]:
     namespaces = [ns for names in _by_name(prefix).values() for ns in names]
     removed = list(namespaces)
     _remove_namespaces(namespaces)
-    # Counters files of wire forwarders whose namespace is already gone.
+    # Counters and control files of wire forwarders whose namespace is already gone.
     for entry in os.listdir("/dev/shm"):
-        ns = entry.removesuffix(".stats")
+        ns = entry.removesuffix(".stats").removesuffix(".ctl")
         if ns != entry and ns.startswith(f"{prefix}-") and ns.endswith("-wire") \
                 and not os.path.exists(os.path.join(_NETNS_DIR, ns)):
             os.unlink(f"/dev/shm/{entry}")

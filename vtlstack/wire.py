@@ -38,7 +38,17 @@ def _socket(ifname: str) -> socket.socket:
 
 def counters_view(path: str, create: bool = False) -> np.ndarray:
     """The forwarder's counters (2 directions x COUNTERS, uint64) mapped from a file."""
-    size = 2 * len(COUNTERS) * 8
+    return _view(path, 2 * len(COUNTERS), create)
+
+
+def control_view(path: str, create: bool = False) -> np.ndarray:
+    """The forwarder's control slots mapped from a file: [0] the delay in ns (both ways),
+    which the forwarder reads as frames arrive, so writing it changes the delay live."""
+    return _view(path, 1, create)
+
+
+def _view(path: str, slots: int, create: bool) -> np.ndarray:
+    size = slots * 8
     fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
     try:
         if create:
@@ -58,13 +68,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-size", type=int, default=1518, help="largest frame, bytes")
     p.add_argument("--queue-frames", type=int, default=4096)
     p.add_argument("--stats", required=True, help="counters file (created)")
+    p.add_argument("--control", help="control file (created): the delay, changeable live")
     args = p.parse_args(argv)
     counters = counters_view(args.stats, create=True)
+    control = control_view(args.control, create=True) if args.control else None
     sa, sb = _socket(args.a), _socket(args.b)
     print("ready", flush=True)
     try:
         run(sa.fileno(), sb.fileno(), args.delay_ms, args.reorder_pct, args.reorder_extra_ms,
-            args.frame_size + VNET_HDR_LEN, args.queue_frames, counters)
+            args.frame_size + VNET_HDR_LEN, args.queue_frames, counters, control=control,
+            skip_bytes=VNET_HDR_LEN)
     except OSError as exc:
         print(f"vtlstack.wire: {exc}", file=sys.stderr)
         return 1

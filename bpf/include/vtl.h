@@ -25,11 +25,15 @@ enum vtl_consts {
 	VTL_HDR_LEN = 24,
 	VTL_MAX_PAYLOAD = 1400,   /* fits a 1500-byte MTU with IPv4, and UDP if ever needed */
 	VTL_DATA_ROOM = 1536,     /* room for a packet in scratch/ring records (csum chunks) */
-	VTL_MAX_WINDOW = 64,      /* receive state is a 64-bit bitmap */
+	VTL_MAX_WINDOW = 1024,    /* sequence state is a ring bitmap of this many bits */
+	VTL_MAP_WORDS = 16,       /* ... in 64-bit words (VTL_MAX_WINDOW / 64, a power of 2) */
 	VTL_MAX_SESSIONS = 1024,
 	VTL_MAX_GRAFTS = 8,
 	VTL_REORDER = 3,          /* a hole is lost once 3 later packets arrived (dupthresh) */
-	VTL_RENACK = 31,          /* ... and NACKed again 31 packets further if still open */
+	VTL_RENACK = 127,         /* ... and NACKed again 127 packets further if still open:
+				   * beyond a round trip of packets in flight, so the first
+				   * retransmission has had time to arrive */
+	VTL_PR_BLOCK = 64,        /* partial reliability counts losses per 64-packet block */
 	VTL_UDP_PORT = 7254,      /* the UDP encapsulation: VTL in UDP to and from this port */
 	VTL_OFF_IP = 34,          /* VTL header offset in a frame: Ethernet + IPv4 */
 	VTL_OFF_UDP = 42,         /* ... + UDP */
@@ -37,9 +41,11 @@ enum vtl_consts {
 
 enum vtl_type {
 	VTL_DATA = 1,
-	VTL_ACK = 2,       /* ack = next expected seq; bits: bit i set = seq ack+i received;
-			    * seq = the DATA seq it answers */
-	VTL_NACK = 3,      /* ack = next expected seq; bits: bit i set = resend seq seq+i */
+	VTL_ACK = 2,       /* ack = next expected seq; seq = the DATA seq it answers;
+			    * bits = distinct DATA packets the receiver has had or given up
+			    * (the sender's packets in flight: snd_nxt - bits) */
+	VTL_NACK = 3,      /* ack = next expected seq; resend seq and, if bits is not 0,
+			    * seq+bits too (a receiver names at most two holes at once) */
 	VTL_NEGO = 4,      /* payload: JSON offer (grafts, services) */
 	VTL_NEGO_ACK = 5,  /* payload: JSON with the graft chosen */
 	VTL_NEGO_NACK = 6, /* payload: JSON with the reason */
@@ -85,11 +91,15 @@ struct vtl_skey {
 };
 
 /* vtl_sessions value. The control plane writes graft/window/budget when a session opens;
- * the KTFs own everything below `lock`. Sequence numbers count packets, not bytes. */
+ * the KTFs own everything below `lock`. Sequence numbers count packets, not bytes.
+ * `window` is the receive window: a sender never has a seq at or beyond snd_una + window
+ * out (its egress KTF refuses it). How many packets are really in flight is the sender's
+ * pacing, within that window: snd_nxt - delivered (what arrived beyond a hole is no longer
+ * in the network, so a hole does not stall a Selective Repeat sender). */
 struct vtl_session {
 	struct bpf_spin_lock lock;
 	__u32 graft;
-	__u32 window;      /* packets in flight at most, <= VTL_MAX_WINDOW */
+	__u32 window;      /* receive window, packets, <= VTL_MAX_WINDOW */
 	__u32 budget_ppm;  /* partial reliability: losses allowed per window, in ppm */
 	__u32 snd_una;     /* sender: lowest unacknowledged seq */
 	__u32 snd_nxt;     /* sender: highest seq sent + 1 */
@@ -98,7 +108,11 @@ struct vtl_session {
 	__u32 block;       /* receiver, PR: window-sized block the loss count refers to */
 	__u32 block_lost;  /* receiver, PR: holes given up in that block */
 	__u32 prev_lost;   /* receiver, PR: and in the block before it */
-	__u64 rcv_bits;    /* receiver: bit i = seq rcv_nxt+i received */
+	__u32 delivered;   /* receiver: distinct DATA packets had or given up; sender: the
+			    * largest such count an ACK reported */
+	/* Receiver: ring bitmap, bit (seq % VTL_MAX_WINDOW) set = seq received or given up,
+	 * for rcv_nxt <= seq < rcv_nxt + window; the bits below rcv_nxt are clear. */
+	__u64 map[16];     /* VTL_MAP_WORDS */
 	__u64 skipped;     /* receiver, PR: packets given up within the budget */
 	__u64 last_ns;     /* last packet seen (idle sessions are reaped by the broker) */
 };
@@ -113,8 +127,8 @@ struct vtl_rx_rec {
 };
 
 enum vtl_event_kind {
-	VTL_EV_ACKED = 1,  /* seq = new snd_una */
-	VTL_EV_RETX = 2,   /* resend the seqs in bits (bit i = seq+i) */
+	VTL_EV_ACKED = 1,  /* seq = snd_una, bits = delivered (see struct vtl_session) */
+	VTL_EV_RETX = 2,   /* resend seq and, if bits is not 0, seq+bits */
 	VTL_EV_GOBACK = 3, /* Go-Back-N: resend everything from seq */
 };
 
@@ -124,6 +138,7 @@ struct vtl_event {
 	__u32 session;
 	__u32 seq;
 	__u32 bits;
+	__u32 answers;     /* ACKED: the DATA seq the ACK answers (an RTT sample) */
 };
 
 /* Index of the per-CPU vtl_counters array. Drops are counted once, by reason. */
@@ -183,6 +198,8 @@ enum vtl_reply {
 
 _Static_assert(sizeof(struct vtl_hdr) == VTL_HDR_LEN, "VTL header is 24 bytes");
 _Static_assert(sizeof(((struct vtl_rx_rec *)0)->data) == VTL_DATA_ROOM, "data room");
+_Static_assert(sizeof(((struct vtl_session *)0)->map) * 8 == VTL_MAX_WINDOW, "map width");
+_Static_assert((VTL_MAP_WORDS & (VTL_MAP_WORDS - 1)) == 0, "map words: a power of 2");
 
 /* Every object declares the same maps; the launcher loads vtl_canonical first and makes
  * every graft object reuse its maps (bpf_map__reuse_fd), so there is one set per interface. */
@@ -259,16 +276,57 @@ static __always_inline __u16 vtl_fold(__s64 sum)
 	return (__u16)~s;
 }
 
-/* Trailing one bits of x (0..64): the population count of the ones below the lowest
- * zero, in the branch-free SWAR way. */
-static __always_inline __u32 vtl_trailing_ones(__u64 x)
+/* Population count, in the branch-free SWAR way (eBPF has no instruction for it). */
+static __always_inline __u32 vtl_popcount(__u64 v)
 {
-	__u64 z = ~x, v = (z & -z) - 1;   /* z == 0 gives all ones: 64 */
-
 	v = v - ((v >> 1) & 0x5555555555555555ULL);
 	v = (v & 0x3333333333333333ULL) + ((v >> 2) & 0x3333333333333333ULL);
 	v = (v + (v >> 4)) & 0x0f0f0f0f0f0f0f0fULL;
 	return (__u32)((v * 0x0101010101010101ULL) >> 56);
+}
+
+/* Trailing one bits of x (0..64), without a loop. */
+static __always_inline __u32 vtl_trailing_ones(__u64 x)
+{
+	__u64 z = ~x;
+
+	return vtl_popcount((z & -z) - 1);   /* z == 0 gives all ones: 64 */
+}
+
+/* n low bits set, n = 0..64, without a branch (n >> 6 is 1 only for 64). */
+static __always_inline __u64 vtl_low_bits(__u32 n)
+{
+	return ((1ULL << (n & 63)) - 1) | -(__u64)(n >> 6);
+}
+
+/* The receiver's ring bitmap: the word holding seq, and seq's bit in it. */
+static __always_inline __u64 *vtl_word(struct vtl_session *s, __u32 seq)
+{
+	return &s->map[(seq >> 6) & (VTL_MAP_WORDS - 1)];
+}
+
+static __always_inline int vtl_bit(struct vtl_session *s, __u32 seq)
+{
+	return (*vtl_word(s, seq) >> (seq & 63)) & 1;
+}
+
+/* Receiver: move rcv_nxt over the run of received seqs it starts, clearing their bits,
+ * a word at a time (at most VTL_MAP_WORDS + 1 rounds; one branch each, to keep the
+ * verifier's paths few). */
+static __always_inline void vtl_slide(struct vtl_session *s)
+{
+	__u32 i, b, t;
+	__u64 *w;
+
+	for (i = 0; i <= VTL_MAP_WORDS; i++) {
+		w = vtl_word(s, s->rcv_nxt);
+		b = s->rcv_nxt & 63;
+		t = vtl_trailing_ones(*w >> b);   /* <= 64 - b: the top b bits are zero */
+		*w &= ~(vtl_low_bits(t) << b);
+		s->rcv_nxt += t;
+		if (b + t < 64)
+			break;   /* stopped at a hole inside this word */
+	}
 }
 
 static __always_inline struct vtl_scratch *vtl_scratch_get(void)
@@ -349,12 +407,11 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	return XDP_PASS;
 }
 
-/* Partial reliability: may the hole at seq be given up? Yes while the window-sized block
- * it belongs to has lost fewer than budget packets. */
-static __always_inline int vtl_pr_give_up(struct vtl_session *s, __u32 seq, __u32 window,
-					  __u32 budget)
+/* Partial reliability: may the hole at seq be given up? Yes while the VTL_PR_BLOCK-packet
+ * block it belongs to has lost fewer than budget packets. */
+static __always_inline int vtl_pr_give_up(struct vtl_session *s, __u32 seq, __u32 budget)
 {
-	__u32 blk = seq / window, *lost;
+	__u32 blk = seq / VTL_PR_BLOCK, *lost;
 
 	/* Holes are looked at out of order (a second look lags by VTL_RENACK), so the
 	 * counts of the current block and the one before it are both kept. */
@@ -381,8 +438,8 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 				       struct vtl_session *s, __u32 graft)
 {
 	struct vtl_rx_rec *rec;
-	__u32 len = m->len, seq = m->seq, ack, out = 0, sack, window, budget, i, nskip = 0;
-	__u32 p = 0, q = 0, hole_p = 0, hole_q = 0, nack_seq = 0;
+	__u32 len = m->len, seq = m->seq, ack, delivered, window, budget, nskip = 0;
+	__u32 p = 0, q = 0, hole_p = 0, hole_q = 0, nack_seq = 0, nack_also = 0;
 	__s32 d;
 	int verdict = 0;   /* 0 deliver, else the drop counter */
 
@@ -425,53 +482,51 @@ static __always_inline int vtl_rx_data(struct xdp_md *ctx, struct vtl_meta *m,
 		verdict = VTL_C_DROP_WINDOW;
 	else if (graft == VTL_GRAFT_GBN && d != 0)
 		verdict = VTL_C_DROP_ORDER;
-	else if (s->rcv_bits & (1ULL << (d & 63)))
+	else if (vtl_bit(s, seq))
 		verdict = VTL_C_DROP_REPLAY;
 	if (!verdict) {
-		s->rcv_bits |= 1ULL << (d & 63);
+		*vtl_word(s, seq) |= 1ULL << (seq & 63);
+		s->delivered++;
 		/* Loss detection, by position: a hole VTL_REORDER packets below this one is
 		 * lost (first NACK); a hole still open VTL_RENACK packets further down lost
 		 * its NACK or its retransmission (second NACK). Each hole is looked at these
 		 * two times only, so nothing has to remember which holes were NACKed. */
 		if (graft != VTL_GRAFT_GBN && d >= VTL_REORDER) {
 			p = (__u32)d - VTL_REORDER;
-			hole_p = !(s->rcv_bits & (1ULL << (p & 63)));
+			hole_p = !vtl_bit(s, s->rcv_nxt + p);
 			if (p >= VTL_RENACK) {
 				q = p - VTL_RENACK;
-				hole_q = !(s->rcv_bits & (1ULL << (q & 63)));
+				hole_q = !vtl_bit(s, s->rcv_nxt + q);
 			}
 		}
 		if (graft == VTL_GRAFT_PR && (hole_p || hole_q)) {
 			/* Give up holes while the block's losses stay within the budget; ask
-			 * for the others. Blocks are window-sized runs of seqs. */
-			budget = (__u32)(((__u64)window * s->budget_ppm) / 1000000);
-			if (hole_q && vtl_pr_give_up(s, s->rcv_nxt + q, window, budget)) {
-				s->rcv_bits |= 1ULL << (q & 63);
+			 * for the others. */
+			budget = (__u32)(((__u64)VTL_PR_BLOCK * s->budget_ppm) / 1000000);
+			if (hole_q && vtl_pr_give_up(s, s->rcv_nxt + q, budget)) {
+				*vtl_word(s, s->rcv_nxt + q) |= 1ULL << ((s->rcv_nxt + q) & 63);
 				hole_q = 0;
 				nskip++;
 			}
-			if (hole_p && vtl_pr_give_up(s, s->rcv_nxt + p, window, budget)) {
-				s->rcv_bits |= 1ULL << (p & 63);
+			if (hole_p && vtl_pr_give_up(s, s->rcv_nxt + p, budget)) {
+				*vtl_word(s, s->rcv_nxt + p) |= 1ULL << ((s->rcv_nxt + p) & 63);
 				hole_p = 0;
 				nskip++;
 			}
 		}
-		/* The NACK names absolute seqs: seq field = the lower hole, bit i = seq+i. */
+		/* The NACK names absolute seqs: the lower hole, and the other as an offset. */
 		if (hole_q) {
 			nack_seq = s->rcv_nxt + q;
-			out = 1 | (hole_p ? 1U << VTL_RENACK : 0);
+			nack_also = hole_p ? VTL_RENACK : 0;
 		} else if (hole_p) {
 			nack_seq = s->rcv_nxt + p;
-			out = 1;
 		}
 	}
-	/* Slide over everything received or given up: by the number of trailing ones,
-	 * counted without a loop (a loop here multiplies the verifier's paths). */
-	i = vtl_trailing_ones(s->rcv_bits);
-	s->rcv_bits = i >= 64 ? 0 : s->rcv_bits >> i;
-	s->rcv_nxt += i;
+	s->delivered += nskip;
+	/* Slide over everything received or given up. */
+	vtl_slide(s);
 	ack = s->rcv_nxt;
-	sack = (__u32)s->rcv_bits;
+	delivered = s->delivered;
 	bpf_spin_unlock(&s->lock);
 
 deliver:
@@ -486,12 +541,13 @@ deliver:
 	}
 	if (graft == VTL_GRAFT_CANONICAL)
 		return XDP_DROP;   /* consumed: delivered through the ring, no feedback */
-	if (out)
-		return vtl_reply(ctx, m, VTL_NACK, nack_seq, ack, out);
-	return vtl_reply(ctx, m, VTL_ACK, seq, ack, graft == VTL_GRAFT_GBN ? 0 : sack);
+	if (hole_p || hole_q)
+		return vtl_reply(ctx, m, VTL_NACK, nack_seq, ack, nack_also);
+	return vtl_reply(ctx, m, VTL_ACK, seq, ack, delivered);
 }
 
-static __always_inline void vtl_event(__u32 kind, __u32 session, __u32 seq, __u32 bits)
+static __always_inline void vtl_event(__u32 kind, __u32 session, __u32 seq, __u32 bits,
+				      __u32 answers)
 {
 	struct vtl_event *ev = bpf_ringbuf_reserve(&vtl_ev, sizeof(*ev), 0);
 
@@ -503,14 +559,16 @@ static __always_inline void vtl_event(__u32 kind, __u32 session, __u32 seq, __u3
 	ev->session = session;
 	ev->seq = seq;
 	ev->bits = bits;
+	ev->answers = answers;
 	bpf_ringbuf_submit(ev, 0);
 }
 
-/* Sender side of a graft: ACK/NACK processing, loss detection, retransmission requests. */
+/* Sender side of a graft: ACK/NACK processing, loss detection, retransmission requests,
+ * and how many packets the receiver has (for the broker's count of packets in flight). */
 static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_session *s,
 					   __u32 graft)
 {
-	__u32 ack = m->ack, una, retx = 0, goback = 0, progressed = 0;
+	__u32 ack = m->ack, una, retx = 0, goback = 0, news = 0, delivered;
 
 	vtl_count(m->type == VTL_NACK ? VTL_C_RX_NACK : VTL_C_RX_ACK);
 	bpf_spin_lock(&s->lock);
@@ -518,26 +576,37 @@ static __always_inline int vtl_tx_feedback(struct vtl_meta *m, struct vtl_sessio
 	if ((__s32)(ack - una) > 0 && (__s32)(ack - s->snd_nxt) <= 0) {
 		s->snd_una = ack;
 		s->dupacks = 0;
-		progressed = 1;
-	} else if (ack == una && m->type == VTL_ACK && una != s->snd_nxt) {
-		/* Go-Back-N: the third duplicate ACK means the seq at una was lost. */
+		news = 1;
+	} else if (ack == una && m->type == VTL_ACK && una != s->snd_nxt &&
+		   (__s32)(m->seq - ack) > 0) {
+		/* Go-Back-N: the third duplicate ACK means the seq at una was lost. Only an
+		 * ACK that answers a packet above the hole says so: one that answers a packet
+		 * the receiver already had (go-back's own duplicates) does not, or every
+		 * go-back would set off the next. */
 		if (++s->dupacks == VTL_REORDER && graft == VTL_GRAFT_GBN)
 			goback = 1;
 	}
+	/* The count only grows (ACKs may arrive out of order, or not at all). */
+	if (m->type == VTL_ACK && (__s32)(m->bits - s->delivered) > 0 &&
+	    (__s32)(m->bits - s->snd_nxt) <= 0) {
+		s->delivered = m->bits;
+		news = 1;
+	}
 	una = s->snd_una;
+	delivered = s->delivered;
 	if (m->type == VTL_NACK && (__s32)(ack - una) >= 0)
-		retx = m->bits;   /* relative to m->seq */
+		retx = 1;
 	bpf_spin_unlock(&s->lock);
 
-	if (progressed)
-		vtl_event(VTL_EV_ACKED, m->session, una, 0);
+	if (news)
+		vtl_event(VTL_EV_ACKED, m->session, una, delivered, m->seq);
 	if (goback) {
 		vtl_count(VTL_C_RETX_REQ);
-		vtl_event(VTL_EV_GOBACK, m->session, una, 0);
+		vtl_event(VTL_EV_GOBACK, m->session, una, 0, 0);
 	}
 	if (retx) {
 		vtl_count(VTL_C_RETX_REQ);
-		vtl_event(VTL_EV_RETX, m->session, m->seq, retx);
+		vtl_event(VTL_EV_RETX, m->session, m->seq, m->bits, 0);
 	}
 	return XDP_DROP;   /* consumed: the broker learns through vtl_ev */
 }

@@ -51,6 +51,10 @@ from vtlstack.vtl.wire import C, Header, WireError
 __all__ = ["NegotiationError", "Sender", "Receiver", "Result", "FALLBACK_PORT"]
 
 FALLBACK_PORT = 7253
+PACE_BURST = 0.005      # s: the pacer lets this much of its rate leave back to back,
+PACE_MIN_BURST = 2      # ... and at least this many packets
+REORDER_WINDOW = 0.25   # of the minimum RTT: how much later a packet may be sent and still
+                        # arrive first without the earlier one being lost (RFC 8985 6.2)
 MSS = wire.MAX_PAYLOAD
 SENDER, RECEIVER = C.VTL_ROLE_SENDER, C.VTL_ROLE_RECEIVER
 
@@ -193,6 +197,9 @@ class Sender:
         self._host: KtfHost | None = None
         self._raw: _Channel | None = None
         self._una = 0
+        self._delivered = 0   # distinct packets the receiver has had (from its ACKs)
+        self._first_sent: list[float] = []   # when each seq of the message left first
+        self._newest_acked = 0.0             # the latest such time of a packet answered
         self._retx: set[int] = set()
         self._goback: int | None = None
         rules = list(rules or [])
@@ -291,11 +298,21 @@ class Sender:
         if ev.session != self.session:
             return
         if ev.kind == C.VTL_EV_ACKED:
-            if ev.seq > self._una:
-                self._monitor.on_acked(ev.seq, ev.seq * MSS, time.monotonic())
-            self._una = max(self._una, ev.seq)
+            now = time.monotonic()
+            self._monitor.on_acked(ev.seq, ev.answers, ev.seq * MSS, now)
+            # The ACK of a resent packet may answer either copy: credit it with the first
+            # (Karn's reasoning; the later time would make every packet sent before it
+            # look lost). Packets leave first in seq order, so later ones still reveal
+            # the holes before them.
+            if ev.answers < len(self._first_sent):
+                self._newest_acked = max(self._newest_acked, self._first_sent[ev.answers])
+            if ev.seq >= self._una and ev.bits >= self._delivered:
+                self._una, self._delivered = ev.seq, ev.bits
+                self._monitor.on_delivered(ev.bits, now)
         elif ev.kind == C.VTL_EV_RETX:
-            self._retx.update(ev.seq + i for i in range(32) if ev.bits >> i & 1)
+            self._retx.add(ev.seq)
+            if ev.bits:
+                self._retx.add(ev.seq + ev.bits)
         elif ev.kind == C.VTL_EV_GOBACK:
             self._goback = ev.seq
 
@@ -320,6 +337,11 @@ class Sender:
             st[k] = 0
         target: Graft | None = None   # a graft the monitor wants: drain, then switch
 
+        sent_at = [0.0] * total   # when each seq left last
+        first_sent = self._first_sent = [0.0] * total
+        resent_at: dict[int, float] = {}
+        self._newest_acked = 0.0
+
         def put(seq: int, retx: bool = False) -> None:
             assert self.graft is not None
             raw.send(self.peer, Header(type=C.VTL_DATA, session=self.session, seq=seq,
@@ -327,20 +349,61 @@ class Sender:
                                        flags=C.VTL_F_RETX if retx else 0,
                                        payload=chunks[seq]))
             st["retransmitted" if retx else "sent"] += 1
-            self._monitor.on_send(seq, retx, time.monotonic())
+            now = sent_at[seq] = time.monotonic()
+            if retx:
+                resent_at[seq] = now
+            elif not first_sent[seq]:
+                first_sent[seq] = now
+            self._monitor.on_send(seq, retx, now, highest - self._delivered)
 
         t0 = time.monotonic()
         nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
+        backed_off: int | None = None   # the monitor's RTT samples at the last timeout
+        tokens, paced_at, pace_wait = 0.0, t0, 0.05   # the pacer: packets it may send now
         rfd = host.ring_fd()
         while (self._una < total) if acked else (nxt < total):
             if self._goback is not None:
                 # Go-Back-N: everything from the lost packet on is sent again.
                 nxt, self._goback = max(self._goback, self._una), None
                 st["gobacks"] += 1
+            now = time.monotonic()
+            srtt = self._monitor.srtt or 0.0
             for seq in sorted(s for s in self._retx if self._una <= s < nxt):
+                # A hole NACKed again less than a round trip after we resent it: that
+                # NACK left before the retransmission could arrive (the second look of
+                # the receiver lags by a fixed number of packets, not by time).
+                if now - resent_at.get(seq, -1.0) < srtt:
+                    st["renack_ignored"] = st.get("renack_ignored", 0) + 1
+                    continue
                 put(seq, retx=True)
             self._retx.clear()
             limit = min(total, self._una + self.window) if acked else total
+            selective = self.graft.id in (C.VTL_GRAFT_SR, C.VTL_GRAFT_PR)
+            if selective and self._una < highest and sent_at[self._una] < \
+                    self._newest_acked - REORDER_WINDOW * (self._monitor.min_rtt or 0.0):
+                # The cumulative ACK stops at a packet that left before one an ACK has
+                # answered since: lost, with its NACK or its retransmission (time order,
+                # as RACK reasons, RFC 8985). Resent now, this costs a round trip, not a
+                # timeout: what repairs holes near the end of a transfer, which the
+                # receiver's NACKs (they need later packets) cannot.
+                put(self._una, retx=True)
+                st["head_resent"] = st.get("head_resent", 0) + 1
+            pace = self._monitor.pacing_rate() if selective else None
+            if selective:
+                # Within the receive window, keep what the monitor says in flight. What
+                # arrived beyond a hole is not in flight (the receiver's count says so),
+                # so a hole does not stall us.
+                room = self._monitor.inflight_limit() - (highest - self._delivered)
+                limit = min(limit, nxt + max(0, room))
+            if pace is not None:
+                # And pace new packets at about the best delivery rate seen: a limit that
+                # grows at once (a longer RTT learnt) must not leave as one burst into a
+                # bottleneck queue shorter than that.
+                tokens = min(max(PACE_MIN_BURST, pace * PACE_BURST),
+                             tokens + pace * (now - paced_at))
+                paced_at = now
+                pace_wait = 0.05 if limit <= nxt + tokens else (1 - tokens % 1) / pace
+                limit = min(limit, nxt + int(tokens))
             if self._monitor.rules and target is None and acked:
                 rule = self._monitor.decide(self.graft.name)
                 if rule is not None:
@@ -348,10 +411,13 @@ class Sender:
                     st["switch_rule"] = str(rule)
             if target is not None:
                 if self._una >= nxt:      # drained: nothing in flight
+                    st["switch_at_s"] = round(time.monotonic() - t0, 3)
                     self._switch(target)
                     target = None
                     continue
                 limit = nxt               # no new data until the switch
+            if pace is not None:
+                tokens -= max(0, limit - nxt)
             while nxt < limit:
                 put(nxt, retx=nxt < highest)
                 nxt += 1
@@ -363,7 +429,11 @@ class Sender:
             now = time.monotonic()
             if self._una != una_seen:
                 una_seen, last_progress, last_ack = self._una, now, now
-                rto = self._rto()
+                # RFC 6298 (5.7): a backed-off RTO stays until a new RTT sample; else a
+                # path whose RTT grew times out forever (Karn's rule takes every sample
+                # from packets sent more than once, so the RTT would never be learnt).
+                if backed_off is None or self._monitor.samples > backed_off:
+                    rto, backed_off = self._rto(), None
             elif now - last_progress > rto:
                 # Tail loss: nothing later can reveal it, so the timer does.
                 st["timeouts"] += 1
@@ -372,10 +442,12 @@ class Sender:
                 else:
                     put(self._una, retx=True)
                 last_progress, rto = now, min(rto * 2, 1.0)
+                backed_off = self._monitor.samples
             if now - last_ack > self.idle_timeout:
                 raise VtlError(f"no acknowledgement from {self.peer} for "
                                f"{self.idle_timeout:.0f} s: the peer is gone")
-            ready, _, _ = select.select([rfd], [], [], max(0.0, min(rto, 0.05)))
+            ready, _, _ = select.select([rfd], [], [],
+                                        max(0.0, min(rto, 0.05, pace_wait if pace else 1)))
             if ready:
                 host.poll(0)
         self.result.fct_s = time.monotonic() - t0
@@ -425,8 +497,13 @@ class Sender:
         t0 = time.monotonic()
         try:
             with socket.create_connection((self.peer, FALLBACK_PORT), timeout=5) as s:
+                # sendall's timeout bounds the whole call, so the data goes in pieces,
+                # each within the idle timeout: a slow path is not a dead peer.
+                s.settimeout(self.idle_timeout)
                 s.sendall(struct.pack("!QI", len(data), len(meta)) + meta)
-                s.sendall(data)
+                view = memoryview(data)
+                for i in range(0, len(data), 1 << 16):
+                    s.sendall(view[i:i + (1 << 16)])
                 s.shutdown(socket.SHUT_WR)
                 s.settimeout(10)
                 if s.recv(1) != b"k":
