@@ -67,6 +67,8 @@ def _fig8(plt: Any, out: dict[str, Any]) -> Any:
         ax.bar([x + (i - 1) * width for x in range(len(grafts))],
                [nego[g][key] for g in grafts], width, label=label)
     target = 2 * out["rtt_ms"] + 20
+    top = max(max(v for k, v in nego[g].items() if k.endswith("_ms")) for g in grafts)
+    ax.set_ylim(0, 1.4 * max(top, target))   # room for the legend above the bars
     ax.axhline(target, color="red", ls="--", lw=1, label=f"target 2 RTT + 20 ms = {target:g}")
     ax.set_xticks(range(len(grafts)), grafts)
     ax.set_ylabel("negotiation delay, ms (median)")
@@ -77,6 +79,7 @@ def _fig8(plt: Any, out: dict[str, Any]) -> Any:
     bx.bar([x - 0.2 for x in range(len(grafts))], ours, 0.4, label="ours (one object)")
     bx.bar([x + 0.2 for x in range(len(grafts))], paper, 0.4, label="paper, Table IV")
     bx.set_xticks(range(len(grafts)), grafts)
+    bx.set_ylim(0, 1.35 * max(ours + paper))
     bx.set_ylabel("object file, KB")
     bx.set_title("Table IV: graft object size")
     bx.legend(fontsize=8)
@@ -105,10 +108,15 @@ def _fig9(plt: Any, out: dict[str, Any]) -> Any:
             ax.set_xscale("log", base=2)
             ax.set_xticks(sizes, [f"{mb:g}" for mb in sizes])
             ax.set_xlabel("file, MB")
+        ratios = [at[g, mb] / at["tcp", mb] for g in names if g not in ("tcp", "gbn")
+                  for mb in sizes if (g, mb) in at and ("tcp", mb) in at]
+        # GBN under loss runs far above: off the chart; SR and PR always on it.
+        bottom.set_ylim(min([0.8, *[0.9 * r for r in ratios]]), 1.3)
         top.set_yscale("log")
+        top.yaxis.set_major_formatter(plt.FuncFormatter(lambda v, _: f"{v:g}"))
+        top.yaxis.set_minor_formatter(plt.NullFormatter())
         top.set_title(f"loss {loss:g} %")
         bottom.axhline(1.0, color="black", lw=1)
-        bottom.set_ylim(0.8, 1.3)   # GBN under loss runs far above: off the chart
     axes[0][0].set_ylabel("FCT, s")
     axes[1][0].set_ylabel("FCT / TCP's FCT (below 1: faster)")
     axes[0][0].legend(fontsize=8)
@@ -130,12 +138,14 @@ def _fig10(plt: Any, out: dict[str, Any]) -> Any:
         ax.plot(run["t_s"], run["mbit"], color=color, label=label, lw=1.4)
         if run.get("switch_at_s") is not None:
             ax.axvline(run["switch_at_s"], color=color, ls=":", lw=1)
-            ax.annotate("switch to PR", (run["switch_at_s"], 1), color=color, fontsize=8,
-                        rotation=90, va="bottom", ha="right")
+            ax.annotate("switch to PR", (run["switch_at_s"], 0.5), color=color, fontsize=8,
+                        xycoords=("data", "axes fraction"), rotation=90, va="center",
+                        ha="left")
     low, high = f10["rtt_ms"]
     ax.axvline(f10["raised_at_s"], color="red", ls="--", lw=1)
-    ax.annotate(f"RTT {low:g} -> {high:g} ms", (f10["raised_at_s"], 1), color="red",
-                fontsize=8, rotation=90, va="bottom", ha="left")
+    ax.annotate(f"RTT {low:g} -> {high:g} ms", (f10["raised_at_s"], 0.97), color="red",
+                xycoords=("data", "axes fraction"), fontsize=8, rotation=90, va="top",
+                ha="right")
     ax.set_xlabel("s since the first bytes")
     ax.set_ylabel("link throughput, Mbit/s")
     ax.set_title(f"Fig. 10: {f10['size_mb']:g} MB, {out['rate_mbit']:g} Mbit/s, RTT raised "
