@@ -1,11 +1,15 @@
 """Small helpers shared by the apps: JSON lines out, and running until a signal or deadline."""
 
 import json
+import select
 import signal
+import subprocess
 import sys
 import threading
 import time
 from typing import Any
+
+from vtlstack.errors import VtlError
 
 
 def vtl_argv(*args: str) -> list[str]:
@@ -21,6 +25,17 @@ def emit(obj: dict[str, Any]) -> None:
     """One JSON object per line on stdout, flushed (other processes wait on these lines)."""
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+def json_line(proc: subprocess.Popen, timeout: float, who: str) -> dict[str, Any]:
+    """The next JSON line `proc` (started with text pipes) prints; VtlError naming `who`
+    and what it wrote to stderr if nothing comes within `timeout` seconds."""
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    line = proc.stdout.readline() if ready else ""
+    if not line:
+        raise VtlError(f"{who} said nothing in {timeout:.0f} s: "
+                       f"{proc.stderr.read().strip() if proc.poll() is not None else ''}")
+    return json.loads(line)
 
 
 class RunUntil:

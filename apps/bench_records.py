@@ -34,14 +34,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import select
 import statistics
 import subprocess
 import sys
 import time
 from typing import Any
 
-from vtlstack.apps._common import emit, vtl_argv
+from vtlstack.apps._common import emit, json_line, vtl_argv
 
 from vtlstack.errors import VtlError, require_root
 
@@ -218,15 +217,6 @@ def run_receiver(args: argparse.Namespace) -> int:
     return 0
 
 
-def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        raise VtlError(f"the receiver said nothing in {timeout:.0f} s: "
-                       f"{proc.stderr.read().strip() if proc.poll() is not None else ''}")
-    return json.loads(line)
-
-
 def one_run(tb: Any, receiver: str, parser: str, record: bytes,
             count: int) -> dict[str, float]:
     """`count` copies of `record` from the client to `receiver` on the server: its
@@ -236,13 +226,13 @@ def one_run(tb: Any, receiver: str, parser: str, record: bytes,
                                        str(PORT), "--parser", parser),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        _line(proc, 30)
+        json_line(proc, 30, "the receiver")
         sender = tb.exec("client", [sys.executable, "-c", SENDER, server.ip, str(PORT),
                                     str(count), record.hex()],
                          capture_output=True, text=True, timeout=600)
         if sender.returncode != 0:
             raise VtlError(f"the sender failed: {sender.stderr.strip()}")
-        got = _line(proc, 120)
+        got = json_line(proc, 120, "the receiver")
         proc.wait(30)
     finally:
         if proc.poll() is None:

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import select
 import statistics
 import subprocess
 import tempfile
@@ -27,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from vtlstack.apps import _vtlplot
-from vtlstack.apps._common import emit, vtl_argv
+from vtlstack.apps._common import emit, json_line, vtl_argv
 
 from vtlstack.errors import VtlError, require_root
 
@@ -63,15 +62,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def _line(proc: subprocess.Popen, timeout: float) -> dict[str, Any]:
-    ready, _, _ = select.select([proc.stdout], [], [], timeout)
-    line = proc.stdout.readline() if ready else ""
-    if not line:
-        raise VtlError(f"`vtl recv` said nothing in {timeout:.0f} s: "
-                       f"{proc.stderr.read().strip() if proc.poll() is not None else ''}")
-    return json.loads(line)
-
-
 def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None,
               budget: float = 60.0) -> tuple[dict[str, Any], dict[str, Any]]:
     """One file from client to server; source_cache: the receiver compiles the graft
@@ -87,7 +77,7 @@ def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None,
                                        str(int(budget)), *extra),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
-        _line(recv, 20)
+        json_line(recv, 20, "`vtl recv`")
         sent = tb.exec("client", vtl_argv("send", "--iface", cli.iface.name, "--to",
                                           srv.iface.ip,
                                           *(["--nego-tries", "1"] if tcp else
@@ -95,7 +85,7 @@ def _transfer(tb: Any, graft: str, path: Path, source_cache: str | None = None,
                        capture_output=True, text=True, timeout=budget + 30)
         if sent.returncode:
             raise VtlError(f"vtl send ({graft}) failed: {sent.stderr.strip()}")
-        got = _line(recv, budget)
+        got = json_line(recv, budget, "`vtl recv`")
         recv.wait(timeout=15)
     finally:
         if recv.poll() is None:
@@ -121,7 +111,7 @@ def _fig10(tb: Any, path: Path, at: float, watch: float, low_ms: float, high_ms:
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         send = None
         try:
-            _line(recv, 20)
+            json_line(recv, 20, "`vtl recv`")
             send = tb.popen("client", vtl_argv("send", "--iface", cli.iface.name, "--to",
                                                srv.iface.ip,
                                                *(["--nego-tries", "1"] if tcp else send_args),
