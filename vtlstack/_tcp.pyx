@@ -321,8 +321,8 @@ cdef class TcpEngine:
         self.out = <tcp_seg_out *>calloc(out_cap, sizeof(tcp_seg_out))
         self.evq_cap = 2 * max_conns + 16
         self.evq = <int32_t *>calloc(self.evq_cap, sizeof(int32_t))
-        if not self.conns or not self.free_cids or not self.acks or not self.pressed or not self.ftab or not self.out \
-                or not self.evq:
+        if not self.conns or not self.free_cids or not self.acks or not self.pressed \
+                or not self.ftab or not self.out or not self.evq:
             raise MemoryError()
         for i in range(max_conns):
             self.free_cids[i] = max_conns - 1 - i
