@@ -12,7 +12,9 @@
 #   events for the app: while (cid = eng.pop_event(&mask)) != NO_CONN: hand (cid, mask) over
 #   app requests, relayed from the handoff: c_connect, c_listen, c_accept, c_send (copies),
 #       c_peek (zero-copy fragments) + c_consume, c_shutdown, c_close, c_abort,
-#       c_set_nodelay, c_set_keepalive, c_set_cc (another tcp_cc_ops table per connection)
+#       c_set_nodelay, c_set_keepalive, c_set_cc (another tcp_cc_ops table per connection),
+#       c_splice (join two connections: received frames are re-sent on the other one)
+#   output of spliced frames without a copy: pop_out_inplace() before pop_out()
 # Time is ns of a monotonic clock; addresses in network order, ports in host order.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -70,6 +72,7 @@ cdef enum:
     EV_RESET = 0x10         # RST received (ECONNRESET / ECONNREFUSED in SYN-SENT)
     EV_TIMEOUT = 0x20       # retransmissions exhausted (ETIMEDOUT)
     EV_CLOSED = 0x40        # reached CLOSED after a graceful close
+    EV_SPLICE_DONE = 0x80   # both connections of a splice have ended (see c_splice)
 
 # Per-connection fixed-size queues (each has a counter when it is full).
 cdef enum:
@@ -127,6 +130,9 @@ ctypedef struct tcp_config:
     uint8_t nodelay         # new connections start with Nagle off
     uint8_t syncookies      # answer SYNs with cookies when a listener's backlog is full
     uint32_t challenge_ack_limit    # RFC 5961 7: challenge ACKs per second, engine-wide
+    uint32_t splice_b0      # adaptive alpha: bytes held for downstream where alpha = 0.1
+    uint32_t splice_pair_cap    # bytes a splice may hold for one direction
+    uint64_t splice_cap     # bytes all splices together may hold
     const tcp_cc_ops *cc
 
 
@@ -168,6 +174,10 @@ ctypedef struct tcp_counters:
     uint64_t syncookies_ok
     uint64_t syncookies_bad
     uint64_t keepalive_probes
+    uint64_t splice_bytes       # bytes moved from one spliced connection to the other
+    uint64_t splice_inplace     # spliced segments sent from the received frame itself
+    uint64_t splice_copied      # spliced segments copied (retransmitted while on TX, split)
+    uint64_t splice_capped      # window updates held back by a splice cap
 
 
 ctypedef struct tcp_conn:
@@ -192,8 +202,11 @@ ctypedef struct tcp_conn:
     uint8_t nodelay         # Nagle off (RFC 9293 3.7.4: the app MUST be able to disable it)
     uint8_t ka_count        # keep-alive probes without an answer before ETIMEDOUT
     uint8_t ka_sent
+    uint8_t splice_fin      # the FIN received has been passed on to the spliced peer
+    uint8_t sq_spliced      # the send queue holds spliced frames (counted in splice_held)
     int32_t parent          # listener cid of a child not yet accepted, else NO_CONN
     int32_t lidx            # listener index when state == LISTEN
+    int32_t splice          # the connection its received bytes go to, else NO_CONN
     uint32_t ev_pending
     uint32_t lip            # network order
     uint32_t rip
@@ -307,6 +320,12 @@ cdef class TcpEngine:
     cdef uint64_t ca_window_start
     cdef uint64_t tmin          # lower bound of every armed timer (0: none armed)
     cdef uint32_t ca_count
+    # Where each frame's received payload started (0: not a received frame). A spliced
+    # segment starting there may get its headers written in front of it, over the ones it
+    # came with (pop_out_inplace); one starting elsewhere shares the frame and is copied.
+    cdef uint16_t *zc_off
+    cdef uint64_t splice_held   # bytes in spliced send queues, all splices
+    cdef uint8_t splice_over    # a window was held back by splice_cap (reopen when under)
 
     # -- network thread: input, timers, output --
     cdef int validate(self, const uint8_t *ip, uint32_t avail) noexcept nogil
@@ -316,6 +335,7 @@ cdef class TcpEngine:
     cdef uint64_t next_deadline(self) noexcept nogil
     cdef void on_timer(self, uint64_t now) noexcept nogil
     cdef uint32_t pop_out(self, uint8_t *buf, uint32_t cap) noexcept nogil
+    cdef uint32_t pop_out_inplace(self, uint32_t hroom, uint64_t *ip_addr) noexcept nogil
     # -- application calls (made on the network thread, from the handoff) --
     cdef int32_t c_connect(self, uint32_t lip, uint16_t lport, uint32_t rip, uint16_t rport,
                            uint64_t now) noexcept nogil
@@ -332,6 +352,7 @@ cdef class TcpEngine:
     cdef void c_set_cc(self, int32_t cid, const tcp_cc_ops *ops) noexcept nogil
     cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
                               uint8_t count, uint64_t now) noexcept nogil
+    cdef int c_splice(self, int32_t a, int32_t b, uint64_t now) noexcept nogil
     cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil
     cdef void release_all(self) noexcept nogil
     # -- internals --
@@ -395,3 +416,9 @@ cdef class TcpEngine:
     cdef void arm(self, uint64_t t) noexcept nogil
     cdef uint64_t exact_deadline(self) noexcept nogil
     cdef void timer_conn(self, tcp_conn *c, uint64_t now) noexcept nogil
+    cdef uint32_t splice_room(self, tcp_conn *c) noexcept nogil
+    cdef void splice_pump(self, tcp_conn *a, uint64_t now) noexcept nogil
+    cdef void splice_run(self, tcp_conn *c, uint64_t now) noexcept nogil
+    cdef void splice_update(self, tcp_conn *a, uint64_t now) noexcept nogil
+    cdef void splice_freed(self, tcp_conn *c, uint32_t n, uint64_t now) noexcept nogil
+    cdef void splice_ended(self, tcp_conn *c, uint32_t ev) noexcept nogil

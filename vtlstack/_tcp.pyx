@@ -32,7 +32,7 @@ from libc.stdlib cimport calloc, free
 from libc.string cimport memcpy, memmove, memset
 
 from vtlstack._includes.posix cimport now_ns
-from vtlstack._port cimport FRAME_FILL, FRAME_FREE, VTL_NO_FRAME, FramePool
+from vtlstack._port cimport FRAME_FILL, FRAME_FREE, FRAME_HELD, VTL_NO_FRAME, FramePool
 from vtlstack.proto.ipv4 cimport (
     IPPROTO_TCP_,
     IPV4_MIN_HLEN,
@@ -57,7 +57,7 @@ STATE_NAMES = ("CLOSED", "LISTEN", "SYN-SENT", "SYN-RECEIVED", "ESTABLISHED", "F
                "FIN-WAIT-2", "CLOSE-WAIT", "CLOSING", "LAST-ACK", "TIME-WAIT")
 EVENT_NAMES = {EV_CONNECTED: "connected", EV_READABLE: "readable", EV_WRITABLE: "writable",
                EV_PEER_CLOSED: "peer_closed", EV_RESET: "reset", EV_TIMEOUT: "timed_out",
-               EV_CLOSED: "closed"}
+               EV_CLOSED: "closed", EV_SPLICE_DONE: "splice_done"}
 
 cdef enum:
     COOKIE_NMSS = 6
@@ -266,6 +266,8 @@ cdef class TcpEngine:
                   bint timestamps=True, bint sack=True, bint nodelay=False,
                   bint syncookies=True,
                   uint32_t challenge_ack_limit=1000, uint32_t out_cap=4096,
+                  uint32_t splice_b0=1 << 20, uint32_t splice_pair_cap=1 << 21,
+                  uint64_t splice_cap=64 << 20,
                   uint16_t eph_lo=61000, uint16_t eph_hi=65535, seed=None):
         cdef uint32_t i, size = 16
         if max_conns == 0:
@@ -297,6 +299,11 @@ cdef class TcpEngine:
         self.cfg.nodelay = nodelay
         self.cfg.syncookies = syncookies
         self.cfg.challenge_ack_limit = challenge_ack_limit
+        if splice_b0 == 0:
+            raise ValueError("splice_b0 must be at least 1 byte")
+        self.cfg.splice_b0 = splice_b0
+        self.cfg.splice_pair_cap = splice_pair_cap
+        self.cfg.splice_cap = splice_cap
         self.cfg.eph_lo = eph_lo
         self.cfg.eph_hi = eph_hi
         self.eph_next = eph_lo
@@ -321,8 +328,9 @@ cdef class TcpEngine:
         self.out = <tcp_seg_out *>calloc(out_cap, sizeof(tcp_seg_out))
         self.evq_cap = 2 * max_conns + 16
         self.evq = <int32_t *>calloc(self.evq_cap, sizeof(int32_t))
+        self.zc_off = <uint16_t *>calloc(pool.frame_count, sizeof(uint16_t))
         if not self.conns or not self.free_cids or not self.acks or not self.pressed \
-                or not self.ftab or not self.out or not self.evq:
+                or not self.ftab or not self.out or not self.evq or not self.zc_off:
             raise MemoryError()
         for i in range(max_conns):
             self.free_cids[i] = max_conns - 1 - i
@@ -338,6 +346,7 @@ cdef class TcpEngine:
         free(self.ftab)
         free(self.out)
         free(self.evq)
+        free(self.zc_off)
 
     cdef void release_all(self) noexcept nogil:
         """Give every frame back to the pool (the network thread has stopped): the
@@ -417,6 +426,7 @@ cdef class TcpEngine:
         self.conns[cid].in_use = 1
         self.conns[cid].parent = NO_CONN
         self.conns[cid].lidx = -1
+        self.conns[cid].splice = NO_CONN
         self.nconns += 1
         if self.nconns > self.nconns_peak:
             self.nconns_peak = self.nconns
@@ -427,6 +437,8 @@ cdef class TcpEngine:
         for i in range(c.sq_n):
             self.pool.unref(c.sq[(c.sq_head + i) % SQ_MAX].addr)
         self.sq_frames -= c.sq_n
+        if c.sq_spliced:
+            self.splice_held -= c.sq_bytes
         c.sq_n = 0
         c.sq_bytes = 0
         for i in range(c.ooo_n):
@@ -508,6 +520,7 @@ cdef class TcpEngine:
             self.conn_free(c)
             return
         self.event(c, ev)
+        self.splice_ended(c, ev)
         if c.released:
             self.conn_free(c)
 
@@ -614,6 +627,8 @@ cdef class TcpEngine:
         cdef uint32_t slots = RQ_MAX - c.rq_n if c.rq_n < RQ_MAX else 0
         slots = umin(slots, self.pool_room())
         free_b = umin(free_b, slots * <uint32_t>c.rcv_mss)
+        if c.splice != NO_CONN:
+            free_b = umin(free_b, self.splice_room(c))
         return umin(free_b, <uint32_t>0xFFFF << c.rcv_wscale)
 
     cdef bint window_can_open(self, tcp_conn *c) noexcept nogil:
@@ -767,6 +782,8 @@ cdef class TcpEngine:
             tcp_write(t, s.lport, s.rport, s.seq, s.ack, s.flags, s.win, s.opts, s.optlen)
             if s.len:
                 memcpy(t + TCP_MIN_HLEN + s.optlen, self.pool.frame_ptr(s.addr), s.len)
+                if self.zc_off[self.pool.frame_index(s.addr)]:
+                    self.cnt.splice_copied += 1     # a received frame, sent by copy
             tcp_set_csum(t, <uint16_t>tlen, s.lip, s.rip)
             self._drop_out()
             return tot
@@ -776,7 +793,7 @@ cdef class TcpEngine:
                           uint64_t now) noexcept nogil:
         """Send one segment starting at `seq` (data from the send queue, at most `room`
         bytes and one MSS; the FIN if it is next). Returns the sequence space it covers."""
-        cdef uint32_t lo = 0, hi = c.sq_n, mid, off, n = 0
+        cdef uint32_t lo = 0, hi = c.sq_n, mid, off, n = 0, avail
         cdef tcp_frag *f = NULL
         cdef uint8_t flags = TH_ACK
         cdef uint64_t addr = 0
@@ -795,17 +812,20 @@ cdef class TcpEngine:
             if f == NULL or room == 0:
                 return 0
             off = seq - f.seq
-            n = umin(umin(f.len - off, c.snd_mss), room)
+            avail = umin(f.len - off, c.snd_mss)
+            n = umin(avail, room)
             if n < c.snd_mss and seq == c.snd_max and c.snd_max != c.snd_una:
                 if c.snd_end - seq < c.snd_mss and not c.nodelay and not c.fin_queued:
                     # RFC 9293 3.7.4 (Nagle): "queue the data ... until all outstanding data
                     # has been acknowledged or until the TCP can send a full-sized segment";
                     # a shut-down send side flushes
                     return 0
-                if n < c.snd_end - seq and n < c.max_snd_wnd // 2:
+                if n < avail and n < c.snd_end - seq and n < c.max_snd_wnd // 2:
                     # RFC 9293 3.8.6.2.1 (sender silly window avoidance): with more queued
                     # than the window allows, wait for min(D,U) >= Eff.snd.MSS or
-                    # >= Fs * max(SND.WND); the ACKs of the data in flight reopen it
+                    # >= Fs * max(SND.WND); the ACKs of the data in flight reopen it. Only
+                    # when the window cut the segment short: a spliced frame's segment is
+                    # as long as the one it came in
                     return 0
             addr = f.addr + off
             if seq + n == c.snd_end:
@@ -984,6 +1004,9 @@ cdef class TcpEngine:
             return
         thl = tcp_hlen(t)
         plen = tot - hl - thl
+        if plen:
+            self.zc_off[self.pool.frame_index(ip_addr)] = \
+                <uint16_t>((ip_addr + hl + thl) % self.pool.frame_size)
         cid = self.ft_find(lip, lport, rip, rport)
         li = NULL
         for i in range(<uint32_t>MAX_LISTENERS):
@@ -1003,6 +1026,8 @@ cdef class TcpEngine:
                 self.listen_input(li, lip, rip, t, &o, plen, ip_addr + hl + thl, now)
                 return
             self.conn_input(c, t, &o, plen, ip_addr + hl + thl, now)
+            if c.in_use and c.splice != NO_CONN and c.state != ST_CLOSED:
+                self.splice_run(c, now)
             if c.in_use and c.state != ST_CLOSED:
                 self.output(c, now)
             return
@@ -1481,6 +1506,8 @@ cdef class TcpEngine:
                 else:
                     break
             c.bytes_acked += freed
+            if c.sq_spliced and freed:
+                self.splice_freed(c, freed, now)
             c.snd_una = ack
             if SEQ_LT(c.snd_nxt, c.snd_una):
                 c.snd_nxt = c.snd_una
@@ -1765,6 +1792,7 @@ cdef class TcpEngine:
         self.arm(c.tw_at)
         c.rtx_at = c.persist_at = NO_DEADLINE
         self.conn_release_frames(c, False)
+        self.splice_ended(c, 0)
 
     # -- timers -----------------------------------------------------------------------------
 
@@ -1999,6 +2027,7 @@ cdef class TcpEngine:
                     self.cnt.no_frames += 1
                     break
                 k = umin(chunk, n - done)
+                self.zc_off[self.pool.frame_index(a)] = 0   # holds no received segment
                 memcpy(self.pool.frame_ptr(a), data + done, k)
                 f = &c.sq[(c.sq_head + c.sq_n) % SQ_MAX]
                 f.addr = a
@@ -2145,6 +2174,181 @@ cdef class TcpEngine:
         c.ka_sent = 0
         c.ka_at = now + idle_ns if idle_ns and c.state != ST_CLOSED else NO_DEADLINE
 
+    # -- splice -----------------------------------------------------------------------------
+    # Two connections joined in the network thread (seed 004, 5.2): the frames one receives
+    # in order move to the other's send queue as they are (their references move with
+    # them), are sent from there with new headers written in front of the payload
+    # (pop_out_inplace) and stay until the other's peer acknowledges them, so
+    # retransmissions come from them too. No payload byte is copied on the way.
+
+    cdef int c_splice(self, int32_t a, int32_t b, uint64_t now) noexcept nogil:
+        """Join a and b, both ways: the bytes each receives (those not consumed yet
+        included) go out on the other, a FIN follows its bytes, and a reset or a timeout of
+        one resets the other. EV_SPLICE_DONE is reported on both once both have ended
+        (CLOSED or TIME-WAIT). Returns 0, or -1 if either is not an open connection the
+        app holds, or is spliced already."""
+        cdef tcp_conn *ca
+        cdef tcp_conn *cb
+        if a == b or a < 0 or b < 0 or <uint32_t>a >= self.max_conns or \
+                <uint32_t>b >= self.max_conns:
+            return -1
+        ca = &self.conns[a]
+        cb = &self.conns[b]
+        if not ca.in_use or not cb.in_use or ca.released or cb.released or \
+                ca.splice != NO_CONN or cb.splice != NO_CONN or ca.fin_queued or \
+                cb.fin_queued or not synchronized_can_send(ca.state) or \
+                not synchronized_can_send(cb.state) or ca.parent != NO_CONN or \
+                cb.parent != NO_CONN:
+            return -1
+        ca.splice = b
+        cb.splice = a
+        ca.sq_spliced = cb.sq_spliced = 1
+        # segments keep the sizes they came in with: Nagle would only add delay
+        ca.nodelay = cb.nodelay = 1
+        self.splice_held += ca.sq_bytes + cb.sq_bytes
+        self.splice_run(ca, now)
+        self.splice_run(cb, now)
+        return 0
+
+    cdef uint32_t splice_room(self, tcp_conn *a) noexcept nogil:
+        """The window a may offer: adaptive alpha, w_s = w_c / (1 + 9 b / b0) with w_c the
+        window of the peer downstream and b the bytes held for it, so a slow reader there
+        throttles the sender here; never past the per-splice and the global caps."""
+        cdef tcp_conn *b = &self.conns[a.splice]
+        cdef uint64_t held = <uint64_t>b.sq_bytes + a.rq_bytes
+        cdef uint64_t ws = <uint64_t>b.snd_wnd * self.cfg.splice_b0 // \
+            (self.cfg.splice_b0 + 9 * held)
+        cdef uint64_t room = self.cfg.splice_pair_cap - held \
+            if held < self.cfg.splice_pair_cap else 0
+        if room < ws:
+            ws = room
+        room = self.cfg.splice_cap - self.splice_held \
+            if self.splice_held < self.cfg.splice_cap else 0
+        if room < ws:
+            ws = room
+            self.splice_over = 1    # splice_freed() reopens windows once under the cap
+        return <uint32_t>ws if ws < 0xFFFFFFFFu else 0xFFFFFFFFu
+
+    cdef void splice_pump(self, tcp_conn *a, uint64_t now) noexcept nogil:
+        """Move a's in-order fragments to its splice peer's send queue, as far as that
+        queue and the send queues' share of the pool allow (the rest waits in a's receive
+        queue and keeps a's window shut); then pass a's FIN on once its bytes have gone."""
+        cdef tcp_conn *b = &self.conns[a.splice]
+        cdef tcp_frag *f
+        cdef tcp_frag *g
+        cdef uint32_t moved = 0
+        if not synchronized_can_send(b.state) or b.fin_queued:
+            return
+        while a.rq_n and b.sq_n < SQ_MAX and \
+                self.sq_frames < self.pool.frame_count // 8 * 3:
+            f = &a.rq[a.rq_head]
+            g = &b.sq[(b.sq_head + b.sq_n) % SQ_MAX]
+            g.addr = f.addr
+            g.seq = b.snd_end
+            g.len = f.len
+            b.sq_n += 1
+            b.snd_end += f.len
+            b.sq_bytes += f.len
+            self.sq_frames += 1
+            self.pool.rx_held -= 1
+            moved += f.len
+            a.rq_bytes -= f.len
+            a.rq_head = (a.rq_head + 1) % RQ_MAX
+            a.rq_n -= 1
+        if moved:
+            self.splice_held += moved
+            self.cnt.splice_bytes += moved
+            self.output(b, now)
+        if a.rq_n == 0 and not a.splice_fin and \
+                (a.state == ST_CLOSE_WAIT or a.state == ST_CLOSING or
+                 a.state == ST_LAST_ACK or a.state == ST_TIME_WAIT):
+            a.splice_fin = 1
+            self.c_shutdown(a.splice, now)
+
+    cdef void splice_run(self, tcp_conn *c, uint64_t now) noexcept nogil:
+        """After a segment on spliced c: its new bytes go to the peer; the room its ACKs
+        freed takes the peer's waiting bytes; the peer's window may open again."""
+        cdef tcp_conn *p = &self.conns[c.splice]
+        self.splice_pump(c, now)
+        if c.splice != NO_CONN:
+            self.splice_pump(p, now)
+        if c.splice != NO_CONN:
+            self.splice_update(p, now)
+
+    cdef void splice_update(self, tcp_conn *a, uint64_t now) noexcept nogil:
+        """A window update for a when its window can at least double: the ACKs of the data
+        flowing carry smaller changes."""
+        cdef uint32_t cur
+        if not may_receive_data(a.state) or not self.window_can_open(a):
+            return
+        cur = a.rcv_adv - a.rcv_nxt if SEQ_GT(a.rcv_adv, a.rcv_nxt) else 0
+        if cur < self.free_window(a) // 2:
+            a.ack_now = 1
+            self.output(a, now)
+
+    cdef void splice_freed(self, tcp_conn *c, uint32_t n, uint64_t now) noexcept nogil:
+        """n bytes of c's spliced send queue were acknowledged. Once all splices hold at
+        most half the global cap again, the windows it held back are reopened."""
+        cdef uint32_t i
+        self.splice_held -= n
+        if self.splice_over and self.splice_held <= self.cfg.splice_cap // 2:
+            self.splice_over = 0
+            for i in range(self.max_conns):
+                if self.conns[i].in_use and self.conns[i].splice != NO_CONN and \
+                        &self.conns[i] != c:
+                    self.splice_update(&self.conns[i], now)
+
+    cdef void splice_ended(self, tcp_conn *c, uint32_t ev) noexcept nogil:
+        """c reached CLOSED (ev) or TIME-WAIT (ev 0). A reset or a timeout resets the peer;
+        when both have ended the splice is undone and both report EV_SPLICE_DONE."""
+        cdef tcp_conn *p
+        if c.splice == NO_CONN:
+            return
+        p = &self.conns[c.splice]
+        if (ev == EV_RESET or ev == EV_TIMEOUT) and p.state != ST_CLOSED and \
+                p.state != ST_TIME_WAIT:
+            self.c_abort(c.splice, 0)   # a RST needs no clock; its own call ends the pair
+            return
+        if (c.state == ST_CLOSED or c.state == ST_TIME_WAIT) and \
+                (p.state == ST_CLOSED or p.state == ST_TIME_WAIT):
+            p.splice = NO_CONN
+            c.splice = NO_CONN
+            self.event(c, EV_SPLICE_DONE)
+            self.event(p, EV_SPLICE_DONE)
+
+    cdef uint32_t pop_out_inplace(self, uint32_t hroom, uint64_t *ip_addr) noexcept nogil:
+        """Send the next pending segment from its payload's own frame if the headers fit in
+        front of the payload: a received frame whose segment starts where its payload did
+        (so only headers are in front of it, see zc_off), not on the TX ring now, with
+        `hroom` bytes more for the link header. Writes the IPv4 and TCP headers there and
+        returns the packet's length, *ip_addr its UMEM address; the segment's reference on
+        the frame passes to the caller. 0 otherwise: then pop_out() copies it."""
+        cdef tcp_seg_out *s
+        cdef uint32_t idx, off, hlen
+        cdef uint8_t *ip
+        if self.out_n == 0:
+            return 0
+        s = &self.out[self.out_head]
+        if s.len == 0:
+            return 0
+        idx = self.pool.frame_index(s.addr)
+        off = <uint32_t>(s.addr % self.pool.frame_size)
+        hlen = IPV4_MIN_HLEN + TCP_MIN_HLEN + s.optlen
+        if self.zc_off[idx] == 0 or self.zc_off[idx] != off or off < hroom + hlen or \
+                self.pool.state[idx] != FRAME_HELD:
+            return 0
+        ip = self.pool.frame_ptr(s.addr - hlen)
+        ipv4_write(ip, <uint16_t>(hlen + s.len), self.ip_ident, IPPROTO_TCP_, s.lip, s.rip)
+        self.ip_ident += 1
+        tcp_write(ip + IPV4_MIN_HLEN, s.lport, s.rport, s.seq, s.ack, s.flags, s.win, s.opts,
+                  s.optlen)
+        tcp_set_csum(ip + IPV4_MIN_HLEN, <uint16_t>(hlen - IPV4_MIN_HLEN + s.len), s.lip, s.rip)
+        ip_addr[0] = s.addr - hlen
+        self.out_head = (self.out_head + 1) % self.out_cap
+        self.out_n -= 1
+        self.cnt.splice_inplace += 1
+        return hlen + s.len
+
     # -- Python API: tests and the control plane --------------------------------------------
 
     cdef tcp_conn *_conn(self, int cid) except NULL:
@@ -2170,12 +2374,21 @@ cdef class TcpEngine:
         self.pool.unref(a)
         return r == 0
 
-    def segments(self):
-        """Pop every pending segment as IPv4+TCP packet bytes."""
+    def segments(self, bint inplace=False):
+        """Pop every pending segment as IPv4+TCP packet bytes; with `inplace`, those that
+        can be are built in their payload's frame (pop_out_inplace), as the network thread
+        does."""
         cdef uint8_t buf[4096]
         cdef uint32_t n
+        cdef uint64_t a
         out = []
         while True:
+            if inplace:
+                n = self.pop_out_inplace(0, &a)
+                if n:
+                    out.append(PyBytes_FromStringAndSize(<char *>self.pool.frame_ptr(a), n))
+                    self.pool.unref(a)
+                    continue
             n = self.pop_out(buf, sizeof(buf))
             if n == 0:
                 return out
@@ -2242,6 +2455,11 @@ cdef class TcpEngine:
     def consume(self, int cid, uint32_t n, uint64_t now):
         self._conn(cid)
         self.c_consume(cid, n, now)
+
+    def splice(self, int a, int b, uint64_t now):
+        if self.c_splice(a, b, now) != 0:
+            raise OSError(f"cannot splice {a} and {b}: both must be open connections the "
+                          "app holds, neither spliced nor shut down")
 
     def shutdown(self, int cid, uint64_t now):
         self._conn(cid)
@@ -2314,6 +2532,7 @@ cdef class TcpEngine:
             "timers": {"rtx": c.rtx_at, "persist": c.persist_at, "delack": c.delack_at,
                        "time_wait": c.tw_at, "keepalive": c.ka_at},
             "nodelay": bool(c.nodelay),
+            "splice": c.splice if c.splice != NO_CONN else None,
         }
 
     @property
@@ -2331,6 +2550,7 @@ cdef class TcpEngine:
         d["conns"] = self.nconns
         d["conns_peak"] = self.nconns_peak
         d["pending_out"] = self.out_n
+        d["splice_held"] = self.splice_held
         return d
 
     def open_states(self):
