@@ -222,6 +222,25 @@ def test_active_open_sends_options_and_completes():
     p.done()
 
 
+@pytest.mark.parametrize("peer_iss", [BISS, 0x90000000])
+def test_active_open_offers_a_bounded_window_whatever_the_peer_isn(peer_iss):
+    # the right edge starts where the SYN put it: not at 0, which half of all initial
+    # sequence numbers would read (modulo 2**32) as a window of gigabytes
+    p = Peer(rcv_buf=32768)
+    cid = p.eng.connect(A, 5555, B, BPORT, p.now)
+    syn = p.one()
+    p.feed(pkt(peer_iss, syn.seq + 1, "SA", 65535, [("MSS", 1460)], sport=BPORT, dport=5555))
+    assert p.one().flags == "A"
+    assert 0 < p.eng.info(cid)["rcv_wnd"] <= 32768
+    # a segment far past the offered window is not taken
+    p.feed(pkt(peer_iss + 1 + 200_000, syn.seq + 1, "A", payload=b"x" * 100,
+               sport=BPORT, dport=5555))
+    assert p.eng.info(cid)["ooo_frags"] == 0 and p.eng.counters()["unacceptable"] == 1
+    p.eng.abort(cid, p.now)
+    p.out()
+    p.done()
+
+
 def test_window_scaling_applies_both_ways_after_the_handshake():
     p = Peer(frames=2048, rcv_buf=1 << 20)    # a pool big enough not to bound the window
     synack = p.passive_open()

@@ -1237,6 +1237,9 @@ cdef class TcpEngine:
             return
         c.irs = seq
         c.rcv_nxt = seq + 1
+        # the right edge our SYN offered (unscaled); a zero one would be read modulo 2**32,
+        # half the time as a window of gigabytes
+        c.rcv_adv = c.rcv_nxt + umin(self.cfg.rcv_buf, 0xFFFF)
         self.negotiate(c, o)
         # RFC 7323 2.2: the window of a <SYN,ACK> is not scaled
         c.snd_wnd = c.max_snd_wnd = tcp_win(t)
