@@ -37,6 +37,9 @@ cpdef enum MsgKind:
     MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed)
     MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits
     MSG_TCP_DATA = 42       # sock = cid, addr, len: in-order bytes, the frame ref'd for the app
+    # App -> net, out of the range above because the numbers were taken:
+    MSG_TCP_SPLICE = 43     # sock, port: one connection; arg = the other's cid | gen << 32
+                            # -> RESULT (0, or -1 refused, -2 sends still waiting: retry)
 
 
 cdef enum:
@@ -160,6 +163,7 @@ cdef class NetThread:
     cdef void tcp_retry(self, int32_t cid) noexcept nogil
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil
+    cdef void tcp_splice(self, vtl_msg *m) noexcept nogil
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil
     cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil
     cdef void pend_flush(self, int32_t cid) noexcept nogil

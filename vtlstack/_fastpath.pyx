@@ -524,7 +524,7 @@ cdef class NetThread:
                 for k in range(6):
                     mac[k] = (m.arg >> (8 * k)) & 0xFF
                 self.neigh_set(m.ip, mac)
-            elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_PARSE:
+            elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_PARSE or m.kind == MSG_TCP_SPLICE:
                 self.tcp_request(&m)
             elif m.kind == MSG_STOP:
                 self.stopping = 1
@@ -592,15 +592,21 @@ cdef class NetThread:
             if ntx[0] == MAX_BATCH:
                 self.transmit(tx, ntx[0])
                 ntx[0] = 0
-            addr = self.port.alloc_frame()
-            if addr == VTL_NO_FRAME:
-                self.c.no_frame += 1  # segments wait in the engine until frames return
-                return sent
-            f = self.port.frame_ptr(addr)
-            n = self.tcp.pop_out(f + ETH_HLEN, room)
-            if n == 0:
-                self.port.free_frame(addr)
-                return sent
+            # a spliced segment goes out of the frame it came in, headers rewritten
+            n = self.tcp.pop_out_inplace(ETH_HLEN, &addr)
+            if n:
+                addr -= ETH_HLEN
+                f = self.port.frame_ptr(addr)
+            else:
+                addr = self.port.alloc_frame()
+                if addr == VTL_NO_FRAME:
+                    self.c.no_frame += 1  # segments wait in the engine until frames return
+                    return sent
+                f = self.port.frame_ptr(addr)
+                n = self.tcp.pop_out(f + ETH_HLEN, room)
+                if n == 0:
+                    self.port.free_frame(addr)
+                    return sent
             dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN))
             if dmac == NULL:
                 # a SYN-ACK to a sender whose MAC hint a flood overwrote, or a real miss
@@ -640,6 +646,9 @@ cdef class NetThread:
         cdef vtl_msg m
         if not self.owned[cid]:
             return  # not accepted yet (accept delivers), or closed by the app
+        if self.tcp.conns[cid].splice != NO_CONN:
+            data = 0    # its bytes go to the other connection, not to the app
+            mask &= ~(<uint32_t>EV_READABLE)
         mask |= self.ev_held[cid]
         self.ev_held[cid] = 0
         if data and not self.tcp_deliver(cid):
@@ -810,6 +819,8 @@ cdef class NetThread:
                 return
             self.recs[m.sock] = <vr_stream *><uintptr_t>m.addr
             self.tcp_notify(m.sock, 0, 0)   # what came before the app accepted
+        elif m.kind == MSG_TCP_SPLICE:
+            self.tcp_splice(m)
         elif not self.tcp_current(m):
             return
         elif m.kind == MSG_TCP_PARSE:
@@ -842,6 +853,29 @@ cdef class NetThread:
                 self.pend_drop(m.sock, 1)
                 self.tcp.c_abort(m.sock, self.now)
                 self.tcp.c_close(m.sock, self.now)  # CLOSED now: the slot is free again
+
+    cdef void tcp_splice(self, vtl_msg *m) noexcept nogil:
+        """Join two of the app's connections in the engine. Bytes the app sent first go
+        first: while some still wait here the answer is -2 (ask again). Bytes handed to the
+        app but not consumed go on to the other side; the app lets go of its views."""
+        cdef int32_t a = m.sock
+        cdef int32_t b = <int32_t>(m.arg & 0xFFFFFFFFu)
+        cdef int r
+        if not self.tcp_current(m) or b < 0 or <uint32_t>b >= self.max_conns or \
+                self.gen[b] != <uint16_t>(m.arg >> 32) or not self.owned[a] or \
+                not self.owned[b] or self.recs[a] != NULL or self.recs[b] != NULL:
+            self.reply(-1, 0)
+            return
+        if self.pend_head[a] >= 0 or self.pend_head[b] >= 0:
+            self.pend_flush(a)
+            self.pend_flush(b)
+            if self.pend_head[a] >= 0 or self.pend_head[b] >= 0:
+                self.reply(-2, 0)
+                return
+        r = self.tcp.c_splice(a, b, self.now)
+        if r == 0:
+            self.delivered[a] = self.delivered[b] = 0
+        self.reply(r, 0)
 
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil:
         """Bytes from the app, in one of its frames. The engine copies what its send queue

@@ -177,7 +177,7 @@ ctypedef struct tcp_counters:
     uint64_t splice_bytes       # bytes moved from one spliced connection to the other
     uint64_t splice_inplace     # spliced segments sent from the received frame itself
     uint64_t splice_copied      # spliced segments copied (retransmitted while on TX, split)
-    uint64_t splice_capped      # window updates held back by a splice cap
+    uint64_t splice_held_peak   # the most bytes all spliced send queues held at once
 
 
 ctypedef struct tcp_conn:
@@ -270,6 +270,7 @@ ctypedef struct tcp_conn:
     uint64_t bytes_acked
     uint64_t retransmits
     uint64_t sb_full        # SACK blocks dropped because the scoreboard was full
+    uint64_t splice_moved   # received bytes passed on to the spliced peer
     tcp_frag rq[RQ_MAX]
     tcp_frag ooo[OOO_MAX]
     tcp_frag sq[SQ_MAX]

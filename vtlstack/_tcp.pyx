@@ -2259,7 +2259,10 @@ cdef class TcpEngine:
             a.rq_head = (a.rq_head + 1) % RQ_MAX
             a.rq_n -= 1
         if moved:
+            a.splice_moved += moved
             self.splice_held += moved
+            if self.splice_held > self.cnt.splice_held_peak:
+                self.cnt.splice_held_peak = self.splice_held
             self.cnt.splice_bytes += moved
             self.output(b, now)
         if a.rq_n == 0 and not a.splice_fin and \
@@ -2322,8 +2325,9 @@ cdef class TcpEngine:
     cdef uint32_t pop_out_inplace(self, uint32_t hroom, uint64_t *ip_addr) noexcept nogil:
         """Send the next pending segment from its payload's own frame if the headers fit in
         front of the payload: a received frame whose segment starts where its payload did
-        (so only headers are in front of it, see zc_off), not on the TX ring now, with
-        `hroom` bytes more for the link header. Writes the IPv4 and TCP headers there and
+        (so only headers are in front of it, see zc_off), held by its send queue and this
+        segment only (not on the TX ring, not waiting there in a batch, not read by the app
+        or a second fragment), with `hroom` bytes more for the link header. Writes the IPv4 and TCP headers there and
         returns the packet's length, *ip_addr its UMEM address; the segment's reference on
         the frame passes to the caller. 0 otherwise: then pop_out() copies it."""
         cdef tcp_seg_out *s
@@ -2338,7 +2342,7 @@ cdef class TcpEngine:
         off = <uint32_t>(s.addr % self.pool.frame_size)
         hlen = IPV4_MIN_HLEN + TCP_MIN_HLEN + s.optlen
         if self.zc_off[idx] == 0 or self.zc_off[idx] != off or off < hroom + hlen or \
-                self.pool.state[idx] != FRAME_HELD:
+                self.pool.state[idx] != FRAME_HELD or self.pool.refcnt[idx] != 2:
             return 0
         ip = self.pool.frame_ptr(s.addr - hlen)
         ipv4_write(ip, <uint16_t>(hlen + s.len), self.ip_ident, IPPROTO_TCP_, s.lip, s.rip)
@@ -2536,6 +2540,7 @@ cdef class TcpEngine:
                        "time_wait": c.tw_at, "keepalive": c.ka_at},
             "nodelay": bool(c.nodelay),
             "splice": c.splice if c.splice != NO_CONN else None,
+            "splice_moved": c.splice_moved,
         }
 
     @property

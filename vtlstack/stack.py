@@ -29,6 +29,7 @@ from vtlstack._port import XskPort
 from vtlstack._tcp import EVENT_NAMES
 from vtlstack._zc import FrameSet, ZcChain
 from vtlstack.errors import InterfaceError, VtlError, require_root
+from vtlstack.splice import Splice
 from vtlstack.xdp import Steering
 
 # Message kinds, defined once beside the network thread that handles them (_fastpath.pxd).
@@ -290,6 +291,44 @@ class Stack:
             conn.close()
             raise
         return conn
+
+    def splice(self, a: TcpSocket, b: TcpSocket, inspect: Any = None,
+               timeout: float = 5.0) -> Splice:
+        """Join two connected sockets in the network thread: what either receives goes
+        out on the other as the frames it came in (no copy), both ways, each FIN after its
+        bytes, a reset of one resetting the other; each window advertised follows the
+        other side's reader (adaptive alpha, `tcp_options` splice_b0, splice_pair_cap,
+        splice_cap). Bytes received but not read yet go first. The Splice returned owns
+        both sockets from now on: wait for its end, read its counters."""
+        if inspect is not None:
+            raise NotImplementedError("splice(inspect=...) is not built yet")
+        for sock in (a, b):
+            if type(sock) is not TcpSocket or sock._stack is not self:
+                raise TypeError("splice() joins two TcpSockets of this stack (record "
+                                "sockets read their bytes themselves)")
+            if sock.closed or sock._spliced:
+                raise OSError(errno.EBADF, "splice(): a socket is closed or spliced already")
+        if a is b:
+            raise OSError(errno.EINVAL, "splice(): a socket cannot be joined to itself")
+        deadline = time.monotonic() + timeout
+        with self._lock:
+            while True:
+                result, *_ = self._request(_MSG.MSG_TCP_SPLICE, sock=a.cid, port=a.gen,
+                                           arg=b.cid | b.gen << 32)
+                if result != -2:
+                    break
+                # bytes the app sent still wait for the pool: they must go first
+                if time.monotonic() > deadline:
+                    raise TimeoutError("splice(): earlier sends did not leave in time")
+                self._pump(_WAIT_STEP)
+            if result < 0:
+                err = a._error or b._error
+                raise OSError(err or errno.ENOTCONN,
+                              "splice(): both sockets must be connected, neither shut down")
+            for sock in (a, b):
+                sock._spliced = True
+                sock._drop_received(lambda addr: self._send_ctl(_MSG.MSG_FREE, addr=addr))
+        return Splice(self, a, b)
 
     # ---- readiness: wait() and hooks for an external event loop ------------------------
 
@@ -754,6 +793,8 @@ class TcpSocket(_TcpBase):
         self._connected = False
         self._eof = False
         self._shut_wr = False
+        self._spliced = False       # owned by a Splice (Stack.splice)
+        self._splice_done = False
         # Send credit: the engine takes every byte while sent - acked <= snd_buf, so
         # sends need no answer from the network thread.
         self._sent = 0
@@ -777,6 +818,8 @@ class TcpSocket(_TcpBase):
         if self._error is not None:
             # as on Linux: everything is "ready", so that the next call reports the error
             return EPOLLIN | EPOLLOUT | EPOLLERR | EPOLLHUP | (EPOLLRDHUP if self._eof else 0)
+        if self._splice_done:
+            return EPOLLHUP         # its splice has ended: Splice.wait() returns at once
         events = 0
         if self._rx or self._eof:
             events |= EPOLLIN
@@ -799,6 +842,8 @@ class TcpSocket(_TcpBase):
             self._error = errno.ECONNRESET if self._connected else errno.ECONNREFUSED
         if mask & _EV["timed_out"]:
             self._error = errno.ETIMEDOUT
+        if mask & _EV["splice_done"]:
+            self._splice_done = True
 
     def recv(self, bufsize: int = 65536, timeout: float | None = None) -> bytes:
         """Up to bufsize bytes; b"" once the peer has closed and everything was read.
@@ -928,6 +973,20 @@ class TcpSocket(_TcpBase):
             stack._tcp.pop(self.cid, None)
             stack._touched.discard(self)
             if not self.accepted:  # an active open: its local port is ours to reuse
+                stack._release_port(self.local_port)
+
+    def abort(self) -> None:
+        """Close at once with a RST (queued and unread bytes are dropped)."""
+        if self.closed:
+            return
+        stack = self._stack
+        with stack._lock:
+            self._drop_received(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            stack._send_ctl(_MSG.MSG_TCP_ABORT, sock=self.cid, port=self.gen)
+            self.closed = True
+            stack._tcp.pop(self.cid, None)
+            stack._touched.discard(self)
+            if not self.accepted:
                 stack._release_port(self.local_port)
 
     def _drop_received(self, free: Any) -> None:
