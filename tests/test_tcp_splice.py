@@ -286,3 +286,41 @@ def test_splice_refuses_what_cannot_be_spliced():
     with pytest.raises(OSError, match="cannot splice"):
         bed.eng.splice(bed.b, bed.a, bed.now)
     bed.close_all()
+
+
+def test_a_gate_holds_bytes_back_and_cuts_a_fragment_where_it_says():
+    bed = Bed()
+    bed.open()
+    irs = bed.eng.info(bed.a)["rcv_nxt"]
+    bed.eng.splice(bed.a, bed.b, bed.now)
+    bed.eng.splice_gate(bed.a, irs, bed.now)        # nothing may go yet
+    data = pattern(3000)
+    bed.send(bed.x, data)
+    assert [t for t in bed.take(Y) if len(t.payload)] == []
+    assert bed.eng.info(bed.a)["rq_bytes"] == 3000
+    bed.eng.splice_gate(bed.a, irs + 1500, bed.now)  # the middle of the second segment
+    bed.pump()
+    bed.drain(bed.y)
+    assert bytes(bed.y.got) == data[:1500]
+    bed.eng.splice_gate(bed.a, irs + 3000, bed.now)
+    bed.pump()
+    bed.drain(bed.y)
+    assert bytes(bed.y.got) == data
+    assert bed.eng.info(bed.a)["rq_bytes"] == 0
+    bed.close_all()
+
+
+def test_unsplice_leaves_both_connections_to_the_app():
+    bed = Bed()
+    bed.open()
+    bed.eng.splice(bed.a, bed.b, bed.now)
+    bed.eng.unsplice(bed.b)
+    ev = bed.events()
+    assert "splice_done" in ev[bed.a] and "splice_done" in ev[bed.b]
+    bed.send(bed.x, b"hello")
+    assert bed.take(Y) == [] and bed.eng.recv(bed.a, bed.now) == b"hello"
+    bed.eng.send(bed.a, b"HTTP/1.1 400 Bad Request\r\n\r\n", bed.now)
+    bed.pump()
+    bed.deliver(bed.x, bed.take(X))
+    assert bytes(bed.x.got).startswith(b"HTTP/1.1 400")
+    bed.close_all()

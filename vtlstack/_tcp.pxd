@@ -204,9 +204,11 @@ ctypedef struct tcp_conn:
     uint8_t ka_sent
     uint8_t splice_fin      # the FIN received has been passed on to the spliced peer
     uint8_t sq_spliced      # the send queue holds spliced frames (counted in splice_held)
+    uint8_t splice_gated    # only bytes before splice_gate may go on (an inspector's say)
     int32_t parent          # listener cid of a child not yet accepted, else NO_CONN
     int32_t lidx            # listener index when state == LISTEN
     int32_t splice          # the connection its received bytes go to, else NO_CONN
+    uint32_t splice_gate    # with splice_gated: the sequence number bytes may go up to
     uint32_t ev_pending
     uint32_t lip            # network order
     uint32_t rip
@@ -354,6 +356,8 @@ cdef class TcpEngine:
     cdef void c_set_keepalive(self, int32_t cid, uint64_t idle_ns, uint64_t intvl_ns,
                               uint8_t count, uint64_t now) noexcept nogil
     cdef int c_splice(self, int32_t a, int32_t b, uint64_t now) noexcept nogil
+    cdef void c_splice_gate(self, int32_t cid, uint32_t seq, uint64_t now) noexcept nogil
+    cdef void c_unsplice(self, int32_t cid) noexcept nogil
     cdef int32_t pop_event(self, uint32_t *mask) noexcept nogil
     cdef void release_all(self) noexcept nogil
     # -- internals --

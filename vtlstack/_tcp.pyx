@@ -2213,6 +2213,33 @@ cdef class TcpEngine:
         self.splice_run(cb, now)
         return 0
 
+    cdef void c_splice_gate(self, int32_t cid, uint32_t seq, uint64_t now) noexcept nogil:
+        """Let spliced cid's bytes go on only up to sequence number seq (an inspector
+        holds back what it has not vetted); bytes before it go now."""
+        cdef tcp_conn *c = &self.conns[cid]
+        if c.splice == NO_CONN:
+            return
+        c.splice_gated = 1
+        c.splice_gate = seq
+        self.splice_run(c, now)
+        if c.splice != NO_CONN and may_receive_data(c.state) and self.window_can_open(c):
+            c.ack_now = 1
+            self.output(c, now)
+
+    cdef void c_unsplice(self, int32_t cid) noexcept nogil:
+        """End cid's splice without touching either connection (an inspector answers
+        the client itself): both report EV_SPLICE_DONE and go on alone; what was queued
+        goes out, what is received stays for the app."""
+        cdef tcp_conn *c = &self.conns[cid]
+        cdef tcp_conn *p
+        if c.splice == NO_CONN:
+            return
+        p = &self.conns[c.splice]
+        p.splice = c.splice = NO_CONN
+        p.splice_gated = c.splice_gated = 0
+        self.event(c, EV_SPLICE_DONE)
+        self.event(p, EV_SPLICE_DONE)
+
     cdef uint32_t splice_room(self, tcp_conn *a) noexcept nogil:
         """The window a may offer: adaptive alpha, w_s = w_c / (1 + 9 b / b0) with w_c the
         window of the peer downstream and b the bytes held for it, so a slow reader there
@@ -2239,25 +2266,38 @@ cdef class TcpEngine:
         cdef tcp_conn *b = &self.conns[a.splice]
         cdef tcp_frag *f
         cdef tcp_frag *g
-        cdef uint32_t moved = 0
+        cdef uint32_t moved = 0, k
         if not synchronized_can_send(b.state) or b.fin_queued:
             return
         while a.rq_n and b.sq_n < SQ_MAX and \
                 self.sq_frames < self.pool.frame_count // 8 * 3:
             f = &a.rq[a.rq_head]
             g = &b.sq[(b.sq_head + b.sq_n) % SQ_MAX]
-            g.addr = f.addr
-            g.seq = b.snd_end
-            g.len = f.len
+            if a.splice_gated and SEQ_GT(f.seq + f.len, a.splice_gate):
+                if SEQ_LE(a.splice_gate, f.seq):
+                    break
+                # the gate cuts this fragment: its front goes, on a reference of its own
+                k = a.splice_gate - f.seq
+                self.pool.ref(f.addr)
+                g.addr = f.addr
+                g.seq = b.snd_end
+                g.len = k
+                f.addr += k
+                f.seq += k
+                f.len -= k
+            else:
+                g.addr = f.addr
+                g.seq = b.snd_end
+                g.len = f.len
+                self.pool.rx_held -= 1
+                a.rq_head = (a.rq_head + 1) % RQ_MAX
+                a.rq_n -= 1
             b.sq_n += 1
-            b.snd_end += f.len
-            b.sq_bytes += f.len
+            b.snd_end += g.len
+            b.sq_bytes += g.len
             self.sq_frames += 1
-            self.pool.rx_held -= 1
-            moved += f.len
-            a.rq_bytes -= f.len
-            a.rq_head = (a.rq_head + 1) % RQ_MAX
-            a.rq_n -= 1
+            moved += g.len
+            a.rq_bytes -= g.len
         if moved:
             a.splice_moved += moved
             self.splice_held += moved
@@ -2467,6 +2507,14 @@ cdef class TcpEngine:
         if self.c_splice(a, b, now) != 0:
             raise OSError(f"cannot splice {a} and {b}: both must be open connections the "
                           "app holds, neither spliced nor shut down")
+
+    def splice_gate(self, int cid, uint32_t seq, uint64_t now):
+        self._conn(cid)
+        self.c_splice_gate(cid, seq, now)
+
+    def unsplice(self, int cid):
+        self._conn(cid)
+        self.c_unsplice(cid)
 
     def shutdown(self, int cid, uint64_t now):
         self._conn(cid)
