@@ -35,6 +35,7 @@ EXTENSIONS = {
     "_records": ["vtlstack/_records.pyx"],
     "_zc": ["vtlstack/_zc.pyx"],
     "_recstream": ["vtlstack/_recstream.pyx"],
+    "_inspect": ["vtlstack/_inspect.pyx"],
 }
 
 

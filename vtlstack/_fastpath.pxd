@@ -4,9 +4,10 @@ from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
 from vtlstack._handoff cimport Channel
 from vtlstack._includes.spsc cimport vtl_msg
+from vtlstack._includes.vtlinsp cimport vi_block, vi_side
 from vtlstack._includes.vtlrec cimport vr_stream
 from vtlstack._port cimport XskPort, vtl_desc
-from vtlstack._tcp cimport TcpEngine
+from vtlstack._tcp cimport TcpEngine, tcp_frag
 
 # Handoff message kinds (vtl_msg.kind), visible to Python as _fastpath.MSG_*. App -> net:
 cpdef enum MsgKind:
@@ -142,6 +143,7 @@ cdef class NetThread:
     cdef uint32_t redeliver_n
     cdef uint32_t want_owed     # frames the app asked for and has not been granted yet
     cdef vr_stream **recs       # per cid: the record stream it parses into, or NULL
+    cdef vi_block **insp        # per cid: the HTTP inspector of its splice, or NULL
 
     cdef void loop(self) noexcept nogil
     cdef void _push(self, vtl_msg *m, bint wake=*) except *
@@ -164,6 +166,16 @@ cdef class NetThread:
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil
     cdef int tcp_current(self, vtl_msg *m) noexcept nogil
     cdef void tcp_splice(self, vtl_msg *m) noexcept nogil
+    cdef void tcp_inspect(self, int32_t cid) noexcept nogil
+    cdef uint32_t inspect_copy(self, vi_side *s, tcp_frag *frags, uint32_t n, uint64_t off,
+                               uint32_t length, char *dst, uint32_t cap) noexcept nogil
+    cdef void inspect_events(self, vi_block *b, int k, tcp_frag *frags,
+                             uint32_t n) noexcept nogil
+    cdef void inspect_failed(self, vi_block *b, int k) noexcept nogil
+    cdef void inspect_reject(self, vi_block *b) noexcept nogil
+    cdef void inspect_end(self, vi_block *b) noexcept nogil
+    cdef void inspect_bad_gateway(self, vi_block *b) noexcept nogil
+    cdef void inspect_release(self, int32_t cid) noexcept nogil
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil
     cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil
     cdef void pend_flush(self, int32_t cid) noexcept nogil

@@ -10,7 +10,7 @@ import threading
 
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t, uintptr_t
 from libc.stdlib cimport calloc, free, malloc
-from libc.string cimport memcpy, memset
+from libc.string cimport memcmp, memcpy, memset, strlen
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from posix.unistd cimport read, usleep
 
@@ -19,14 +19,19 @@ from vtlstack._includes.posix cimport (
     POLLIN, SYS_gettid, now_ns, poll, pollfd, syscall,
 )
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
+from vtlstack._includes.vtlinsp cimport (
+    VI_DONE, VI_HTTP_400, VI_HTTP_502, VI_METHOD, VI_OPEN, VI_PENDING, VI_REQ, VI_RESP,
+    VI_TARGET, VI_FAILED, vi_block, vi_exchange, vi_log, vi_put, vi_scan, vi_side,
+)
+from vtlstack._includes.vtlparse cimport VP_EV_RECORD, VP_EV_SPAN, VP_EV_VALUE, vp_event
 from vtlstack._includes.vtlrec cimport (
     VR_DONE, VR_FAILED, VR_NO_ROOM, VR_OPEN, vr_fail, vr_finish, vr_parse, vr_put, vr_stream,
 )
 from vtlstack._port cimport FRAME_FREE, FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
 from vtlstack._tcp cimport (
-    EV_CLOSED, EV_PEER_CLOSED, EV_READABLE, EV_RESET, EV_TIMEOUT, NO_CONN, RQ_MAX,
-    ST_CLOSE_WAIT, ST_CLOSED, ST_CLOSING, ST_LAST_ACK, ST_LISTEN, ST_SYN_RECEIVED,
-    ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_frag,
+    EV_CLOSED, EV_PEER_CLOSED, EV_READABLE, EV_RESET, EV_SPLICE_DONE, EV_TIMEOUT, NO_CONN,
+    RQ_MAX, ST_CLOSE_WAIT, ST_CLOSED, ST_CLOSING, ST_ESTABLISHED, ST_LAST_ACK, ST_LISTEN,
+    ST_SYN_RECEIVED, ST_SYN_SENT, ST_TIME_WAIT, TcpEngine, tcp_conn, tcp_frag,
 )
 from vtlstack.proto.eth cimport (
     ETH_HLEN, ETH_SRC, ETHERTYPE_IPV4, eth_swap_addrs, eth_type, eth_write,
@@ -173,6 +178,7 @@ cdef class NetThread:
         self.redeliver = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.owned = <uint8_t *>calloc(max_conns, sizeof(uint8_t))
         self.recs = <vr_stream **>calloc(max_conns, sizeof(vr_stream *))
+        self.insp = <vi_block **>calloc(max_conns, sizeof(vi_block *))
         self.ev_held = <uint32_t *>calloc(max_conns, sizeof(uint32_t))
         self.pend_head = <int32_t *>malloc(max_conns * sizeof(int32_t))
         self.pend_tail = <int32_t *>malloc(max_conns * sizeof(int32_t))
@@ -184,7 +190,8 @@ cdef class NetThread:
         self.pend_len = <uint32_t *>malloc(nodes * sizeof(uint32_t))
         self.pend_next = <int32_t *>malloc(nodes * sizeof(int32_t))
         if (self.delivered == NULL or self.gen == NULL or self.redeliver == NULL
-                or self.owned == NULL or self.ev_held == NULL or self.recs == NULL or self.pend_head == NULL
+                or self.owned == NULL or self.ev_held == NULL or self.recs == NULL
+                or self.insp == NULL or self.pend_head == NULL
                 or self.pend_tail == NULL or self.pend_then == NULL or self.pend_cids == NULL
                 or self.pend_listed == NULL
                 or self.pend_addr == NULL or self.pend_len == NULL or self.pend_next == NULL):
@@ -206,6 +213,10 @@ cdef class NetThread:
             for i in range(self.max_conns):
                 self.tcp_unparse(i)
         free(self.recs)
+        if self.insp != NULL:
+            for i in range(self.max_conns):
+                self.inspect_release(i)
+        free(self.insp)
         free(self.ev_held)
         free(self.pend_head)
         free(self.pend_tail)
@@ -646,6 +657,11 @@ cdef class NetThread:
         cdef vtl_msg m
         if not self.owned[cid]:
             return  # not accepted yet (accept delivers), or closed by the app
+        if self.insp[cid] != NULL:
+            if self.tcp.conns[cid].splice != NO_CONN and mask & (EV_READABLE | EV_PEER_CLOSED):
+                self.tcp_inspect(cid)
+            if self.insp[cid] != NULL and self.tcp.conns[cid].splice == NO_CONN:
+                self.inspect_end(self.insp[cid])
         if self.tcp.conns[cid].splice != NO_CONN:
             data = 0    # its bytes go to the other connection, not to the app
             mask &= ~(<uint32_t>EV_READABLE)
@@ -845,6 +861,7 @@ cdef class NetThread:
             self.owned[m.sock] = 0
             self.ev_held[m.sock] = 0
             self.tcp_unparse(m.sock)
+            self.inspect_release(m.sock)
             if m.kind == MSG_TCP_CLOSE and self.pend_head[m.sock] >= 0:
                 self.pend_then[m.sock] = MSG_TCP_CLOSE      # after the bytes that wait
             elif m.kind == MSG_TCP_CLOSE:
@@ -857,24 +874,54 @@ cdef class NetThread:
     cdef void tcp_splice(self, vtl_msg *m) noexcept nogil:
         """Join two of the app's connections in the engine. Bytes the app sent first go
         first: while some still wait here the answer is -2 (ask again). Bytes handed to the
-        app but not consumed go on to the other side; the app lets go of its views."""
+        app but not consumed go on to the other side; the app lets go of its views. With an
+        inspector (addr: a vi_block, a the client side) both streams are parsed here first
+        (tcp_inspect); the block is ours from a success or a refusal on."""
         cdef int32_t a = m.sock
         cdef int32_t b = <int32_t>(m.arg & 0xFFFFFFFFu)
-        cdef int r
+        cdef vi_block *blk = <vi_block *><uintptr_t>m.addr
+        cdef tcp_conn *c
+        cdef int r, k
+        cdef int32_t cid
         if not self.tcp_current(m) or b < 0 or <uint32_t>b >= self.max_conns or \
                 self.gen[b] != <uint16_t>(m.arg >> 32) or not self.owned[a] or \
                 not self.owned[b] or self.recs[a] != NULL or self.recs[b] != NULL:
+            if blk != NULL:
+                vi_put(blk)
             self.reply(-1, 0)
             return
         if self.pend_head[a] >= 0 or self.pend_head[b] >= 0:
             self.pend_flush(a)
             self.pend_flush(b)
             if self.pend_head[a] >= 0 or self.pend_head[b] >= 0:
-                self.reply(-2, 0)
+                self.reply(-2, 0)   # the app asks again with the same block
                 return
+        if blk != NULL:
+            # nothing goes on before it has been parsed: both streams start gated where
+            # their unread bytes start
+            for k in range(2):
+                cid = a if k == VI_REQ else b
+                c = &self.tcp.conns[cid]
+                blk.side[k].cid = cid
+                blk.side[k].seq0 = c.rq[c.rq_head].seq if c.rq_n else c.rcv_nxt
+                blk.side[k].off0 = 0
+                c.splice_gated = 1
+                c.splice_gate = blk.side[k].seq0
+                c.splice_soft = 1
+                c.splice_hold_fin = 1
         r = self.tcp.c_splice(a, b, self.now)
         if r == 0:
             self.delivered[a] = self.delivered[b] = 0
+            if blk != NULL:
+                self.insp[a] = self.insp[b] = blk
+                self.tcp_inspect(a)     # what came before the splice
+                if self.insp[b] != NULL:
+                    self.tcp_inspect(b)
+        elif blk != NULL:
+            self.tcp.conns[a].splice_gated = self.tcp.conns[b].splice_gated = 0
+            self.tcp.conns[a].splice_soft = self.tcp.conns[b].splice_soft = 0
+            self.tcp.conns[a].splice_hold_fin = self.tcp.conns[b].splice_hold_fin = 0
+            vi_put(blk)
         self.reply(r, 0)
 
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil:
@@ -1052,3 +1099,237 @@ cdef class NetThread:
             if self.neigh_ip[slot] == 0:
                 return NULL
         return NULL
+
+    # ---- the HTTP inspector of a splice (vtlinsp.h) -----------------------------------
+    # Both directions are parsed here before their frames move on: the engine's splice
+    # gate holds a request until its head has parsed whole, and a response until its
+    # status line has (so the fields logged are still in the receive queue to copy).
+
+    cdef void tcp_inspect(self, int32_t cid) noexcept nogil:
+        """Parse what spliced cid received since last time, log what completed, then let
+        the engine pass on as much as the parse vetted."""
+        cdef vi_block *b = self.insp[cid]
+        cdef int k = VI_REQ if b.side[VI_REQ].cid == cid else VI_RESP
+        cdef vi_side *s = &b.side[k]
+        cdef vr_stream *r = s.r
+        cdef tcp_conn *c = &self.tcp.conns[cid]
+        cdef tcp_frag frags[RQ_MAX]
+        cdef uint32_t n, i, flen
+        cdef uint64_t off, gate, end
+        cdef int rc = VR_DONE
+        cdef bint fin
+        if b.state != VI_OPEN or c.splice == NO_CONN or (k == VI_REQ and b.reject):
+            return
+        n = self.tcp.c_peek(cid, frags, RQ_MAX)
+        if n:
+            # offsets counted from the head of the queue: sequence differences stay small
+            s.off0 = s.off0 + <uint32_t>(frags[0].seq - s.seq0)
+            s.seq0 = frags[0].seq
+        for i in range(n):
+            off = s.off0 + <uint32_t>(frags[i].seq - s.seq0)
+            rc = vr_parse(r, self.port.frame_ptr(frags[i].addr), frags[i].len, off)
+            if rc != VR_DONE:
+                break
+        fin = c.state == ST_CLOSE_WAIT or c.state == ST_CLOSING or c.state == ST_LAST_ACK \
+            or c.state == ST_TIME_WAIT
+        # where the stream received so far ends (the FIN takes a sequence number)
+        end = s.off0 + <uint32_t>(c.rcv_nxt - (1 if fin else 0) - s.seq0)
+        if rc == VR_DONE and fin and r.parsed == end and r.status == VR_OPEN:
+            rc = vr_finish(r)
+        self.inspect_events(b, k, frags, n)
+        if rc != VR_DONE:
+            self.inspect_failed(b, k)
+            return
+        if fin and r.status != VR_OPEN:
+            # the stream ended whole. A server that closes before it begins the answer
+            # owed gives the client a 502; otherwise the FIN follows the bytes.
+            if k == VI_RESP and b.pend_n:
+                self.inspect_bad_gateway(b)
+                return
+            c.splice_hold_fin = 0
+        gate = r.parsed
+        if r.parsed != r.rec_start:
+            if k == VI_RESP:
+                if not b.status_seen:
+                    gate = r.rec_start
+            else:
+                if b.scan_rec != r.rec_start + 1:
+                    b.scan_rec = r.rec_start + 1
+                    b.scan = r.rec_start
+                    b.scan_state = 0
+                    b.head_done = 0
+                for i in range(n):
+                    off = s.off0 + <uint32_t>(frags[i].seq - s.seq0)
+                    if off >= r.parsed or b.head_done:
+                        break
+                    flen = frags[i].len
+                    if off + flen > r.parsed:
+                        flen = <uint32_t>(r.parsed - off)
+                    vi_scan(b, self.port.frame_ptr(frags[i].addr), flen, off)
+                if not b.head_done or b.pend_n == VI_PENDING:
+                    gate = r.rec_start
+        self.tcp.c_splice_gate(cid, s.seq0 + <uint32_t>(gate - s.off0), self.now)
+        if b.reject and b.pend_n == 0:
+            self.inspect_reject(b)      # the last answer owed before the 400 has gone
+
+    cdef uint32_t inspect_copy(self, vi_side *s, tcp_frag *frags, uint32_t n, uint64_t off,
+                               uint32_t length, char *dst, uint32_t cap) noexcept nogil:
+        """Copy stream bytes [off, off + length), at most cap, out of the receive queue."""
+        cdef uint32_t i, got = 0, a, z
+        cdef uint64_t foff
+        if length > cap:
+            length = cap
+        for i in range(n):
+            foff = s.off0 + <uint32_t>(frags[i].seq - s.seq0)
+            if foff + frags[i].len <= off or foff >= off + length:
+                continue
+            a = <uint32_t>(off - foff) if off > foff else 0
+            z = frags[i].len
+            if foff + z > off + length:
+                z = <uint32_t>(off + length - foff)
+            memcpy(dst + (foff + a - off), self.port.frame_ptr(frags[i].addr + a), z - a)
+            got += z - a
+        return got
+
+    cdef void inspect_events(self, vi_block *b, int k, tcp_frag *frags,
+                             uint32_t n) noexcept nogil:
+        """Take the events the parse made: fields to log, and the ends of requests
+        (whose method the response parser is told) and of responses (logged)."""
+        cdef vi_side *s = &b.side[k]
+        cdef vr_stream *r = s.r
+        cdef vp_event *e
+        cdef vi_exchange *x
+        cdef vi_exchange orphan
+        cdef char digits[3]
+        cdef int cls
+        while s.seen != r.write:
+            e = &r.ring[s.seen & r.mask]
+            s.seen += 1
+            if k == VI_REQ:
+                if e.kind == VP_EV_SPAN and e.id == b.id_method:
+                    b.cur.t_req = self.now
+                    b.cur.method_len = <uint8_t>self.inspect_copy(
+                        s, frags, n, e.off, e.len, b.cur.method, VI_METHOD)
+                elif e.kind == VP_EV_SPAN and e.id == b.id_target:
+                    b.cur.target_len = <uint8_t>self.inspect_copy(
+                        s, frags, n, e.off, e.len, b.cur.target, VI_TARGET)
+                    b.cur.target_cut = e.len > VI_TARGET
+                elif e.kind == VP_EV_RECORD:
+                    b.cur.req_bytes = e.len
+                    b.requests += 1
+                    b.req_bytes += e.len
+                    # RFC 9110 9.3.2 / 9.3.6: a response to HEAD has no body, one to a
+                    # CONNECT that succeeds opens a tunnel
+                    b.push(b.side[VI_RESP].r.st,
+                           1 if b.cur.method_len == 4 and memcmp(b.cur.method, b"HEAD", 4) == 0
+                           else 2 if b.cur.method_len == 7 and
+                           memcmp(b.cur.method, b"CONNECT", 7) == 0 else 0)
+                    if b.pend_n < VI_PENDING:
+                        b.pend[(b.pend_head + b.pend_n) % VI_PENDING] = b.cur
+                        b.pend_n += 1
+                    memset(&b.cur, 0, sizeof(vi_exchange))
+                continue
+            if b.pend_n:
+                x = &b.pend[b.pend_head]
+            else:
+                # a response nobody asked for (a server's 408, say): logged without method
+                memset(&orphan, 0, sizeof(vi_exchange))
+                x = &orphan
+            if e.id == b.id_status and (e.kind == VP_EV_VALUE or e.kind == VP_EV_SPAN):
+                if e.kind == VP_EV_VALUE:
+                    x.status = <int32_t>e.val
+                elif self.inspect_copy(s, frags, n, e.off, e.len, digits, 3) == 3:
+                    x.status = (digits[0] - 48) * 100 + (digits[1] - 48) * 10 + digits[2] - 48
+                b.status_seen = 1
+            elif e.kind == VP_EV_RECORD:
+                b.status_seen = 0
+                if 100 <= x.status < 200 and x.status != 101:
+                    x.status = 0    # an interim response: the final one follows
+                    continue
+                x.resp_bytes = e.len
+                x.t_done = self.now
+                b.responses += 1
+                b.resp_bytes += e.len
+                cls = x.status // 100
+                b.status_class[cls if 1 <= cls <= 5 else 0] += 1
+                vi_log(b, x)
+                if x != &orphan:
+                    b.pend_head = (b.pend_head + 1) % VI_PENDING
+                    b.pend_n -= 1
+        # the inspector is this stream's only reader
+        r.head = r.write
+        r.tail = r.write
+
+    cdef void inspect_failed(self, vi_block *b, int k) noexcept nogil:
+        """A parse error. A bad request never reaches the server: the requests before it
+        go on, and once their answers have, the client gets a 400 (inspect_reject). A bad
+        response resets both connections."""
+        cdef vi_side *s = &b.side[k]
+        b.parse_errors += 1
+        b.why = s.r.why
+        b.err_off = s.r.err_off
+        self.c.parse_errors += 1
+        if k == VI_REQ:
+            b.reject = 1
+            self.tcp.c_splice_gate(s.cid, s.seq0 + <uint32_t>(s.r.rec_start - s.off0),
+                                   self.now)
+            if b.pend_n == 0:
+                self.inspect_reject(b)
+        else:
+            b.state = VI_FAILED
+            self.tcp.c_abort(b.side[VI_REQ].cid, self.now)  # soft: then inspect_end
+
+    cdef void inspect_reject(self, vi_block *b) noexcept nogil:
+        """The 400 for a bad request, after every answer before it: the splice comes
+        apart, the server's connection is reset, the client's closes after the 400."""
+        cdef int32_t a = b.side[VI_REQ].cid, s = b.side[VI_RESP].cid
+        b.rejected += 1
+        b.state = VI_FAILED
+        self.tcp.c_unsplice(a)
+        self.tcp.c_abort(s, self.now)
+        # the rest of what the client sent is dropped, so its close is a FIN, not a RST
+        self.tcp.c_consume(a, self.tcp.conns[a].rq_bytes, self.now)
+        self.tcp.c_send(a, <const uint8_t *>VI_HTTP_400, strlen(VI_HTTP_400), self.now)
+        self.tcp.c_shutdown(a, self.now)
+
+    cdef void inspect_end(self, vi_block *b) noexcept nogil:
+        """The splice came apart or ended. A server that reset (or timed out) before a
+        response began gives the client a 502; once one began, the client's connection
+        closes cleanly after what was passed on. A client gone that way resets the server
+        connection. Then the block is let go."""
+        cdef int32_t a = b.side[VI_REQ].cid, s = b.side[VI_RESP].cid
+        cdef tcp_conn *ca = &self.tcp.conns[a]
+        cdef tcp_conn *cs = &self.tcp.conns[s]
+        cdef vr_stream *rs = b.side[VI_RESP].r
+        if cs.state == ST_CLOSED and not ca.fin_queued and (
+                ca.state == ST_ESTABLISHED or ca.state == ST_CLOSE_WAIT):
+            if b.state == VI_OPEN and b.pend_n and rs.parsed == rs.rec_start:
+                self.inspect_bad_gateway(b)
+            else:
+                self.tcp.c_consume(a, ca.rq_bytes, self.now)
+                self.tcp.c_shutdown(a, self.now)
+        elif ca.state == ST_CLOSED and cs.state != ST_CLOSED and cs.state != ST_TIME_WAIT:
+            self.tcp.c_abort(s, self.now)
+        self.inspect_release(a)
+
+    cdef void inspect_bad_gateway(self, vi_block *b) noexcept nogil:
+        """The server is gone with an answer owed and none begun: the client gets a 502
+        and its connection closes; the server's closes too."""
+        cdef int32_t a = b.side[VI_REQ].cid, s = b.side[VI_RESP].cid
+        b.bad_gateway += 1
+        self.tcp.c_unsplice(a)
+        if self.tcp.conns[s].state != ST_CLOSED:
+            self.tcp.c_shutdown(s, self.now)
+        self.tcp.c_consume(a, self.tcp.conns[a].rq_bytes, self.now)
+        self.tcp.c_send(a, <const uint8_t *>VI_HTTP_502, strlen(VI_HTTP_502), self.now)
+        self.tcp.c_shutdown(a, self.now)
+
+    cdef void inspect_release(self, int32_t cid) noexcept nogil:
+        cdef vi_block *b = self.insp[cid]
+        if b == NULL:
+            return
+        self.insp[b.side[VI_REQ].cid] = NULL
+        self.insp[b.side[VI_RESP].cid] = NULL
+        if b.state == VI_OPEN:
+            b.state = VI_DONE
+        vi_put(b)

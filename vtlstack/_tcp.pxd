@@ -205,6 +205,8 @@ ctypedef struct tcp_conn:
     uint8_t splice_fin      # the FIN received has been passed on to the spliced peer
     uint8_t sq_spliced      # the send queue holds spliced frames (counted in splice_held)
     uint8_t splice_gated    # only bytes before splice_gate may go on (an inspector's say)
+    uint8_t splice_soft     # a reset here unsplices instead of resetting the peer
+    uint8_t splice_hold_fin # the FIN received waits for the inspector's word
     int32_t parent          # listener cid of a child not yet accepted, else NO_CONN
     int32_t lidx            # listener index when state == LISTEN
     int32_t splice          # the connection its received bytes go to, else NO_CONN

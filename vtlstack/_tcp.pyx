@@ -2237,6 +2237,8 @@ cdef class TcpEngine:
         p = &self.conns[c.splice]
         p.splice = c.splice = NO_CONN
         p.splice_gated = c.splice_gated = 0
+        p.splice_soft = c.splice_soft = 0
+        p.splice_hold_fin = c.splice_hold_fin = 0
         self.event(c, EV_SPLICE_DONE)
         self.event(p, EV_SPLICE_DONE)
 
@@ -2305,7 +2307,7 @@ cdef class TcpEngine:
                 self.cnt.splice_held_peak = self.splice_held
             self.cnt.splice_bytes += moved
             self.output(b, now)
-        if a.rq_n == 0 and not a.splice_fin and \
+        if a.rq_n == 0 and not a.splice_fin and not a.splice_hold_fin and \
                 (a.state == ST_CLOSE_WAIT or a.state == ST_CLOSING or
                  a.state == ST_LAST_ACK or a.state == ST_TIME_WAIT):
             a.splice_fin = 1
@@ -2353,7 +2355,11 @@ cdef class TcpEngine:
         p = &self.conns[c.splice]
         if (ev == EV_RESET or ev == EV_TIMEOUT) and p.state != ST_CLOSED and \
                 p.state != ST_TIME_WAIT:
-            self.c_abort(c.splice, 0)   # a RST needs no clock; its own call ends the pair
+            if c.splice_soft:
+                # an inspector decides what the other side gets (a 502, a clean close)
+                self.c_unsplice(<int32_t>(c - self.conns))
+            else:
+                self.c_abort(c.splice, 0)   # a RST needs no clock; its call ends the pair
             return
         if (c.state == ST_CLOSED or c.state == ST_TIME_WAIT) and \
                 (p.state == ST_CLOSED or p.state == ST_TIME_WAIT):

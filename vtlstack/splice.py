@@ -24,10 +24,12 @@ class Splice:
     way's FIN having followed its bytes (or a reset of one having reset the other); then
     both sockets are closed."""
 
-    def __init__(self, stack: Stack, a: TcpSocket, b: TcpSocket) -> None:
+    def __init__(self, stack: Stack, a: TcpSocket, b: TcpSocket,
+                 inspector: Any = None) -> None:
         self._stack = stack
         self.a = a
         self.b = b
+        self.inspector = inspector      # an HttpInspector with inspect="http"
         self.started = time.monotonic()
         self.ended: float | None = None
         self._final: dict[str, Any] | None = None
@@ -65,8 +67,17 @@ class Splice:
 
     def counters(self) -> dict[str, Any]:
         """bytes_ab: bytes received from a's peer and passed on to b's; bytes_ba the other
-        way; seconds: how long it has run (or ran); states of both connections."""
-        return dict(self._final) if self._final is not None else self._snapshot()
+        way; seconds: how long it has run (or ran); states of both connections; with an
+        inspector, its counters under "http"."""
+        out = dict(self._final) if self._final is not None else self._snapshot()
+        if self.inspector is not None:
+            out["http"] = self.inspector.counters()
+        return out
+
+    def exchanges(self) -> list[dict[str, Any]]:
+        """inspect="http": the requests answered (or not) since the last call, oldest
+        first: method, target, status, bytes each way, start and end (monotonic ns)."""
+        return self.inspector.exchanges() if self.inspector is not None else []
 
     def _snapshot(self) -> dict[str, Any]:
         stack = self._stack

@@ -292,16 +292,28 @@ class Stack:
             raise
         return conn
 
-    def splice(self, a: TcpSocket, b: TcpSocket, inspect: Any = None,
+    def splice(self, a: TcpSocket, b: TcpSocket, inspect: str | None = None,
                timeout: float = 5.0) -> Splice:
         """Join two connected sockets in the network thread: what either receives goes
         out on the other as the frames it came in (no copy), both ways, each FIN after its
         bytes, a reset of one resetting the other; each window advertised follows the
         other side's reader (adaptive alpha, `tcp_options` splice_b0, splice_pair_cap,
         splice_cap). Bytes received but not read yet go first. The Splice returned owns
-        both sockets from now on: wait for its end, read its counters."""
-        if inspect is not None:
-            raise NotImplementedError("splice(inspect=...) is not built yet")
+        both sockets from now on: wait for its end, read its counters.
+
+        inspect="http": `a` is the client's connection, `b` the server's. Both directions
+        are parsed in the network thread from the frames themselves; a request goes on
+        only once its head has parsed whole. A malformed or ambiguous request gets a 400
+        and the client's connection closes (the server never sees it); a server that
+        fails before answering gives the client a 502. `Splice.exchanges()` gives each
+        request with its response (for an access log), `counters()` the totals."""
+        inspector = None
+        if inspect == "http":
+            from vtlstack._inspect import HttpInspector
+
+            inspector = HttpInspector()
+        elif inspect is not None:
+            raise ValueError(f"inspect is None or 'http', not {inspect!r}")
         for sock in (a, b):
             if type(sock) is not TcpSocket or sock._stack is not self:
                 raise TypeError("splice() joins two TcpSockets of this stack (record "
@@ -311,10 +323,12 @@ class Stack:
         if a is b:
             raise OSError(errno.EINVAL, "splice(): a socket cannot be joined to itself")
         deadline = time.monotonic() + timeout
+        block = inspector.hand_over() if inspector is not None else 0
         with self._lock:
             while True:
+                # a refusal or a success makes the block the network thread's; -2 not
                 result, *_ = self._request(_MSG.MSG_TCP_SPLICE, sock=a.cid, port=a.gen,
-                                           arg=b.cid | b.gen << 32)
+                                           arg=b.cid | b.gen << 32, addr=block)
                 if result != -2:
                     break
                 # bytes the app sent still wait for the pool: they must go first
@@ -328,7 +342,7 @@ class Stack:
             for sock in (a, b):
                 sock._spliced = True
                 sock._drop_received(lambda addr: self._send_ctl(_MSG.MSG_FREE, addr=addr))
-        return Splice(self, a, b)
+        return Splice(self, a, b, inspector)
 
     # ---- readiness: wait() and hooks for an external event loop ------------------------
 
