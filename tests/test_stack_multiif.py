@@ -19,15 +19,18 @@ pytestmark = pytest.mark.root
 PORT = 5301
 SERVER_PORT = 6301
 
-# The stack on the middle host: accept one client, connect upstream, relay both ways in
-# one thread (non-blocking sockets and Stack.wait), half-closing each way at its EOF.
+# The stack on the middle host: accept one client, connect upstream, relay both ways:
+# "app" in one app thread (non-blocking sockets and Stack.wait; recv copies out, send
+# copies in), half-closing each way at its EOF; "splice" in the network thread
+# (Stack.splice: each frame received on one interface goes out the other, no copy).
 RELAY = r"""
 import json, sys, time
 from select import EPOLLERR, EPOLLIN, EPOLLOUT
 from vtlstack.stack import Stack
 
-ifaces, port, server = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3]
+ifaces, port, server, mode = sys.argv[1].split(","), int(sys.argv[2]), sys.argv[3], sys.argv[4]
 server_ip, server_port = server.split(":")
+splice = None
 with Stack(ifaces) as st:
     pool = st._port.pool
     lst = st.tcp_listen(port)
@@ -40,9 +43,15 @@ with Stack(ifaces) as st:
     eof = {down: False, up: False}
     shut = {down: False, up: False}
     moved = {down: 0, up: 0}                        # bytes received on each
+    local = {"down": down.getsockname()[0], "up": up.getsockname()[0]}
     for s in (down, up):
         s.setblocking(False)
     start = time.monotonic()
+    if mode == "splice":
+        sp = st.splice(down, up)
+        assert sp.wait(120), "the splice did not end"
+        splice = sp.counters()
+        shut = {down: True, up: True}
     while not all(shut.values()):
         interest = {}
         for s in (down, up):
@@ -75,14 +84,15 @@ with Stack(ifaces) as st:
                 s.shutdown()
                 shut[s] = True
     seconds = time.monotonic() - start
-    local = {"down": down.getsockname()[0], "up": up.getsockname()[0]}
-    down.close()
-    up.close()
+    if splice is None:
+        down.close()
+        up.close()
     lst.close()
 stats = st.final_stats
 pool.check_frames(expect_idle=True)
 print(json.dumps({"event": "done", "seconds": seconds, "down_bytes": moved[down],
                   "up_bytes": moved[up], "local": local, "pool": pool.stats(),
+                  "splice": splice,
                   "port": stats["port"], "ports": stats["ports"], "net": stats["net"],
                   "tcp_left": stats["tcp_left"]}), flush=True)
 """
@@ -180,7 +190,8 @@ def last_json(text: str) -> dict:
     return json.loads([line for line in text.splitlines() if line.startswith("{")][-1])
 
 
-def test_relay_between_two_interfaces(testbed):
+@pytest.mark.parametrize("mode", ["app", "splice"])
+def test_relay_between_two_interfaces(testbed, mode):
     size = 50_000_000
     tb = testbed(topology="chain")
     mid = tb.host("middle")
@@ -190,7 +201,7 @@ def test_relay_between_two_interfaces(testbed):
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "up"
     relay = stack_proc(tb, RELAY, f"{client_side.name},{server_side.name}", str(PORT),
-                       f"{tb.host('server').iface.ip}:{SERVER_PORT}")
+                       f"{tb.host('server').iface.ip}:{SERVER_PORT}", mode)
     ready = relay.stdout.readline()
     assert ready, relay.stderr.read()
     assert json.loads(ready)["ips"] == [client_side.ip, server_side.ip]
@@ -206,7 +217,10 @@ def test_relay_between_two_interfaces(testbed):
     # client -> stack -> server and back, byte for byte
     assert c["sent"] == s["received"] and s["bytes"] == size
     assert s["sent"] == c["received"] and c["bytes"] == size
-    assert r["down_bytes"] == size and r["up_bytes"] == size
+    if mode == "app":
+        assert r["down_bytes"] == size and r["up_bytes"] == size
+    else:
+        assert r["splice"]["bytes_ab"] == size and r["splice"]["bytes_ba"] == size
     # each connection is on its interface's address
     assert r["local"] == {"down": client_side.ip, "up": server_side.ip}
     # both ports moved frames; all frames came back (check_frames passed in the relay)
@@ -217,7 +231,7 @@ def test_relay_between_two_interfaces(testbed):
     assert r["pool"]["free"] == r["pool"]["total"]
     assert r["net"]["tx_no_neigh"] == 0 and r["net"]["tx_no_port"] == 0
     assert set(r["tcp_left"]) <= {"TIME-WAIT"}, r["tcp_left"]
-    print(f"relayed {size} B each way in {r['seconds']:.2f} s: "
+    print(f"{mode}: relayed {size} B each way in {r['seconds']:.2f} s: "
           f"{2 * size * 8 / r['seconds'] / 1e9:.2f} Gbit/s both ways together")
 
 
