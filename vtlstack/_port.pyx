@@ -531,8 +531,7 @@ cdef class XskPort:
             if err == ENODEV:
                 raise InterfaceError(f"{self.ifname} went away or is down ({_err(ret)})")
             raise VtlError(f"cannot bind an AF_XDP socket to {self.ifname} queue {queue_id} "
-                           f"over the UMEM of {owner.ifname} ({_err(ret)}): the kernel shares "
-                           f"a UMEM across devices in copy mode only")
+                           f"over the UMEM of {owner.ifname} ({_err(ret)})")
         # held from here: the UMEM (and the pool) must outlive every socket that uses it
         self.umem_owner = owner
 
