@@ -14,7 +14,7 @@ cpdef enum MsgKind:
     MSG_BIND = 1        # lport, sock: deliver UDP datagrams for lport to sock
     MSG_UNBIND = 2      # lport
     MSG_ECHO = 3        # lport: answer UDP datagrams in the network thread
-    MSG_NEIGH = 4       # ip, arg = MAC (6 bytes, little-endian packed)
+    MSG_NEIGH = 4       # ip, arg = MAC (6 bytes, little-endian packed), lport = port index
     MSG_SEND = 5        # addr (granted frame), len, ip, port, lport: send a UDP datagram
     MSG_FREE = 6        # addr: the app is done with a received frame
     MSG_WANT = 7        # len = number of frames the app wants for sending
@@ -25,7 +25,8 @@ cpdef enum MsgKind:
     # TCP. `sock` is the connection id (cid), `port` its generation: a request whose
     # generation is not the connection's current one is stale and ignored. App -> net:
     MSG_TCP_LISTEN = 30     # lport, arg = backlog -> RESULT (listener cid)
-    MSG_TCP_CONNECT = 31    # ip, port = remote port, lport -> RESULT (cid, gen in port)
+    MSG_TCP_CONNECT = 31    # ip, port = remote port, lport, arg = local ip (0: the first
+                            # port's) -> RESULT (cid, gen in port)
     MSG_TCP_ACCEPT = 32     # sock = listener cid -> RESULT (cid or -1, gen in port)
     MSG_TCP_SEND = 33       # addr (granted frame), len -> RESULT (bytes taken)
     MSG_TCP_CONSUME = 34    # len: bytes the app has read (its frames come back as MSG_FREE)
@@ -35,7 +36,8 @@ cpdef enum MsgKind:
     MSG_TCP_PARSE_ATTACH = 38   # addr = a vr_stream the app made: parse the connection into it
     MSG_TCP_PARSE = 39          # the app took events from a stalled record stream: go on
     # Net -> app:
-    MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed)
+    MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed); for a connection
+                            # ip, lport = the peer's address, addr = the local ip
     MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits
     MSG_TCP_DATA = 42       # sock = cid, addr, len: in-order bytes, the frame ref'd for the app
     # App -> net, out of the range above because the numbers were taken:
@@ -68,6 +70,7 @@ cdef enum:
     NEIGH_SLOTS = 1 << NEIGH_BITS
     HINT_BITS = 10              # MACs of senders we hold no connection with (SYNs...)
     HINT_SLOTS = 1 << HINT_BITS
+    MAX_PORTS = 4               # AF_XDP ports (interfaces) over one pool, one thread
 
 
 cdef struct net_counters:
@@ -99,10 +102,20 @@ cdef struct net_counters:
     uint64_t tcp_send_waits     # sends the engine could not take whole yet (they wait)
     uint64_t tcp_send_refused   # sends on a connection that can no longer send
     uint64_t parse_errors       # record connections closed by a parse error (or a limit)
+    uint64_t not_local          # TCP segments for an address that is none of the ports'
+    uint64_t tx_no_port         # segments from an address that is none of the ports'
 
 
 cdef class NetThread:
-    cdef XskPort port
+    cdef XskPort port           # the first port: UDP services, and the pool of them all
+    # Every port, the first included, as borrowed pointers (_ports holds the references)
+    # so the loop can index them without the GIL; per port its address and MAC.
+    cdef void *ports[MAX_PORTS]
+    cdef object _ports
+    cdef uint32_t nports
+    cdef uint32_t port_ip[MAX_PORTS]
+    cdef uint8_t port_mac[MAX_PORTS][6]
+    cdef uint32_t in_port       # the port the frames being handled came in on
     cdef readonly Channel to_app
     cdef readonly Channel to_net
     cdef uint16_t owner[65536]
@@ -111,8 +124,10 @@ cdef class NetThread:
     cdef uint16_t ip_id
     cdef uint32_t neigh_ip[NEIGH_SLOTS]
     cdef uint8_t neigh_mac[NEIGH_SLOTS][6]
+    cdef uint8_t neigh_port[NEIGH_SLOTS]    # entries are (ip, port): a MAC is a link's
     cdef uint32_t hint_ip[HINT_SLOTS]
     cdef uint8_t hint_mac[HINT_SLOTS][6]
+    cdef uint8_t hint_port[HINT_SLOTS]
     cdef uint32_t batch
     cdef uint64_t busy_poll_ns
     cdef uint64_t linger_ns
@@ -153,8 +168,9 @@ cdef class NetThread:
     cdef int drop(self, vtl_desc *d) noexcept nogil
     cdef uint32_t drain_app(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil
     cdef int build_udp(self, vtl_msg *m, vtl_desc *out) noexcept nogil
-    cdef void transmit(self, vtl_desc *tx, uint32_t n) noexcept nogil
-    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac) noexcept nogil
+    cdef void transmit(self, vtl_desc *tx, uint32_t n, uint32_t p=*) noexcept nogil
+    cdef uint32_t port_of(self, uint32_t ip) noexcept nogil
+    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac, uint32_t p=*) noexcept nogil
     cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil
     cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil
     cdef void tcp_events(self) noexcept nogil
@@ -184,6 +200,6 @@ cdef class NetThread:
     cdef void grant_owed(self) noexcept nogil
     cdef void recycle(self, uint64_t addr) noexcept nogil
     cdef void reply(self, int64_t result, uint16_t gen, uint32_t ip=*,
-                    uint16_t port=*) noexcept nogil
-    cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil
-    cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil
+                    uint16_t port=*, uint32_t lip=*) noexcept nogil
+    cdef const uint8_t *neigh_get(self, uint32_t ip, uint32_t p=*) noexcept nogil
+    cdef const uint8_t *neigh_find(self, uint32_t ip, uint32_t p=*) noexcept nogil

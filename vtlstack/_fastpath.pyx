@@ -148,7 +148,9 @@ cdef inline uint32_t hint_slot(uint32_t ip) noexcept nogil:
 
 
 cdef class NetThread:
-    """The network thread of one port. `start()` runs it; `stop()` joins it."""
+    """The network thread of one port, or of several over one pool (`add_port`): one TCP
+    engine for them all, each segment sent on the port whose address is its source.
+    `start()` runs it; `stop()` joins it."""
 
     def __cinit__(self, XskPort port, bytes mac not None, uint32_t ip, uint32_t batch=64,
                   uint32_t busy_poll_us=0, uint32_t channel_size=4096,
@@ -166,6 +168,9 @@ cdef class NetThread:
         memset(&self.c, 0, sizeof(self.c))
         memcpy(self.mac, <const char *>mac, 6)
         self.ip = ip
+        self.nports = 0
+        self._ports = ()
+        self.add_port(port, mac, ip)
         self.batch = batch
         self.busy_poll_ns = <uint64_t>busy_poll_us * 1000
         self.stopping = 0
@@ -226,6 +231,26 @@ cdef class NetThread:
         free(self.pend_addr)
         free(self.pend_len)
         free(self.pend_next)
+
+    def add_port(self, XskPort port not None, bytes mac not None, uint32_t ip) -> None:
+        """Drive `port` too (before start()): it must share the first port's pool
+        (XskPort(share_umem=...)). TCP segments from `ip` go out on it, to `mac`'s link."""
+        if self._thread is not None:
+            raise RuntimeError("ports are added before the network thread starts")
+        if len(mac) != 6:
+            raise ValueError("mac must be 6 bytes")
+        if self.nports == MAX_PORTS:
+            raise ValueError(f"at most {MAX_PORTS} ports per network thread")
+        if port.pool is not self.port.pool:
+            raise ValueError(f"the port on {port.ifname} has a pool of its own: create it "
+                             f"with share_umem= the first port")
+        if ip == 0 or self.port_of(ip) < self.nports:
+            raise ValueError("each port needs an address of its own")
+        self.ports[self.nports] = <void *>port
+        self._ports = self._ports + (port,)
+        self.port_ip[self.nports] = ip
+        memcpy(self.port_mac[self.nports], <const char *>mac, 6)
+        self.nports += 1
 
     def app_send(self, object frames, const uint8_t[:] data, int cid, int gen) -> int:
         """Application thread: copy `data` into frames the app holds (popped from the
@@ -366,16 +391,19 @@ cdef class NetThread:
 
     cdef void loop(self) noexcept nogil:
         cdef vtl_desc rx[MAX_BATCH]
-        cdef vtl_desc tx[MAX_BATCH]
-        cdef uint32_t n, i, ntx, work
+        # a TX batch per port: port p's descriptors start at tx + p * MAX_BATCH
+        cdef vtl_desc tx[MAX_PORTS * MAX_BATCH]
+        cdef uint32_t ntx[MAX_PORTS]
+        cdef uint32_t n, i, p, work
         cdef uint64_t last_work = now_ns()
         cdef uint64_t drained
-        cdef pollfd pfds[2]
+        cdef pollfd pfds[MAX_PORTS + 1]
         self.tid = <int>syscall(SYS_gettid)
-        pfds[0].fd = self.port.q.fd
-        pfds[0].events = POLLIN
-        pfds[1].fd = self.to_net.efd
-        pfds[1].events = POLLIN
+        for p in range(self.nports):
+            pfds[p].fd = (<XskPort>self.ports[p]).q.fd
+            pfds[p].events = POLLIN
+        pfds[self.nports].fd = self.to_net.efd
+        pfds[self.nports].events = POLLIN
         cdef uint64_t stop_at = 0
         while True:
             self.c.loops += 1
@@ -388,25 +416,31 @@ cdef class NetThread:
                     self.c.linger_ms = (self.now - (stop_at - self.linger_ns)) // 1000000
                     self.c.linger_expired = self.tcp_closing()
                     break
-            ntx = 0
-            n = self.port.rx_burst(rx, self.batch)
-            for i in range(n):
-                if self.input(&rx[i], &tx[ntx]):
-                    ntx += 1
+            work = 0
+            for p in range(self.nports):
+                ntx[p] = 0
+                self.in_port = p
+                n = (<XskPort>self.ports[p]).rx_burst(rx, self.batch)
+                for i in range(n):
+                    if self.input(&rx[i], &tx[p * MAX_BATCH + ntx[p]]):
+                        ntx[p] += 1
+                work += n
             self.tcp.flush_acks(self.now)
-            work = n + self.drain_app(tx, &ntx)
+            work += self.drain_app(tx, &ntx[0])
             self.tcp.on_timer(self.now)
             if self.pend_ncids:
                 self.tcp_pending()
-            work += self.tcp_output(tx, &ntx)
+            work += self.tcp_output(tx, ntx)
             self.tcp_events()
             if self.want_owed:
                 self.grant_owed()
-            if ntx:
-                self.transmit(tx, ntx)
+            for p in range(self.nports):
+                if ntx[p]:
+                    self.transmit(&tx[p * MAX_BATCH], ntx[p], p)
             self.to_app.flush()     # once per pass: what this pass handed over, in one go
-            self.port.complete()
-            self.port.refill()
+            for p in range(self.nports):
+                (<XskPort>self.ports[p]).complete()
+                (<XskPort>self.ports[p]).refill()
             if work:
                 last_work = 0
                 continue
@@ -421,7 +455,7 @@ cdef class NetThread:
             last_work = 0
             if spsc_prepare_sleep(self.to_net.ring):
                 self.c.polls += 1
-                poll(pfds, 2, self.sleep_ms())
+                poll(pfds, self.nports + 1, self.sleep_ms())
                 read(self.to_net.efd, &drained, sizeof(drained))
                 spsc_end_sleep(self.to_net.ring)
 
@@ -534,7 +568,8 @@ cdef class NetThread:
             elif m.kind == MSG_NEIGH:
                 for k in range(6):
                     mac[k] = (m.arg >> (8 * k)) & 0xFF
-                self.neigh_set(m.ip, mac)
+                if m.lport < self.nports:
+                    self.neigh_set(m.ip, mac, m.lport)
             elif MSG_TCP_LISTEN <= m.kind <= MSG_TCP_PARSE or m.kind == MSG_TCP_SPLICE:
                 self.tcp_request(&m)
             elif m.kind == MSG_STOP:
@@ -559,8 +594,9 @@ cdef class NetThread:
         self.c.sent += 1
         return 1
 
-    cdef void transmit(self, vtl_desc *tx, uint32_t n) noexcept nogil:
-        cdef uint32_t sent = self.port.tx_burst(tx, n)
+    cdef void transmit(self, vtl_desc *tx, uint32_t n, uint32_t p=0) noexcept nogil:
+        """Frames on port p's TX ring; those it has no room for are dropped and counted."""
+        cdef uint32_t sent = (<XskPort>self.ports[p]).tx_burst(tx, n)
         cdef uint32_t i
         for i in range(sent):
             self.c.tx_bytes += tx[i].len
@@ -572,6 +608,11 @@ cdef class NetThread:
     # ---- TCP: the engine (vtlstack._tcp) is driven from here ---------------------------
 
     cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil:
+        # Steering goes by port only: a segment routed through this host to another one
+        # is not ours to answer (listeners take any of our addresses: see tcp_request).
+        if self.port_of(v.dst) >= self.nports:
+            self.c.not_local += 1
+            return
         if self.tcp.validate(f + ETH_HLEN, v.frame_len - ETH_HLEN) != 0:
             self.c.tcp_invalid += 1
             return
@@ -581,28 +622,27 @@ cdef class NetThread:
         # the MAC its segments came from (the gateway's, for an off-link peer). Until it
         # holds a connection that MAC is only a hint, in a table of its own that spoofed
         # SYNs may churn without evicting the peers we talk to.
-        cdef bint unknown = self.neigh_find(v.src) == NULL
+        cdef bint unknown = self.neigh_find(v.src, self.in_port) == NULL
         if unknown:
             hint = hint_slot(v.src)
             self.hint_ip[hint] = v.src
+            self.hint_port[hint] = self.in_port
             memcpy(self.hint_mac[hint], f + ETH_SRC, 6)
         self.c.tcp_segments += 1
         self.tcp.input(d.addr + ETH_HLEN, self.now)
         if unknown and self.tcp.ft_find(v.dst, tcp_dport(t), v.src, tcp_sport(t)) != NO_CONN:
-            self.neigh_set(v.src, f + ETH_SRC)
+            self.neigh_set(v.src, f + ETH_SRC, self.in_port)
 
     cdef uint32_t tcp_output(self, vtl_desc *tx, uint32_t *ntx) noexcept nogil:
-        """Every segment the engine wants sent, each in a frame of its own."""
+        """Every segment the engine wants sent, each in a frame of its own, on the port
+        whose address is the segment's source (tx, ntx: the loop's per-port batches)."""
         cdef uint32_t sent = 0
-        cdef uint32_t n
+        cdef uint32_t n, p
         cdef uint64_t addr
         cdef uint8_t *f
         cdef const uint8_t *dmac
         cdef uint32_t room = self.port.pool.frame_size - ETH_HLEN
         while True:
-            if ntx[0] == MAX_BATCH:
-                self.transmit(tx, ntx[0])
-                ntx[0] = 0
             # a spliced segment goes out of the frame it came in, headers rewritten
             n = self.tcp.pop_out_inplace(ETH_HLEN, &addr)
             if n:
@@ -618,7 +658,12 @@ cdef class NetThread:
                 if n == 0:
                     self.port.free_frame(addr)
                     return sent
-            dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN))
+            p = self.port_of(ipv4_src(f + ETH_HLEN))
+            if p >= self.nports:
+                self.c.tx_no_port += 1     # cannot happen: connections have our addresses
+                self.port.free_frame(addr)
+                continue
+            dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN), p)
             if dmac == NULL:
                 # a SYN-ACK to a sender whose MAC hint a flood overwrote, or a real miss
                 if tcp_flags(f + ETH_HLEN + ipv4_hlen(f + ETH_HLEN)) & TH_SYN:
@@ -627,10 +672,13 @@ cdef class NetThread:
                     self.c.tx_no_neigh += 1
                 self.port.free_frame(addr)
                 continue
-            eth_write(f, dmac, self.mac, ETHERTYPE_IPV4)
-            tx[ntx[0]].addr = addr
-            tx[ntx[0]].len = ETH_HLEN + n
-            ntx[0] += 1
+            if ntx[p] == MAX_BATCH:
+                self.transmit(&tx[p * MAX_BATCH], ntx[p], p)
+                ntx[p] = 0
+            eth_write(f, dmac, self.port_mac[p], ETHERTYPE_IPV4)
+            tx[p * MAX_BATCH + ntx[p]].addr = addr
+            tx[p * MAX_BATCH + ntx[p]].len = ETH_HLEN + n
+            ntx[p] += 1
             sent += 1
             self.c.tcp_out += 1
 
@@ -790,13 +838,13 @@ cdef class NetThread:
         return 0
 
     cdef void reply(self, int64_t result, uint16_t gen, uint32_t ip=0,
-                    uint16_t port=0) noexcept nogil:
-        """The answer to a request; with the peer's address for a connection."""
+                    uint16_t port=0, uint32_t lip=0) noexcept nogil:
+        """The answer to a request; with the peer's and our address for a connection."""
         cdef vtl_msg m
         m.kind = MSG_TCP_RESULT
         m.arg = <uint64_t>result
         m.port = gen
-        m.addr = 0
+        m.addr = lip
         m.len = 0
         m.sock = 0
         m.ip = ip
@@ -806,14 +854,21 @@ cdef class NetThread:
 
     cdef void tcp_request(self, vtl_msg *m) noexcept nogil:
         cdef int32_t cid
+        cdef uint32_t lip
         if m.kind == MSG_TCP_LISTEN:
-            cid = self.tcp.c_listen(self.ip, m.lport, <uint32_t>m.arg)
+            # One listener for every port's address: the engine's wildcard (lip 0), which
+            # needs one cid and one accept queue; tcp_input lets only segments for our
+            # addresses reach it, and each child takes the address its SYN was sent to.
+            cid = self.tcp.c_listen(0, m.lport, <uint32_t>m.arg)
             if cid != NO_CONN:
                 self.owned[cid] = 1
             self.reply(cid, 0)
         elif m.kind == MSG_TCP_CONNECT or m.kind == MSG_TCP_ACCEPT:
             if m.kind == MSG_TCP_CONNECT:
-                cid = self.tcp.c_connect(self.ip, m.lport, m.ip, m.port, self.now)
+                lip = <uint32_t>m.arg if m.arg else self.ip
+                cid = NO_CONN
+                if self.port_of(lip) < self.nports:
+                    cid = self.tcp.c_connect(lip, m.lport, m.ip, m.port, self.now)
             else:
                 cid = self.tcp.c_accept(m.sock)
             if cid == NO_CONN:
@@ -823,7 +878,8 @@ cdef class NetThread:
             self.delivered[cid] = 0
             self.ev_held[cid] = 0
             self.owned[cid] = 1
-            self.reply(cid, self.gen[cid], self.tcp.conns[cid].rip, self.tcp.conns[cid].rport)
+            self.reply(cid, self.gen[cid], self.tcp.conns[cid].rip, self.tcp.conns[cid].rport,
+                       self.tcp.conns[cid].lip)
             if m.kind == MSG_TCP_ACCEPT:
                 self.tcp_deliver(cid)  # bytes that came with or right after the handshake
         elif m.kind == MSG_TCP_SEND:
@@ -1059,34 +1115,37 @@ cdef class NetThread:
                 self.pend_listed[cid] = 0
         self.pend_ncids = k
 
-    # The neighbour table (IPv4 -> MAC), open addressing with linear probing, filled by
-    # the app from the kernel's routes and neighbours (pyroute2) and from peers that hold
-    # a connection with us. When every slot is taken the home slot is overwritten and
-    # counted; the app then resolves again.
-    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac) noexcept nogil:
+    # The neighbour table ((IPv4, port) -> MAC), open addressing with linear probing,
+    # filled by the app from the kernel's routes and neighbours (pyroute2) and from peers
+    # that hold a connection with us. A MAC is only good on the link it was learnt on,
+    # hence the port in the key. When every slot is taken the home slot is overwritten
+    # and counted; the app then resolves again.
+    cdef void neigh_set(self, uint32_t ip, const uint8_t *mac, uint32_t p=0) noexcept nogil:
         cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
         cdef uint32_t slot = home
         cdef int k
         for k in range(NEIGH_SLOTS):
             slot = (home + k) & (NEIGH_SLOTS - 1)
-            if self.neigh_ip[slot] == 0 or self.neigh_ip[slot] == ip:
+            if self.neigh_ip[slot] == 0 or \
+                    (self.neigh_ip[slot] == ip and self.neigh_port[slot] == p):
                 break
         else:
             slot = home
             self.c.neigh_evicted += 1
         memcpy(self.neigh_mac[slot], mac, 6)
         self.neigh_ip[slot] = ip
+        self.neigh_port[slot] = <uint8_t>p
 
-    cdef const uint8_t *neigh_get(self, uint32_t ip) noexcept nogil:
-        cdef const uint8_t *mac = self.neigh_find(ip)
+    cdef const uint8_t *neigh_get(self, uint32_t ip, uint32_t p=0) noexcept nogil:
+        cdef const uint8_t *mac = self.neigh_find(ip, p)
         cdef uint32_t hint
         if mac == NULL and ip != 0:
             hint = hint_slot(ip)
-            if self.hint_ip[hint] == ip:
+            if self.hint_ip[hint] == ip and self.hint_port[hint] == p:
                 return self.hint_mac[hint]
         return mac
 
-    cdef const uint8_t *neigh_find(self, uint32_t ip) noexcept nogil:
+    cdef const uint8_t *neigh_find(self, uint32_t ip, uint32_t p=0) noexcept nogil:
         cdef uint32_t home = (ip * 2654435761u) >> (32 - NEIGH_BITS)
         cdef uint32_t slot
         cdef int k
@@ -1094,11 +1153,19 @@ cdef class NetThread:
             return NULL
         for k in range(NEIGH_SLOTS):
             slot = (home + k) & (NEIGH_SLOTS - 1)
-            if self.neigh_ip[slot] == ip:
+            if self.neigh_ip[slot] == ip and self.neigh_port[slot] == p:
                 return self.neigh_mac[slot]
             if self.neigh_ip[slot] == 0:
                 return NULL
         return NULL
+
+    cdef uint32_t port_of(self, uint32_t ip) noexcept nogil:
+        """The index of the port with address ip; nports if none has it."""
+        cdef uint32_t p
+        for p in range(self.nports):
+            if self.port_ip[p] == ip:
+                return p
+        return self.nports
 
     # ---- the HTTP inspector of a splice (vtlinsp.h) -----------------------------------
     # Both directions are parsed here before their frames move on: the engine's splice

@@ -44,6 +44,7 @@ ctypedef struct vtl_queue:
     uint64_t tx_kicks
     uint64_t fill_wakeups
     uint64_t tx_ring_full
+    uint32_t in_fill        # frames on this socket's fill ring or in the kernel for it
 
 
 cdef class FramePool:
@@ -61,6 +62,9 @@ cdef class FramePool:
     # Frame references held by receive queues (kept by the TCP engine). The fill ring and
     # these together get at most half the pool, so sends always have the other half.
     cdef uint64_t rx_held
+    # Open AF_XDP sockets over this pool's UMEM: they split the fill budget, and the kernel
+    # gives fill and TX frames back only once the last of them is gone.
+    cdef uint32_t nsockets
 
     cdef inline uint32_t frame_index(self, uint64_t addr) noexcept nogil
     cdef inline uint8_t *frame_ptr(self, uint64_t addr) noexcept nogil
@@ -86,9 +90,18 @@ cdef class XskPort:
     cdef readonly uint32_t batch
     cdef readonly str bind_mode
     cdef bint closed
+    cdef XskPort umem_owner     # the port whose UMEM this one joined (None: its own)
+    cdef uint32_t sharers       # open ports that joined this one's UMEM
     cdef uint64_t rx_dropped_app   # frames the benchmark loops had to drop (TX ring full)
 
     cdef void _release(self)
+    cdef void _create(self, bytes bname, uint32_t queue_id, uint32_t frame_count,
+                      uint32_t frame_size, uint32_t headroom, uint32_t fill_size,
+                      uint32_t comp_size, uint32_t rx_size, uint32_t tx_size, str mode,
+                      bint zerocopy) except *
+    cdef void _join(self, XskPort owner, bytes bname, uint32_t queue_id, uint32_t rx_size,
+                    uint32_t tx_size) except *
+    cdef void _delete_umem(self)
     cdef uint32_t rx_burst(self, vtl_desc *out, uint32_t max_n) noexcept nogil
     cdef uint32_t tx_burst(self, const vtl_desc *descs, uint32_t n) noexcept nogil
     cdef void kick_tx(self) noexcept nogil

@@ -32,7 +32,8 @@ class XskPort:
                  fill_size: int = 2048, comp_size: int = 2048, rx_size: int = 2048,
                  tx_size: int = 2048, batch: int = 64,
                  mode: Literal["auto", "skb", "drv"] = "auto",
-                 zerocopy: bool = False) -> None: ...
+                 zerocopy: bool = False, share_umem: XskPort | None = None,
+                 fill: bool = True) -> None: ...
     @property
     def fd(self) -> int: ...
     @property

@@ -383,6 +383,16 @@ cdef class XskPort:
     attach flags, which only matter if libxdp loads a program, and it never does here
     (INHIBIT_PROG_LOAD): the attach mode that counts is Steering's.
 
+    `share_umem=port` joins that port's UMEM instead (XDP_SHARED_UMEM, any interface and
+    queue): this socket gets its own fill and completion rings (sized as the owner's) but
+    uses the same frames and the same FramePool, so a frame received on one port can be
+    sent on the other without a copy. The UMEM geometry and the bind mode are the
+    owner's; the frame_* and fill/comp sizes given here are ignored. All of a pool's
+    ports are driven by one thread. The kernel gives fill and TX frames back to the pool
+    when the last of its ports closes. The fill ring is filled at once unless fill=False:
+    a port that others will join waits for them (refill() splits the budget evenly only
+    between the sockets that exist, and frames on a fill ring are not taken back).
+
     One thread drives a port (the network thread): nothing here is locked.
     """
 
@@ -390,11 +400,13 @@ cdef class XskPort:
                   uint32_t frame_count=4096, uint32_t frame_size=2048, uint32_t headroom=0,
                   uint32_t fill_size=2048, uint32_t comp_size=2048, uint32_t rx_size=2048,
                   uint32_t tx_size=2048, uint32_t batch=64, str mode="auto",
-                  bint zerocopy=False):
+                  bint zerocopy=False, XskPort share_umem=None, bint fill=True):
         cdef xsk_umem_config ucfg
         cdef xsk_socket_config scfg
         cdef int ret
         self.closed = True  # until everything exists, close() has nothing to undo
+        if share_umem is not None and (share_umem.closed or share_umem.umem_owner is not None):
+            raise ValueError("share_umem must be an open port that owns its UMEM")
         if mode not in _MODES:
             raise ValueError(f"mode {mode!r}: use 'auto', 'skb' or 'drv'")
         if batch == 0 or batch > MAX_BATCH:
@@ -410,6 +422,34 @@ cdef class XskPort:
                                  f"the name with `ip link` and run inside the right netns")
         self.ifname = ifname
         self.batch = batch
+        if share_umem is not None:
+            self._join(share_umem, bname, queue_id, rx_size, tx_size)
+        else:
+            self._create(bname, queue_id, frame_count, frame_size, headroom, fill_size,
+                         comp_size, rx_size, tx_size, mode, zerocopy)
+        self.q.fd = xsk_socket__fd(self.q.xsk)
+        self.q.queue_id = queue_id
+        self.closed = False
+        self.pool.nsockets += 1
+        if share_umem is not None:
+            share_umem.sharers += 1
+        if xsks_map_fd >= 0:
+            ret = xsk_socket__update_xskmap(self.q.xsk, xsks_map_fd)
+            if ret:
+                self.close()
+                raise VtlError(f"cannot insert the socket into the XSKMAP at queue {queue_id}"
+                               f" ({_err(ret)}): is the map from vtlstack.xdp.Steering?")
+        if fill:
+            self.refill()
+
+    cdef void _create(self, bytes bname, uint32_t queue_id, uint32_t frame_count,
+                      uint32_t frame_size, uint32_t headroom, uint32_t fill_size,
+                      uint32_t comp_size, uint32_t rx_size, uint32_t tx_size, str mode,
+                      bint zerocopy) except *:
+        cdef xsk_umem_config ucfg
+        cdef xsk_socket_config scfg
+        cdef int ret
+        ifname = self.ifname
         self.pool = FramePool(frame_count, frame_size, headroom)
 
         ucfg.fill_size = fill_size
@@ -466,34 +506,66 @@ cdef class XskPort:
                                          "CONFIG_XDP_SOCKETS=y")
             raise VtlError(f"cannot bind an AF_XDP socket to {ifname} queue {queue_id} "
                            f"({_err(ret)})")
-        self.q.fd = xsk_socket__fd(self.q.xsk)
-        self.q.queue_id = queue_id
-        self.closed = False
-        if xsks_map_fd >= 0:
-            ret = xsk_socket__update_xskmap(self.q.xsk, xsks_map_fd)
-            if ret:
-                self.close()
-                raise VtlError(f"cannot insert the socket into the XSKMAP at queue {queue_id}"
-                               f" ({_err(ret)}): is the map from vtlstack.xdp.Steering?")
-        self.refill()
+
+    cdef void _join(self, XskPort owner, bytes bname, uint32_t queue_id, uint32_t rx_size,
+                    uint32_t tx_size) except *:
+        cdef xsk_socket_config scfg
+        cdef int ret
+        self.pool = owner.pool
+        self.bind_mode = owner.bind_mode
+        scfg.rx_size = rx_size
+        scfg.tx_size = tx_size
+        scfg.libxdp_flags = XSK_LIBXDP_FLAGS__INHIBIT_PROG_LOAD
+        scfg.xdp_flags = 0
+        # The kernel takes the bind flags (copy mode, need_wakeup) from the owner's socket:
+        # a shared bind may not name any.
+        scfg.bind_flags = 0
+        ret = xsk_socket__create_shared(&self.q.xsk, bname, queue_id, owner.umem, &self.q.rx,
+                                        &self.q.tx, &self.q.fill, &self.q.comp, &scfg)
+        if ret:
+            self.q.xsk = NULL
+            err = -ret
+            if err == EBUSY:
+                raise XdpBusyError(f"queue {queue_id} of {self.ifname} already has an AF_XDP "
+                                   f"socket bound: close the other socket first")
+            if err == ENODEV:
+                raise InterfaceError(f"{self.ifname} went away or is down ({_err(ret)})")
+            raise VtlError(f"cannot bind an AF_XDP socket to {self.ifname} queue {queue_id} "
+                           f"over the UMEM of {owner.ifname} ({_err(ret)})")
+        # held from here: the UMEM (and the pool) must outlive every socket that uses it
+        self.umem_owner = owner
 
     def __dealloc__(self):
         self._release()
 
     cdef void _release(self):
+        cdef XskPort owner = self.umem_owner
         if self.closed:
             return
         self.closed = True
-        # Socket first: once it is gone the kernel touches no frame, then the UMEM.
+        # Socket first: once it is gone the kernel touches no frame through it, then the
+        # UMEM, once no socket uses it (libxdp refuses to delete it before: EBUSY).
         if self.q.xsk != NULL:
             xsk_socket__delete(self.q.xsk)
             self.q.xsk = NULL
-        if self.umem != NULL:
+        self.q.fd = -1
+        if owner is not None:
+            owner.sharers -= 1
+            if owner.closed:
+                owner._delete_umem()
+        else:
+            self._delete_umem()
+        if self.pool is not None:
+            self.pool.nsockets -= 1
+            # The fill and TX frames of the pool's other sockets are not known apart from
+            # this one's: they all come back when the last socket is gone.
+            if self.pool.nsockets == 0:
+                self.pool.reclaim_kernel()
+
+    cdef void _delete_umem(self):
+        if self.umem != NULL and self.sharers == 0:
             xsk_umem__delete(self.umem)
             self.umem = NULL
-        self.q.fd = -1
-        if self.pool is not None:
-            self.pool.reclaim_kernel()
 
     def close(self):
         """Delete the socket and the UMEM registration (idempotent). Frames the kernel had
@@ -520,7 +592,8 @@ cdef class XskPort:
             d = xsk_ring_cons__rx_desc(&self.q.rx, idx + i)
             out[i].addr = d.addr
             out[i].len = d.len
-            self.pool.from_fill(d.addr)
+            if self.pool.from_fill(d.addr) == 0 and self.q.in_fill:
+                self.q.in_fill -= 1
         if n:
             xsk_ring_cons__release(&self.q.rx, n)
             self.q.rx_packets += n
@@ -590,7 +663,9 @@ cdef class XskPort:
         read) is capped at the fill ring size and at half the pool, so the other frames stay
         free for TX and for frames the stack holds: RX bursts can never starve
         alloc_frame(). Also never more than the ring size at once: libxdp's reserve fails
-        outright beyond that."""
+        outright beyond that. Sockets sharing the pool split that half evenly: frames on
+        an idle link's fill ring cannot be taken back, so a first come, first served split
+        could leave a busy link only its floor."""
         cdef uint32_t idx = 0, i, n, budget, avail
         cdef uint64_t addr = 0
         # An eighth of the pool is never given to receiving: the stack's own sends (and so
@@ -600,12 +675,16 @@ cdef class XskPort:
         # the rest of the pool, the ACKs that would free them could not arrive otherwise
         # (a frame that carries only an ACK comes back at once).
         cdef uint32_t floor = FILL_FLOOR if FILL_FLOOR < self.q.fill.size else self.q.fill.size
-        cdef uint32_t have = <uint32_t>self.pool.count[FRAME_FILL]
+        # (with one socket, the pool's count is this socket's, test hooks' frames included)
+        cdef uint32_t have = <uint32_t>self.pool.count[FRAME_FILL] if self.pool.nsockets <= 1 \
+            else self.q.in_fill
         # and never more than half the pool with what receive queues hold: the other half
         # is for sending, so an app that cannot send (and so does not read) never waits on
         # frames that only its reading would free
         cdef uint32_t cap = self.pool.frame_count // 2
         cap = cap - <uint32_t>self.pool.rx_held if cap > self.pool.rx_held else 0
+        if self.pool.nsockets > 1:
+            cap //= self.pool.nsockets
         if cap > self.q.fill.size:
             cap = self.q.fill.size
         if self.closed or have >= cap:
@@ -629,6 +708,7 @@ cdef class XskPort:
             self.pool.take_free(&addr)
             xsk_ring_prod__fill_addr(&self.q.fill, idx + i)[0] = addr
         xsk_ring_prod__submit(&self.q.fill, n)
+        self.q.in_fill += n
         if xsk_ring_prod__needs_wakeup(&self.q.fill):
             recvfrom(self.q.fd, NULL, 0, MSG_DONTWAIT, NULL, NULL)
             self.q.fill_wakeups += 1
@@ -824,7 +904,8 @@ cdef class XskPort:
         out = self.pool.stats()
         out.update(rx_packets=self.q.rx_packets, tx_packets=self.q.tx_packets,
                    tx_kicks=self.q.tx_kicks, fill_wakeups=self.q.fill_wakeups,
-                   tx_ring_full=self.q.tx_ring_full, app_dropped=self.rx_dropped_app)
+                   tx_ring_full=self.q.tx_ring_full, app_dropped=self.rx_dropped_app,
+                   socket_in_fill=self.q.in_fill)
         if not self.closed and getsockopt(self.q.fd, SOL_XDP, XDP_STATISTICS, &ks,
                                           &optlen) == 0:
             out.update(k_rx_dropped=ks.rx_dropped, k_rx_invalid=ks.rx_invalid_descs,

@@ -27,7 +27,7 @@ import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from vtlstack.stack import Stack, TcpAny, TcpListener, TcpSocket, resolve_neighbour
+from vtlstack.stack import Stack, TcpAny, TcpListener, TcpSocket
 
 __all__ = ["open_connection", "start_server", "create_connection", "create_server",
            "StackTransport", "StackServer"]
@@ -378,12 +378,12 @@ async def create_connection(stack: Stack, protocol_factory: Callable[[], asyncio
     create_connection(). Cancel it (asyncio.timeout / wait_for) to give up."""
     driver = _driver(stack)
     ip = await _resolve(host, port)
-    if ip not in stack._neigh:
-        # the kernel's routes and ARP, through pyroute2, which cannot run on a running
-        # loop (and may wait for an ARP answer): in a worker thread
-        mac = await driver.loop.run_in_executor(None, resolve_neighbour, ip, stack.iface)
+    if ip not in stack._routes:
+        # the interface, the kernel's routes and ARP, through pyroute2, which cannot run
+        # on a running loop (and may wait for an ARP answer): in a worker thread
+        index, mac = await driver.loop.run_in_executor(None, stack._locate, ip)
         with stack._lock:
-            stack._add_neighbour(ip, mac)
+            stack._add_neighbour(ip, mac, index)
     sock = stack.tcp_connect((ip, port), blocking=False)
     done: asyncio.Future[None] = driver.loop.create_future()
     try:

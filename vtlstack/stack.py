@@ -1,4 +1,4 @@
-"""The application's side of the stack: `Stack` owns the port and the network thread.
+"""The application's side of the stack: `Stack` owns the ports and the network thread.
 
 The application thread never touches protocol state: it asks the network thread for
 things (bind a port, send a datagram, return a frame) through the `to_net` channel and
@@ -20,7 +20,7 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from select import EPOLLERR, EPOLLHUP, EPOLLIN, EPOLLOUT, EPOLLRDHUP, POLLNVAL
 from typing import Any
 
@@ -49,8 +49,9 @@ EPHEMERAL_PORTS = range(61000, 65536)
 _ALWAYS = EPOLLERR | EPOLLHUP | POLLNVAL
 
 
-def _iface_addresses(ifname: str) -> tuple[bytes, str, int]:
-    """MAC, first IPv4 address and MTU of an interface in the current namespace (pyroute2)."""
+def _iface_addresses(ifname: str) -> tuple[bytes, str, int, int]:
+    """MAC, first IPv4 address, its prefix length and the MTU of an interface in the
+    current namespace (pyroute2)."""
     from pyroute2 import IPRoute
 
     with IPRoute() as ipr:
@@ -64,7 +65,8 @@ def _iface_addresses(ifname: str) -> tuple[bytes, str, int]:
         if not addrs:
             raise InterfaceError(f"interface {ifname!r} has no IPv4 address: the stack "
                                  "shares the interface's address, so give it one")
-        return mac, addrs[0].get_attr("IFA_ADDRESS"), link.get_attr("IFLA_MTU")
+        return (mac, addrs[0].get_attr("IFA_ADDRESS"), addrs[0]["prefixlen"],
+                link.get_attr("IFLA_MTU"))
 
 
 def _ip_to_net(ip: str) -> int:
@@ -77,7 +79,14 @@ def _ip_from_net(value: int) -> str:
 
 
 class Stack:
-    """A userspace transport stack on one interface (AF_XDP port + network thread).
+    """A userspace transport stack on one interface (AF_XDP port + network thread), or on
+    several: `Stack(["eth0", "eth1"])` drives one AF_XDP port per interface over one UMEM
+    (a frame received on one can be sent on another without a copy) from one network
+    thread, so connections on every interface live in one TCP engine. `ip`, `mac`,
+    `iface` are the first interface's; `ips`, `macs`, `ifaces` all of them. Listeners
+    take connections on every interface's address; `tcp_connect` goes out the interface
+    whose subnet holds the peer, else the one the kernel routes it through. UDP sockets
+    and the echo service are on the first interface only.
 
     Use as a context manager; `close()` detaches everything, also after an error.
     `busy_poll_us`: how long the idle network thread keeps polling before it sleeps in
@@ -88,20 +97,33 @@ class Stack:
     the application thread stays where the process was put.
     """
 
-    def __init__(self, iface: str, *, mode: str = "auto", queue: int = 0,
+    def __init__(self, iface: str | Sequence[str], *, mode: str = "auto", queue: int = 0,
                  frame_count: int = 4096, frame_size: int = 2048, batch: int = 64,
                  busy_poll_us: int = 0, max_conns: int = 1024,
                  tcp_options: dict[str, Any] | None = None,
                  net_cpu: int | None = None) -> None:
         require_root("vtlstack.Stack")
-        self.iface = iface
-        self.mac, self.ip, self.mtu = _iface_addresses(iface)
+        ifaces = (iface,) if isinstance(iface, str) else tuple(iface)
+        if not ifaces or len(set(ifaces)) != len(ifaces):
+            raise ValueError(f"interfaces {ifaces!r}: name one or more, each once")
+        self.ifaces = ifaces
+        self.iface = ifaces[0]
+        found = [_iface_addresses(name) for name in ifaces]
+        self.macs = tuple(mac for mac, *_ in found)
+        self.ips = tuple(ip for _, ip, *_ in found)
+        if len(set(self.ips)) != len(self.ips):
+            raise InterfaceError(f"interfaces {', '.join(ifaces)} share an address: the "
+                                 "stack picks the interface of a connection by its address")
+        # the subnets tcp_connect looks in first
+        self._networks = tuple(ipaddress.IPv4Interface(f"{ip}/{plen}").network
+                               for _, ip, plen, _ in found)
+        self.mac, self.ip, _, self.mtu = found[0]
         self._lock = threading.Lock()
         self._sockets: dict[int, UdpSocket] = {}
         self._tcp: dict[int, TcpSocket | TcpListener] = {}
         # TCP sockets that took a message since the last pump(): what an event loop checks
         self._touched: set[TcpSocket | TcpListener] = set()
-        self._results: deque[tuple[int, int, str, int]] = deque()
+        self._results: deque[tuple[int, int, str, int, str]] = deque()
         self._ports_in_use: set[int] = set()
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
@@ -113,25 +135,41 @@ class Stack:
         # non-blocking TCP sockets whose send found no free frame (see _frames_for)
         self._starved: set[TcpSocket] = set()
         self._wanted_at = -1.0
-        self._neigh: set[str] = set()
-        self._steering: Steering | None = None
-        self._port: XskPort | None = None
+        self._neigh: set[tuple[str, int]] = set()    # (ip, port index) the thread knows
+        self._routes: dict[str, int] = {}               # peer ip -> its port index
+        self._steerings: list[Steering] = []
+        self._steering: Steering | None = None          # the first interface's
+        self._ports: list[XskPort] = []
+        self._port: XskPort | None = None               # the first: its pool is all ports'
         self._net: _fastpath.NetThread | None = None
         self.final_stats: dict[str, Any] = {}
         self.app_parse_errors = 0   # record connections closed by parse_in="app" parsing
         self._stopped_net: _fastpath.NetThread | None = None
         try:
-            self._steering = Steering(iface, mode=mode)
-            # Active opens use these local ports: steered to us for the stack's lifetime,
-            # so a late segment of a closed connection never reaches the kernel (RST).
-            self._steering.own_range(socket.IPPROTO_TCP, EPHEMERAL_PORTS.start,
-                                     EPHEMERAL_PORTS.stop - 1)
-            self._port = XskPort(iface, queue_id=queue, frame_count=frame_count,
-                                 frame_size=frame_size, batch=batch, mode=mode,
-                                 xsks_map_fd=self._steering.xsks_map_fd)
+            for name in ifaces:
+                steering = Steering(name, mode=mode)
+                self._steerings.append(steering)
+                # Active opens use these local ports: steered to us for the stack's
+                # lifetime, so a late segment of a closed connection never reaches the
+                # kernel (RST).
+                steering.own_range(socket.IPPROTO_TCP, EPHEMERAL_PORTS.start,
+                                   EPHEMERAL_PORTS.stop - 1)
+            self._steering = self._steerings[0]
+            for name, steering in zip(ifaces, self._steerings, strict=True):
+                # Ports after the first join its UMEM. With several, fill rings are filled
+                # once all exist (by the network thread), so they split the budget evenly.
+                self._ports.append(XskPort(
+                    name, queue_id=queue, frame_count=frame_count, frame_size=frame_size,
+                    batch=batch, mode=mode, xsks_map_fd=steering.xsks_map_fd,
+                    share_umem=self._ports[0] if self._ports else None,
+                    fill=len(ifaces) == 1))
+                self._port = self._ports[0]
             self._net = _fastpath.NetThread(self._port, self.mac, _ip_to_net(self.ip),
                                             batch=batch, busy_poll_us=busy_poll_us,
                                             max_conns=max_conns, tcp_options=tcp_options)
+            for port, mac, ip in zip(self._ports[1:], self.macs[1:], self.ips[1:],
+                                     strict=True):
+                self._net.add_port(port, mac, _ip_to_net(ip))
             self.snd_buf = self._net.tcp.snd_buf
             self._net.start(net_cpu)
         except BaseException:
@@ -147,7 +185,7 @@ class Stack:
         self.close()
 
     def close(self) -> None:
-        """Stop the network thread, take back every frame, release the port, detach XDP.
+        """Stop the network thread, take back every frame, release the ports, detach XDP.
 
         Raises VtlError if a frame is unaccounted for (a leak is a bug, never silent);
         the last counters stay readable as `final_stats`.
@@ -166,6 +204,9 @@ class Stack:
                                 "net_cpu_seconds": cpu}
             if self._steering is not None:
                 self.final_stats["steering"] = self._steering.counters()
+                if len(self._steerings) > 1:
+                    self.final_stats["steerings"] = {
+                        st.ifname: st.counters() for st in self._steerings}
             self._net = None
         if self._port is not None:
             # The network thread is gone: the app side may hand its frames back directly,
@@ -195,14 +236,20 @@ class Stack:
                 self._port.check_frames(expect_idle=True)
             finally:
                 self.final_stats["port"] = self._port.stats()
-                self._port.close()
+                if len(self._ports) > 1:
+                    self.final_stats["ports"] = {p.ifname: p.stats() for p in self._ports}
+                # the first port's UMEM is the others' too: it goes last
+                for port in reversed(self._ports):
+                    port.close()
+                self._ports.clear()
                 self._port = None
             if exported:
                 raise VtlError(f"{exported} zero-copy set(s) were still read through "
                                "memoryviews when the stack closed: their memory is gone")
-        if self._steering is not None:
-            self._steering.close()
-            self._steering = None
+        for steering in self._steerings:
+            steering.close()
+        self._steerings.clear()
+        self._steering = None
 
     # ---- services --------------------------------------------------------------------
 
@@ -224,7 +271,7 @@ class Stack:
         return sock
 
     def tcp_listen(self, port: int, backlog: int = 128) -> TcpListener:
-        """A listening TCP socket on `port` of the interface's address."""
+        """A listening TCP socket on `port` of every interface's address."""
         if not 0 < port < 65536:
             raise OSError(errno.EINVAL, f"bad TCP port {port}")
         with self._lock:
@@ -234,7 +281,8 @@ class Stack:
             cid, *_ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
             if cid < 0:
                 if not steered:
-                    self._steering.disown(socket.IPPROTO_TCP, port)
+                    for steering in self._steerings:
+                        steering.disown(socket.IPPROTO_TCP, port)
                 raise OSError(errno.EADDRINUSE, f"cannot listen on TCP port {port}")
             listener = TcpListener(self, cid, port)
             self._tcp[cid] = listener
@@ -269,18 +317,23 @@ class Stack:
         `blocking=False`: return at once a non-blocking socket whose handshake is in
         progress (the SYN is out). It turns writable (EPOLLOUT) when connected; a failure
         shows as EPOLLERR and `sock.error` (an errno, like SO_ERROR). Only the next-hop
-        lookup may still wait (the kernel's ARP, at most 2 s, once per peer)."""
+        lookup may still wait (the kernel's ARP, at most 2 s, once per peer).
+
+        On several interfaces the connection goes out the one whose IPv4 subnet holds
+        `ip`, else the one the kernel routes `ip` through (to its gateway); ENETUNREACH
+        if none of the stack's interfaces reaches it."""
         ip, port = address
         ipaddress.IPv4Address(ip)
         with self._lock:
-            self._ensure_neighbour(ip)
+            index = self._ensure_neighbour(ip)
             lport = self._pick_port()
             cid, gen, *_ = self._request(_MSG.MSG_TCP_CONNECT, ip=_ip_to_net(ip), port=port,
-                                     lport=lport)
+                                         lport=lport, arg=_ip_to_net(self.ips[index]))
             if cid < 0:
                 self._release_port(lport)
                 raise OSError(errno.ENOBUFS, "no room for another TCP connection")
             conn = TcpSocket(self, cid, gen, (ip, port), lport)
+            conn.local_ip = self.ips[index]
             self._tcp[cid] = conn
         if not blocking:
             conn._timeout = 0.0
@@ -420,8 +473,10 @@ class Stack:
         self._ports_in_use.discard(port)
 
     def _own(self, port: int, proto: int = socket.IPPROTO_UDP) -> None:
+        """Steer the port to the stack: TCP on every interface, UDP on the first."""
         assert self._steering is not None
-        self._steering.own(proto, port)
+        for steering in self._steerings if proto == socket.IPPROTO_TCP else [self._steering]:
+            steering.own(proto, port)
 
     # ---- statistics ------------------------------------------------------------------
 
@@ -431,10 +486,15 @@ class Stack:
         if self._net is None:
             return self.final_stats
         assert self._port is not None and self._steering is not None
-        return {"net": self._net.stats(), "port": self._port.stats(),
-                "app_parse_errors": self.app_parse_errors,
-                "steering": self._steering.counters(), "tcp": self._net.tcp.counters(),
-                "net_cpu_seconds": self.net_thread_cpu_seconds()}
+        out = {"net": self._net.stats(), "port": self._port.stats(),
+               "app_parse_errors": self.app_parse_errors,
+               "steering": self._steering.counters(), "tcp": self._net.tcp.counters(),
+               "net_cpu_seconds": self.net_thread_cpu_seconds()}
+        if len(self._ports) > 1:
+            # "port" is the first port's rings and the pool they share; per interface:
+            out["ports"] = {p.ifname: p.stats() for p in self._ports}
+            out["steerings"] = {st.ifname: st.counters() for st in self._steerings}
+        return out
 
     def net_thread_cpu_seconds(self) -> float:
         """CPU time (user + system) the network thread has used so far."""
@@ -455,9 +515,9 @@ class Stack:
             time.sleep(0.0001)
 
     def _request(self, kind: int, timeout: float = 5.0,
-                 **fields: int) -> tuple[int, int, str, int]:
+                 **fields: int) -> tuple[int, int, str, int, str]:
         """Send a request that the network thread answers: (result, generation, and for
-        a connection the peer's ip and port)."""
+        a connection the peer's ip and port and our ip)."""
         self._send_ctl(kind, **fields)
         deadline = time.monotonic() + timeout
         while not self._results:
@@ -505,7 +565,7 @@ class Stack:
             elif kind == _MSG.MSG_TCP_RESULT:
                 result = msg[7]
                 self._results.append((result - (1 << 64) if result >> 63 else result, port,
-                                      _ip_from_net(ip), lport))
+                                      _ip_from_net(ip), lport, _ip_from_net(addr)))
                 # Stop here: what follows may be about the connection this result creates,
                 # so the caller must register it before those messages are dispatched.
                 return True
@@ -565,15 +625,38 @@ class Stack:
             return False
         raise BlockingIOError(errno.EAGAIN, "no free frame for sending yet")
 
-    def _ensure_neighbour(self, ip: str) -> None:
-        if ip not in self._neigh:
-            self._add_neighbour(ip, resolve_neighbour(ip, self.iface))
+    def _ensure_neighbour(self, ip: str, index: int | None = None) -> int:
+        """Make sure the network thread can send to `ip`: through the interface `index`,
+        or (None) the one `_locate` picks. Returns that interface's index."""
+        if index is None:
+            index = self._routes.get(ip)
+        if index is None or (ip, index) not in self._neigh:
+            index, mac = self._locate(ip, index)
+            self._add_neighbour(ip, mac, index)
+        return index
 
-    def _add_neighbour(self, ip: str, mac: bytes) -> None:
-        """Tell the network thread a peer's MAC (vtlstack.aio resolves it off the loop:
-        pyroute2 cannot run inside a running asyncio loop)."""
-        self._send_ctl(_MSG.MSG_NEIGH, ip=_ip_to_net(ip), arg=int.from_bytes(mac, "little"))
-        self._neigh.add(ip)
+    def _locate(self, ip: str, index: int | None = None) -> tuple[int, bytes]:
+        """(index of the interface that reaches ip, MAC to send to there), from the
+        stack's subnets and the kernel's routes and neighbours. Blocking (pyroute2,
+        ARP): vtlstack.aio runs it in a worker thread."""
+        if ip in self.ips:
+            raise OSError(errno.EADDRNOTAVAIL, f"{ip} is this stack's own address")
+        if index is not None:
+            return index, resolve_neighbour(ip, self.ifaces[index])
+        addr = ipaddress.IPv4Address(ip)
+        for index, net in enumerate(self._networks):
+            if addr in net:
+                return index, resolve_neighbour(ip, self.ifaces[index], hop=ip)
+        index, hop = route_via(ip, self.ifaces)
+        return index, resolve_neighbour(ip, self.ifaces[index], hop=hop)
+
+    def _add_neighbour(self, ip: str, mac: bytes, index: int = 0) -> None:
+        """Tell the network thread a peer's MAC on interface `index` (vtlstack.aio
+        resolves it off the loop: pyroute2 cannot run inside a running asyncio loop)."""
+        self._send_ctl(_MSG.MSG_NEIGH, ip=_ip_to_net(ip), arg=int.from_bytes(mac, "little"),
+                       lport=index)
+        self._neigh.add((ip, index))
+        self._routes.setdefault(ip, index)
 
 
 class UdpSocket:
@@ -610,7 +693,7 @@ class UdpSocket:
             raise OSError(errno.EMSGSIZE, f"datagram of {len(data)} bytes does not fit a frame")
         ipaddress.IPv4Address(ip)
         with stack._lock:
-            stack._ensure_neighbour(ip)
+            stack._ensure_neighbour(ip, 0)     # UDP is on the first interface only
             frame = stack._take_frame(timeout=5.0)
             stack._port.pool.write(frame + _fastpath.UDP_PAYLOAD_OFFSET, data)
             stack._send_ctl(_MSG.MSG_SEND, addr=frame, length=len(data), ip=_ip_to_net(ip),
@@ -734,8 +817,8 @@ class TcpListener(_TcpBase):
                     stack._pump(0)
                     if not self._events:
                         raise BlockingIOError(errno.EAGAIN, "no connection to accept")
-                cid, gen, peer_ip, peer_port = stack._request(_MSG.MSG_TCP_ACCEPT,
-                                                              sock=self.cid)
+                cid, gen, peer_ip, peer_port, local_ip = stack._request(
+                    _MSG.MSG_TCP_ACCEPT, sock=self.cid)
                 if cid >= 0:
                     # _events stays set: more may be queued (an extra request finds out)
                     if self._records is not None:
@@ -745,6 +828,7 @@ class TcpListener(_TcpBase):
                         conn = TcpSocket(stack, cid, gen, (peer_ip, peer_port), self.port,
                                          accepted=True)
                     conn._connected = True
+                    conn.local_ip = local_ip
                     stack._tcp[cid] = conn
                     if self._records is not None:
                         conn._attach()
@@ -766,7 +850,9 @@ class TcpListener(_TcpBase):
         return EPOLLIN if self._events else 0
 
     def getsockname(self) -> tuple[str, int]:
-        return self._stack.ip, self.port
+        # on several interfaces it listens on all their addresses, as INADDR_ANY would
+        stack = self._stack
+        return (stack.ip if len(stack.ips) == 1 else "0.0.0.0"), self.port
 
     def close(self) -> None:
         if self.closed:
@@ -797,6 +883,7 @@ class TcpSocket(_TcpBase):
         super().__init__(stack, cid, gen)
         self.peer = peer
         self.local_port = local_port
+        self.local_ip = stack.ip    # the address of the interface it is on
         self.accepted = accepted
         self._rx: deque[tuple[int, int]] = deque()
         # Consuming (the window reopens) goes in stream order: bytes up to the first chain
@@ -824,7 +911,7 @@ class TcpSocket(_TcpBase):
         return self.peer
 
     def getsockname(self) -> tuple[str, int]:
-        return self._stack.ip, self.local_port
+        return self.local_ip, self.local_port
 
     def _readiness(self) -> int:
         if self.closed:
@@ -1018,32 +1105,47 @@ class TcpSocket(_TcpBase):
 TcpAny = TcpSocket | TcpListener
 
 
-def next_hop(ip: str, ifname: str) -> str:
-    """The address to find on the link for `ip`: itself, or its gateway (kernel routes)."""
+def route_via(ip: str, ifnames: Sequence[str]) -> tuple[int, str]:
+    """(index in ifnames of the interface the kernel routes `ip` through, the address to
+    find on that link: `ip` itself or its gateway); ENETUNREACH if it routes `ip` through
+    none of them, or not at all."""
     from pyroute2 import IPRoute
 
+    names = ", ".join(ifnames)
     with IPRoute() as ipr:
         try:
             routes = ipr.route("get", dst=ip)
         except Exception as exc:  # pyroute2 raises NetlinkError: no route
-            raise OSError(errno.ENETUNREACH, f"no route to {ip}: {exc}") from None
+            raise OSError(errno.ENETUNREACH, f"no route to {ip} ({exc}), and no subnet of "
+                                             f"{names} holds it") from None
         route = routes[0]
         out_index = route.get_attr("RTA_OIF")
-        if out_index not in ipr.link_lookup(ifname=ifname):
-            raise OSError(errno.ENETUNREACH, f"the kernel routes {ip} through another "
-                                             f"interface than {ifname}")
-        return route.get_attr("RTA_GATEWAY") or ip
+        for index, name in enumerate(ifnames):
+            if out_index in ipr.link_lookup(ifname=name):
+                return index, route.get_attr("RTA_GATEWAY") or ip
+        links = ipr.get_links(out_index)
+        out = links[0].get_attr("IFLA_IFNAME") if links else f"interface #{out_index}"
+        raise OSError(errno.ENETUNREACH, f"the kernel routes {ip} through {out}, and the "
+                                         f"stack runs on {names} only")
 
 
-def resolve_neighbour(ip: str, ifname: str, timeout: float = 2.0) -> bytes:
-    """The MAC to send to for `ip` on the link, from the kernel's routes and neighbours.
+def next_hop(ip: str, ifname: str) -> str:
+    """The address to find on the link for `ip`: itself, or its gateway (kernel routes)."""
+    return route_via(ip, [ifname])[1]
+
+
+def resolve_neighbour(ip: str, ifname: str, timeout: float = 2.0,
+                      hop: str | None = None) -> bytes:
+    """The MAC to send to for `ip` on the link, from the kernel's routes and neighbours
+    (or for `hop`, the next hop the caller already knows).
 
     The kernel keeps doing ARP for the shared address; if it has no entry yet, a zero-length
     datagram from a kernel socket to the discard port makes it resolve one.
     """
     from pyroute2 import IPRoute
 
-    hop = next_hop(ip, ifname)
+    if hop is None:
+        hop = next_hop(ip, ifname)
     deadline = time.monotonic() + timeout
     kicked = False
     with IPRoute() as ipr:

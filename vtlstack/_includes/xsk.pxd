@@ -105,6 +105,10 @@ cdef extern from "<xdp/xsk.h>" nogil:
     int xsk_socket__create(xsk_socket **xsk, const char *ifname, uint32_t queue_id,
                            xsk_umem *umem, xsk_ring_cons *rx, xsk_ring_prod *tx,
                            const xsk_socket_config *config)
+    int xsk_socket__create_shared(xsk_socket **xsk, const char *ifname, uint32_t queue_id,
+                                  xsk_umem *umem, xsk_ring_cons *rx, xsk_ring_prod *tx,
+                                  xsk_ring_prod *fill, xsk_ring_cons *comp,
+                                  const xsk_socket_config *config)
     int xsk_socket__update_xskmap(xsk_socket *xsk, int xsks_map_fd)
     int xsk_umem__delete(xsk_umem *umem)
     void xsk_socket__delete(xsk_socket *xsk)
