@@ -255,12 +255,13 @@ class Pair:
                 self.end = "client_reset"
                 self.close()
                 return True
-            if self.upstream.error:
-                self._upstream_failed(self.upstream.error, now)
-            elif self.upstream.connected:
+            if self.upstream.connected:
+                # first, even if it failed since: what it sent before goes on
                 self._joined(stack)
                 if self.splice is not None:
                     return False
+            elif self.upstream.error:
+                self._upstream_failed(self.upstream.error, now)
             else:
                 return False
         moved = self.up.pump() + self.down.pump()
