@@ -6,7 +6,7 @@ closed. Two ways to join them:
 
 - `--mode forward`: the standard forward API. The application thread copies the bytes
   (recv on one connection, send on the other), for every connection from one loop driven
-  by `Stack.wait()`. Backpressure: a direction holds at most one read of CHUNK bytes; it
+  by `Stack.wait()`. Backpressure: a direction holds at most one read (64 KB); it
   reads again only once the other side has taken all of it, so a slow reader shrinks the
   window its sender sees instead of filling memory. A half-close goes through: EOF one
   way becomes SHUT_WR the other way, and the other direction goes on.
