@@ -19,6 +19,9 @@ stack's own TCP receive with no parser.
 
 `vtl bench tcp` (apps/bench_tcp.py) sets the stack's TCP against kernel TCP: bulk both ways,
 connections per second and request/response latency, with iperf3 as the ceiling.
+
+`vtl bench proxy` (apps/bench_proxy.py) sets `vtl proxy` against HAProxy and against no
+proxy on the middle host of a chain: requests/s with wrk and one large download with curl.
 """
 
 from __future__ import annotations
@@ -69,11 +72,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop.add_argument("seconds", type=float)
     loop.add_argument("batch", type=int)
     loop.set_defaults(func=run_port_loop)
-    from vtlstack.apps import bench_records, bench_tcp, vtlbench  # bench_tcp imports this
+    from vtlstack.apps import (  # bench_tcp imports this
+        bench_proxy,
+        bench_records,
+        bench_tcp,
+        vtlbench,
+    )
 
     bench_tcp.register(which)
     vtlbench.register(which)
     bench_records.register(which)
+    bench_proxy.register(which)
 
 
 # ---- the C reference -------------------------------------------------------------------

@@ -5,7 +5,6 @@ same file chunked through sub_filter, a 404), a small raw HTTP server for the co
 The stack runs in the "server" namespace, the peers in "client". One testbed and one set
 of servers serve the whole module. Every run must end with every frame back in the pool."""
 
-import hashlib
 import json
 import random
 import subprocess
@@ -13,7 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from _peers import sha256_file
 from vtlstack.apps._common import vtl_argv
+from vtlstack.apps._peers import start_nginx
 
 from vtlstack.testbed import Testbed
 
@@ -24,53 +25,14 @@ RAW_PORT = 8081
 SINK_PORT = 5002
 BIG = 20_000_000
 
-NGINX_CONF = """
-daemon off;
-master_process off;
-worker_processes 1;
-pid {d}/nginx.pid;
-error_log {d}/error.log warn;
-events {{ worker_connections 64; }}
-http {{
-    access_log {d}/access.log;
-    client_body_temp_path {d}/t/body;
-    proxy_temp_path {d}/t/proxy;
-    fastcgi_temp_path {d}/t/fastcgi;
-    uwsgi_temp_path {d}/t/uwsgi;
-    scgi_temp_path {d}/t/scgi;
-    default_type application/octet-stream;
-    server {{
-        listen {ip}:{port};
-        root {d}/www;
-        # A filter that changes nothing but makes the length unknown up front: nginx
-        # then sends the file with chunked transfer coding.
+# A filter that changes nothing but makes the length unknown up front: nginx then sends
+# the file with chunked transfer coding.
+CHUNKED_LOCATION = """
         location /chunked/ {{
             alias {d}/www/;
             sub_filter_types *;
             sub_filter "vtl-fetch-no-such-text" "";
-        }}
-    }}
-}}
-"""
-
-# Waits until ip:port accepts a connection (bounded), or the server process is gone.
-WAIT_LISTEN = r"""
-import os, socket, sys, time
-ip, port, pid = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-deadline = time.monotonic() + 10
-while time.monotonic() < deadline:
-    try:
-        socket.create_connection((ip, port), timeout=1).close()
-        sys.exit(0)
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        sys.exit("the server exited")
-    time.sleep(0.01)  # polling interval of the connect loop
-sys.exit("the server is not listening")
-"""
+        }}"""
 
 # Answers each GET by its path with canned bytes, then closes. The chunked body comes from
 # a file, cut into irregular chunks, some with extensions, ended by trailers.
@@ -124,14 +86,6 @@ def assert_clean(stats: dict) -> None:
     assert stats["net"]["tx_no_neigh"] == 0
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def stop(proc: subprocess.Popen) -> None:
     if proc.poll() is None:
         proc.kill()
@@ -161,21 +115,11 @@ class Peers:
         log = (self.dir / "access.log").read_text().splitlines()
         return any(request in line and line.endswith('"vtl-fetch"') for line in log)
 
-    def wait_listen(self, port: int, server: subprocess.Popen) -> None:
-        probe = self.tb.exec("client", [sys.executable, "-c", WAIT_LISTEN, self.ip, str(port),
-                                        str(server.pid)],
-                             capture_output=True, text=True, timeout=30)
-        if probe.returncode != 0:
-            log = self.dir / "error.log"
-            pytest.fail(f"{probe.stderr.strip()}; nginx's error log: "
-                        f"{log.read_text() if log.exists() else '(none)'}")
-
 
 @pytest.fixture(scope="module")
 def peers(tmp_path_factory):
     d = tmp_path_factory.mktemp("fetch")
     (d / "www").mkdir()
-    (d / "t").mkdir()
     rng = random.Random(7)
     (d / "www" / "big.bin").write_bytes(rng.randbytes(BIG))
     (d / "small.bin").write_bytes(rng.randbytes(300_000))
@@ -183,11 +127,8 @@ def peers(tmp_path_factory):
     with Testbed.up(topology="pair") as tb:
         p = Peers(tb, d)
         try:
-            (d / "nginx.conf").write_text(NGINX_CONF.format(d=d, ip=p.ip, port=NGINX_PORT))
-            nginx = tb.popen("client", ["/usr/sbin/nginx", "-p", str(d), "-c",
-                                        str(d / "nginx.conf"), "-e", str(d / "error.log")],
-                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            servers.append(nginx)
+            servers.append(start_nginx(tb, "client", d, p.ip, NGINX_PORT, access_log=True,
+                                       extra=CHUNKED_LOCATION.format(d=d)))
             raw = tb.popen("client", [sys.executable, "-c", RAW_SERVER, p.ip, str(RAW_PORT),
                                       str(p.small)],
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -195,7 +136,6 @@ def peers(tmp_path_factory):
             if raw.stdout.readline().strip() != "up":
                 stop(raw)
                 pytest.fail(f"the raw HTTP server did not start: {raw.stderr.read()}")
-            p.wait_listen(NGINX_PORT, nginx)
             yield p
         finally:
             for proc in servers:

@@ -9,7 +9,7 @@ import sys
 from vtlstack.errors import VtlError
 
 # Each module has register(subparsers) that adds its subcommand and sets `func`.
-_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "bench",
+_APPS = ("demo", "testbed", "echo", "udpload", "sink", "source", "fetch", "proxy", "bench",
          "vtlsend", "vtlrecv", "grafts")
 
 

@@ -499,6 +499,10 @@ class Stack:
     def net_thread_cpu_seconds(self) -> float:
         """CPU time (user + system) the network thread has used so far."""
         assert self._net is not None
+        if not self._net.tid:
+            # the thread learns its id as its loop starts: a Stack closed right after it
+            # was made (a bad argument found then) may get here first
+            return 0.0
         with open(f"/proc/self/task/{self._net.tid}/stat") as f:
             fields = f.read().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
