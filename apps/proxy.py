@@ -10,8 +10,19 @@ closed. Two ways to join them:
   reads again only once the other side has taken all of it, so a slow reader shrinks the
   window its sender sees instead of filling memory. A half-close goes through: EOF one
   way becomes SHUT_WR the other way, and the other direction goes on.
-- `--mode splice`: the network thread joins the two connections (`Stack.splice()`) and
-  re-sends the received frames without copying them. The default when the stack has it.
+- `--mode splice` (the default): the network thread joins the two connections
+  (`Stack.splice()`) and re-sends the received frames without copying them.
+
+`--inspect http` (splice mode): requests and responses are parsed in the network thread
+from the spliced frames. --access-log then has one line per exchange (time, client,
+method, target, status, bytes each way, duration) and the counters count requests,
+status classes and parse errors. A malformed or smuggling-ambiguous request gets a 400
+and its connection closes; the upstream never sees it. An upstream that refuses, or fails
+before it answers, gives the client a 502.
+
+With two --iface the proxy sits between two links (the middle host of a chain): clients
+come in on one, the upstream is reached through the other (the stack picks the interface
+whose subnet, or route, reaches it).
 
 A `listening` JSON line comes first, once the port is open, and a `stopping` line when
 SIGTERM has closed it. Counters (connections, bytes each way, upstream errors...) come as
@@ -28,7 +39,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import inspect
 import ipaddress
 import json
 import signal
@@ -47,12 +57,15 @@ if TYPE_CHECKING:  # the stack's import needs the compiled extensions: only when
     from vtlstack.stack import Stack, TcpListener, TcpSocket
 
 CHUNK = 1 << 16         # one read of a direction: the most it holds between its two sides
-_TICK_S = 0.2           # longest wait between looks at signals, timers and splices
-_SPLICE_TICK_S = 0.05   # the same while splices run: their end is seen by looking
+_TICK_S = 0.2           # longest wait between looks at signals and timers
+_LOG_TICK_S = 0.02      # the same with --inspect: an inspected splice keeps its last 256
+                        # exchanges for the log (about 0.1 s of 2 KB responses)
 _EXPIRE_S = 0.1         # how often the idle and drain timers of every pair are looked at
 DRAIN_S = 5.0           # after an upstream failure: how long the client may go on sending
                         # (dropped) before its connection is closed anyway
 MODES = ("splice", "forward")
+BAD_GATEWAY = (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\nConnection: close\r\n"
+               b"\r\nBad Gateway")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -65,12 +78,17 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where clients connect: an address of the interfaces (or 0.0.0.0)")
     p.add_argument("--upstream", required=True, type=address, metavar="IP:PORT",
                    help="the server each client connection is joined to")
-    p.add_argument("--mode", choices=MODES, default=None,
-                   help="splice (in the network thread, no copy) or forward (copied through "
-                        "the application); default: splice when the stack has it")
+    p.add_argument("--mode", choices=MODES, default="splice",
+                   help="splice (in the network thread, no copy; the default) or forward "
+                        "(copied through the application)")
+    p.add_argument("--inspect", choices=("http",), default=None,
+                   help="parse HTTP/1.1 in the network thread (splice mode): an access log "
+                        "line per exchange, 400 for malformed requests, 502 for a failed "
+                        "upstream")
     p.add_argument("--access-log", metavar="FILE|-", default=None,
                    help="one JSON line per connection (time, client, upstream, bytes each "
-                        "way, duration) to FILE, or to stdout with -")
+                        "way, duration), or per exchange with --inspect, to FILE, or to "
+                        "stdout with -")
     p.add_argument("--max-conns", type=_positive(int), default=256,
                    help="client connections at once; beyond, new ones are closed at once "
                         "(default 256)")
@@ -87,7 +105,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--net-cpu", type=int, default=None,
                    help="pin the network thread to this CPU (default: not pinned)")
     # Named by issue 6, not built yet: accepted so the error can say so.
-    p.add_argument("--inspect", default=None, help="(not built yet)")
     p.add_argument("--transparent", action="store_true", help="(not built yet)")
     p.set_defaults(func=run)
 
@@ -120,23 +137,6 @@ def _positive(kind: type) -> Callable[[str], Any]:
     return parse
 
 
-def two_interfaces_supported() -> bool:
-    """Whether this build's Stack drives several interfaces (`Stack([IF, IF2])`).
-
-    Read off the annotation of Stack's first parameter: `str` alone is the one-interface
-    Stack. A proxy between two links (the middle host of a chain) needs the other.
-    """
-    from vtlstack.stack import Stack
-
-    first = list(inspect.signature(Stack.__init__).parameters.values())[1]
-    return str(first.annotation) != "str"
-
-
-def splice_supported() -> bool:
-    """Whether this build's Stack joins connections in the network thread."""
-    from vtlstack.stack import Stack
-
-    return hasattr(Stack, "splice")
 
 
 # ---- one client connection and its upstream connection -------------------------------
@@ -207,6 +207,8 @@ class Direction:
 class Pair:
     """A client connection and its upstream connection, from accept to both closed."""
 
+    inspected = False           # its exchanges are logged (InspectedPair)
+
     def __init__(self, client: TcpSocket, upstream: TcpSocket | None, now: float,
                  failed: int = 0) -> None:
         self.client, self.upstream = client, upstream
@@ -234,7 +236,8 @@ class Pair:
         its errors show; once joined, a failed socket whose bytes are all read is left out
         (it would report its error on every pass, and its end is known)."""
         if self.splice is not None:
-            return {}               # the network thread has both
+            # the network thread has both: they show EPOLLHUP when the splice has ended
+            return dict.fromkeys(self.sockets(), 0)
         mine = dict.fromkeys(self.sockets(), 0)
         if not self.connected:
             mine[self.upstream] = EPOLLOUT      # connected, or its error
@@ -340,8 +343,28 @@ class SplicedPair(Pair):
     the upstream refuses) it is a forward pair; after `splice()` the app does not touch
     either socket: the splice closes them."""
 
+    inspect: str | None = None
+
     def _joined(self, stack: Stack) -> None:
-        self.splice = stack.splice(self.client, self.upstream)
+        try:
+            self.splice = stack.splice(self.client, self.upstream, inspect=self.inspect)
+        except OSError as exc:
+            # one side failed between its last event and the splice: forward what is there
+            self.end = f"splice_{errno.errorcode.get(exc.errno or 0, 'failed').lower()}"
+            super()._joined(stack)
+
+
+class InspectedPair(SplicedPair):
+    """A spliced pair whose HTTP exchanges the network thread parses and logs. An
+    upstream that cannot be reached gives the client a 502."""
+
+    inspect = "http"
+    inspected = True
+
+    def _upstream_failed(self, err: int, now: float) -> None:
+        super()._upstream_failed(err, now)
+        if self.splice is None and self.down.pending is None and not self.down.shut:
+            self.down.pending = memoryview(BAD_GATEWAY)
 
 
 # ---- the service -----------------------------------------------------------------------
@@ -351,13 +374,29 @@ class Counters:
 
     FIELDS = ("connections", "active", "peak_active", "rejected", "upstream_errors",
               "client_errors", "idle_closed", "stop_closed", "bytes_up", "bytes_down")
+    # --inspect http: summed over the splices that ended
+    HTTP = ("requests", "responses", "parse_errors", "rejected", "bad_gateway",
+            "log_dropped")
 
-    def __init__(self) -> None:
+    def __init__(self, inspect: bool) -> None:
         for name in self.FIELDS:
             setattr(self, name, 0)
+        self.http: dict[str, Any] | None = None
+        if inspect:
+            self.http = dict.fromkeys(self.HTTP, 0)
+            self.http["status"] = {f"{k}xx": 0 for k in range(1, 6)}
 
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in self.FIELDS}
+    def add_http(self, into: dict[str, Any], counters: dict[str, Any]) -> None:
+        for name in self.HTTP:
+            into[name] += counters[name]
+        for name, n in counters["status"].items():
+            into["status"][name] += n
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: getattr(self, name) for name in self.FIELDS}
+        if self.http is not None:
+            out["http"] = {**self.http, "status": dict(self.http["status"])}
+        return out
 
 
 class AccessLog:
@@ -372,8 +411,32 @@ class AccessLog:
             except OSError as exc:
                 raise VtlError(f"cannot open the access log: {exc}") from None
 
-    def write(self, pair: Pair, upstream: tuple[str, int], now: float) -> None:
+    def exchange(self, pair: Pair, x: dict[str, Any]) -> None:
+        """One line per HTTP exchange an inspected splice logged."""
         if not self._on:
+            return
+        client_ip, client_port = pair.client.getpeername()
+        # the exchange's clock is the monotonic one: its wall time from the pair's start
+        wall = pair.wall + (x["start_ns"] / 1e9 - pair.start)
+        line = {"event": "access",
+                "time": datetime.fromtimestamp(wall, UTC).isoformat(timespec="milliseconds"),
+                "client": f"{client_ip}:{client_port}",
+                "method": x["method"].decode("latin-1"),
+                "target": x["target"].decode("latin-1"),
+                "status": x["status"] or None,
+                "bytes_up": x["request_bytes"], "bytes_down": x["response_bytes"],
+                "duration_s": round((x["end_ns"] - x["start_ns"]) / 1e9, 6)
+                if x["end_ns"] else None}
+        self._line(line)
+
+    def _line(self, line: dict[str, Any]) -> None:
+        if self._file is None:
+            emit(line)
+        else:
+            self._file.write(json.dumps(line, sort_keys=True) + "\n")
+
+    def write(self, pair: Pair, upstream: tuple[str, int], now: float) -> None:
+        if not self._on or pair.inspected:
             return
         up, down = pair.byte_counts()
         client_ip, client_port = pair.client.getpeername()
@@ -384,10 +447,7 @@ class AccessLog:
                 "upstream": f"{upstream[0]}:{upstream[1]}",
                 "bytes_up": up, "bytes_down": down,
                 "duration_s": round(now - pair.start, 4), "end": pair.end}
-        if self._file is None:
-            emit(line)
-        else:
-            self._file.write(json.dumps(line, sort_keys=True) + "\n")
+        self._line(line)
 
     def close(self) -> None:
         if self._file is not None:
@@ -400,8 +460,11 @@ class Proxy:
     def __init__(self, stack: Stack, listener: TcpListener, args: argparse.Namespace,
                  mode: str, log: AccessLog) -> None:
         self.stack, self.listener, self.args, self.log = stack, listener, args, log
-        self.pair_type = SplicedPair if mode == "splice" else Pair
-        self.counters = Counters()
+        self.pair_type: type[Pair] = Pair
+        if mode == "splice":
+            self.pair_type = InspectedPair if args.inspect else SplicedPair
+        self.counters = Counters(bool(args.inspect))
+        self.tick = _LOG_TICK_S if args.inspect else _TICK_S
         self.pairs: set[Pair] = set()
         self.owner: dict[Any, Pair] = {}
         # what Stack.wait() is asked for: kept from pass to pass, each pair's part renewed
@@ -425,13 +488,14 @@ class Proxy:
                     break
                 if report():
                     emit({"event": "counters", **self.snapshot()})
-                tick = _SPLICE_TICK_S if any(p.splice for p in self.pairs) else _TICK_S
-                ready = self.stack.wait(self.interest, timeout=tick)
+                ready = self.stack.wait(self.interest, timeout=self.tick)
                 now = time.monotonic()
+                if self.args.inspect:
+                    for pair in self.pairs:
+                        self._log_exchanges(pair)
                 moved = {self.owner[s] for s, _ in ready if s is not self.listener}
                 if any(s is self.listener for s, _ in ready):
                     moved |= self._accept_all(now)
-                moved |= {p for p in self.pairs if p.splice is not None}
                 for pair in moved:
                     if pair.advance(now, self.stack):
                         self._ended(pair, now)
@@ -454,13 +518,15 @@ class Proxy:
         wanted = self.wanted[pair] = pair.want()
         self.interest.update(wanted)
 
-    def snapshot(self) -> dict[str, int]:
-        """The counters, with the bytes of the connections still open."""
+    def snapshot(self) -> dict[str, Any]:
+        """The counters, with those of the connections still open."""
         now = self.counters.as_dict()
         for pair in self.pairs:
             up, down = pair.byte_counts()
             now["bytes_up"] += up
             now["bytes_down"] += down
+            if "http" in now and pair.splice is not None:
+                self.counters.add_http(now["http"], pair.splice.counters()["http"])
         return now
 
     def _accept_all(self, now: float) -> set[Pair]:
@@ -497,9 +563,17 @@ class Proxy:
                 pair.close()
                 self._ended(pair, now)
 
+    def _log_exchanges(self, pair: Pair) -> None:
+        if pair.inspected and pair.splice is not None:
+            for x in pair.splice.exchanges():
+                self.log.exchange(pair, x)
+
     def _ended(self, pair: Pair, now: float) -> None:
         if pair not in self.pairs:
             return
+        self._log_exchanges(pair)
+        if pair.inspected and pair.splice is not None:
+            self.counters.add_http(self.counters.http, pair.splice.counters()["http"])
         self.pairs.discard(pair)
         for sock in self.wanted.pop(pair, ()):
             del self.interest[sock]
@@ -518,19 +592,14 @@ class Proxy:
 
 
 def run(args: argparse.Namespace) -> int:
-    for flag, value in (("--inspect", args.inspect), ("--transparent", args.transparent)):
-        if value:
-            raise VtlError(f"{flag} is not built yet (issue 6): this proxy joins bytes "
-                           "without looking at them, in reverse mode only")
+    if args.transparent:
+        raise VtlError("--transparent is not built yet (issue 6): this proxy runs in "
+                       "reverse mode only")
     from vtlstack.stack import Stack
 
-    mode = args.mode or ("splice" if splice_supported() else "forward")
-    if mode == "splice" and not splice_supported():
-        raise VtlError("--mode splice needs Stack.splice(), which this build does not have "
-                       "yet: use --mode forward")
-    if len(args.iface) > 1 and not two_interfaces_supported():
-        raise VtlError("this build's Stack drives one interface: a proxy on two (--iface "
-                       "twice) needs the two-interface Stack")
+    mode = args.mode
+    if args.inspect and mode != "splice":
+        raise VtlError("--inspect parses in the network thread: it needs --mode splice")
     if len(set(args.iface)) != len(args.iface):
         raise VtlError("the same --iface is named twice")
     log = AccessLog(args.access_log)
@@ -549,14 +618,15 @@ def run(args: argparse.Namespace) -> int:
     try:
         with stack, RunUntil(None) as running:
             ip, port = args.listen
-            ours = getattr(stack, "ips", None) or [stack.ip]
+            ours = stack.ips
             if ip != "0.0.0.0" and ip not in ours:
                 raise VtlError(f"--listen {ip}: the stack listens on its interfaces' "
                                f"addresses ({', '.join(ours)}) or 0.0.0.0")
             listener = stack.tcp_listen(port)
             proxy = Proxy(stack, listener, args, mode, log)
             emit({"event": "listening", "ip": ip, "port": port, "ifaces": args.iface,
-                  "upstream": f"{args.upstream[0]}:{args.upstream[1]}", "mode": mode})
+                  "upstream": f"{args.upstream[0]}:{args.upstream[1]}", "mode": mode,
+                  "inspect": args.inspect})
             proxy.run(running, report)
             listener.close()
     finally:

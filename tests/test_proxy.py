@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from _peers import sha256_file
+from _peers import ProxyBed, kill_left, sha256_file
 from vtlstack.apps._common import json_line, vtl_argv
 from vtlstack.apps._peers import start_nginx, wait_listening
 
@@ -140,33 +140,23 @@ def assert_clean(stats: dict) -> None:
     assert stats["active"] == 0
 
 
-class Bed:
+class Bed(ProxyBed):
     """The testbed, the upstream servers on its client host, and the files they serve."""
 
     def __init__(self, tb: Testbed, d: Path) -> None:
-        self.tb, self.dir = tb, d
         self.a = tb.host("client").iface     # clients and upstreams
         self.b = tb.host("server").iface     # the proxy
+        super().__init__(tb, "server", self.b.ip, PROXY_PORT, timeout=120)
+        self.dir = d
         self.big = d / "www" / "big.bin"
-        self.started: list[subprocess.Popen] = []
 
     def proxy(self, *extra: str, upstream_port: int = NGINX_PORT) -> subprocess.Popen:
         """`vtl proxy` on host b, once it said it listens."""
-        proc = self.tb.popen("server", vtl_argv(
+        proc, line = self.start_proxy(vtl_argv(
             "proxy", "--iface", self.b.name, "--listen", f"{self.b.ip}:{PROXY_PORT}",
-            "--upstream", f"{self.a.ip}:{upstream_port}", "--mode", "forward", *extra),
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        self.started.append(proc)
-        line = json_line(proc, 30, "vtl proxy")
-        assert line["event"] == "listening" and line["mode"] == "forward", line
+            "--upstream", f"{self.a.ip}:{upstream_port}", "--mode", "forward", *extra))
+        assert line["mode"] == "forward", line
         return proc
-
-    def url(self, path: str) -> str:
-        return f"http://{self.b.ip}:{PROXY_PORT}{path}"
-
-    def client(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
-        kw.setdefault("timeout", 120)
-        return self.tb.exec("client", argv, capture_output=True, text=True, **kw)
 
 
 def finish(proc: subprocess.Popen, term: bool = True) -> tuple[list[dict], str]:
@@ -203,12 +193,7 @@ def _no_proxy_left(request):
     """A failed test leaves no proxy behind: it would hold the interface for the next."""
     yield
     if "bed" in request.fixturenames:
-        bed = request.getfixturevalue("bed")
-        for proc in bed.started:
-            if proc.poll() is None:
-                proc.kill()
-                proc.communicate(timeout=30)
-        bed.started.clear()
+        kill_left(request.getfixturevalue("bed").started)
 
 
 def test_download_and_upload_100mb(bed, tmp_path):
@@ -377,7 +362,9 @@ def test_listen_on_an_address_not_ours(bed):
     (["--listen", "nowhere"], 2, "argument --listen: 'nowhere' is not IPv4:PORT"),
     (["--listen", "10.0.0.1:70000"], 2, "argument --listen: '10.0.0.1:70000' is not IPv4:PORT"),
     (["--max-conns", "0"], 2, "argument --max-conns: '0' is not a positive number"),
-    (["--inspect", "http"], 1, "vtl proxy: error: --inspect is not built yet"),
+    (["--inspect", "http", "--mode", "forward"], 1,
+     "vtl proxy: error: --inspect parses in the network thread: it needs --mode splice"),
+    (["--inspect", "smtp"], 2, "argument --inspect: invalid choice: 'smtp'"),
     (["--transparent"], 1, "vtl proxy: error: --transparent is not built yet"),
 ])
 def test_cli_errors_are_clear(args, code, says):

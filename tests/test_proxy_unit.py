@@ -135,8 +135,8 @@ class FakeStack:
     def __init__(self) -> None:
         self.spliced: list[tuple] = []
 
-    def splice(self, a: FakeSocket, b: FakeSocket) -> FakeSplice:
-        self.spliced.append((a, b))
+    def splice(self, a: FakeSocket, b: FakeSocket, inspect: str | None = None) -> FakeSplice:
+        self.spliced.append((a, b, inspect))
         return FakeSplice()
 
 
@@ -149,9 +149,10 @@ def test_spliced_pair_hands_both_sockets_to_the_stack_once_connected():
     assert stack.spliced == []
     upstream.connected = True
     assert not pair.advance(1.0, stack)
-    assert stack.spliced == [(client, upstream)]
-    # the app reads nothing once spliced: the early bytes are the splice's
-    assert client.incoming == b"early bytes" and pair.want() == {}
+    assert stack.spliced == [(client, upstream, None)]
+    # the app reads nothing once spliced: the early bytes are the splice's; it only
+    # waits for the sockets' EPOLLHUP, the splice's end
+    assert client.incoming == b"early bytes" and pair.want() == {client: 0, upstream: 0}
     pair.splice.moved = (11, 5000)
     assert pair.idle_for(2.0) == 0 and pair.idle_for(3.0) == 1.0
     assert pair.byte_counts() == (11, 5000)

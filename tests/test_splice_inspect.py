@@ -102,11 +102,13 @@ class Bed:
         assert proc.returncode == 0, err
         return [json.loads(line) for line in out.splitlines()]
 
-    def raw(self, payload: bytes) -> bytes:
-        """Send payload from the client host on one connection, shut down, read all."""
+    def raw(self, payload: bytes, shut: bool = False) -> bytes:
+        """Send payload from the client host on one connection (then a FIN, with shut),
+        read until the other side closes."""
         script = ("import socket, sys\n"
                   f"s = socket.create_connection(({self.server.ip!r}, {PORT}), timeout=30)\n"
                   f"s.sendall({payload!r})\n"
+                  + ("s.shutdown(socket.SHUT_WR)\n" if shut else "") +
                   "out = b''\n"
                   "while b := s.recv(65536):\n"
                   "    out += b\n"
@@ -215,3 +217,10 @@ def test_a_large_response_streams_through_the_inspector(bed):
     (x,) = res["exchanges"]
     assert x["status"] == 200 and x["response_bytes"] > size
     assert res["counters"]["bytes_ba"] == x["response_bytes"]
+
+
+def test_a_client_that_sends_nothing_ends_its_splice(bed):
+    proc = bed.splicer(1)
+    assert bed.raw(b"", shut=True) == b""
+    (res,) = bed.results(proc)
+    assert res["exchanges"] == [] and res["counters"]["http"]["requests"] == 0

@@ -143,6 +143,11 @@ def build_udp_frame(bytes dst_mac not None, bytes src_mac not None, uint32_t src
     return bytes(buf)
 
 
+cdef inline bint fin_received(uint8_t st) noexcept nogil:
+    """Has the peer's FIN arrived (in order) in this state?"""
+    return st == ST_CLOSE_WAIT or st == ST_CLOSING or st == ST_LAST_ACK or st == ST_TIME_WAIT
+
+
 cdef inline uint32_t hint_slot(uint32_t ip) noexcept nogil:
     return (ip * 2654435761u) >> (32 - HINT_BITS)
 
@@ -959,7 +964,10 @@ cdef class NetThread:
                 cid = a if k == VI_REQ else b
                 c = &self.tcp.conns[cid]
                 blk.side[k].cid = cid
-                blk.side[k].seq0 = c.rq[c.rq_head].seq if c.rq_n else c.rcv_nxt
+                # the first unread byte: the queue's head, else the next to come (a FIN
+                # received took a sequence number of its own)
+                blk.side[k].seq0 = c.rq[c.rq_head].seq if c.rq_n else \
+                    c.rcv_nxt - (1 if fin_received(c.state) else 0)
                 blk.side[k].off0 = 0
                 c.splice_gated = 1
                 c.splice_gate = blk.side[k].seq0
@@ -1197,8 +1205,7 @@ cdef class NetThread:
             rc = vr_parse(r, self.port.frame_ptr(frags[i].addr), frags[i].len, off)
             if rc != VR_DONE:
                 break
-        fin = c.state == ST_CLOSE_WAIT or c.state == ST_CLOSING or c.state == ST_LAST_ACK \
-            or c.state == ST_TIME_WAIT
+        fin = fin_received(c.state)
         # where the stream received so far ends (the FIN takes a sequence number)
         end = s.off0 + <uint32_t>(c.rcv_nxt - (1 if fin else 0) - s.seq0)
         if rc == VR_DONE and fin and r.parsed == end and r.status == VR_OPEN:
