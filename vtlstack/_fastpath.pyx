@@ -716,8 +716,10 @@ cdef class NetThread:
             if self.insp[cid] != NULL and self.tcp.conns[cid].splice == NO_CONN:
                 self.inspect_end(self.insp[cid])
         if self.tcp.conns[cid].splice != NO_CONN:
-            data = 0    # its bytes go to the other connection, not to the app
-            mask &= ~(<uint32_t>EV_READABLE)
+            # its bytes go to the other connection, not to the app, which only waits for
+            # the end: waking it for every ACK (EV_WRITABLE) would cost a wakeup a segment
+            data = 0
+            mask &= EV_SPLICE_DONE | EV_RESET | EV_TIMEOUT | EV_CLOSED
         mask |= self.ev_held[cid]
         self.ev_held[cid] = 0
         if data and not self.tcp_deliver(cid):
