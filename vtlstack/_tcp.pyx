@@ -2187,9 +2187,10 @@ cdef class TcpEngine:
     cdef int c_splice(self, int32_t a, int32_t b, uint64_t now) noexcept nogil:
         """Join a and b, both ways: the bytes each receives (those not consumed yet
         included) go out on the other, a FIN follows its bytes, and a reset or a timeout of
-        one resets the other. EV_SPLICE_DONE is reported on both once both have ended
-        (CLOSED or TIME-WAIT). Returns 0, or -1 if either is not an open connection the
-        app holds, or is spliced already."""
+        one resets the other (with splice_soft, which an inspector sets, the pair comes
+        apart instead). EV_SPLICE_DONE is reported on both once both have ended (CLOSED or
+        TIME-WAIT), or when they come apart. Returns 0, or -1 if either is not an open
+        connection the app holds, or is spliced already."""
         cdef tcp_conn *ca
         cdef tcp_conn *cb
         if a == b or a < 0 or b < 0 or <uint32_t>a >= self.max_conns or \
@@ -2373,9 +2374,10 @@ cdef class TcpEngine:
         front of the payload: a received frame whose segment starts where its payload did
         (so only headers are in front of it, see zc_off), held by its send queue and this
         segment only (not on the TX ring, not waiting there in a batch, not read by the app
-        or a second fragment), with `hroom` bytes more for the link header. Writes the IPv4 and TCP headers there and
-        returns the packet's length, *ip_addr its UMEM address; the segment's reference on
-        the frame passes to the caller. 0 otherwise: then pop_out() copies it."""
+        or a second fragment), with `hroom` bytes more for the link header. Writes the IPv4
+        and TCP headers there and returns the packet's length, *ip_addr its UMEM address;
+        the segment's reference on the frame passes to the caller. 0 otherwise: then
+        pop_out() copies it."""
         cdef tcp_seg_out *s
         cdef uint32_t idx, off, hlen
         cdef uint8_t *ip
