@@ -96,15 +96,15 @@ def run_splice(tb: Testbed, down: int, up: int, opts: dict | None = None,
                client_script: str = CLIENT) -> tuple:
     client_ip = tb.host("client").iface.ip
     server = tb.host("server").iface
-    upstream = tb.popen("client", [sys.executable, "-c", UPSTREAM, str(UPSTREAM_PORT)],
+    upstream = tb.popen("client", [sys.executable, "-P", "-c", UPSTREAM, str(UPSTREAM_PORT)],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    splicer = tb.popen("server", [sys.executable, "-c", SPLICER, server.name, str(PORT),
+    splicer = tb.popen("server", [sys.executable, "-P", "-c", SPLICER, server.name, str(PORT),
                                   client_ip, str(UPSTREAM_PORT), json.dumps(opts or {})],
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         assert upstream.stdout.readline().strip() == "up"
         assert json.loads(splicer.stdout.readline())["event"] == "ready"
-        client = tb.exec("client", [sys.executable, "-c", client_script, server.ip, str(PORT),
+        client = tb.exec("client", [sys.executable, "-P", "-c", client_script, server.ip, str(PORT),
                                     str(down), str(up)],
                          capture_output=True, text=True, timeout=600)
         assert client.returncode == 0, client.stderr

@@ -84,13 +84,13 @@ class Bed:
         self.read = 0
         self.client_ip = tb.host("client").iface.ip
         self.server = tb.host("server").iface
-        self.upstream = tb.popen("client", [sys.executable, "-u", "-c", UPSTREAM,
+        self.upstream = tb.popen("client", [sys.executable, "-P", "-u", "-c", UPSTREAM,
                                             str(UPSTREAM_PORT), str(log)],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert self.upstream.stdout.readline().strip() == "up"
 
     def splicer(self, count: int) -> subprocess.Popen:
-        proc = self.tb.popen("server", [sys.executable, "-c", SPLICER, self.server.name,
+        proc = self.tb.popen("server", [sys.executable, "-P", "-c", SPLICER, self.server.name,
                                         str(PORT), self.client_ip, str(UPSTREAM_PORT),
                                         str(count)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -113,7 +113,7 @@ class Bed:
                   "while b := s.recv(65536):\n"
                   "    out += b\n"
                   "sys.stdout.buffer.write(out)\n")
-        proc = self.tb.exec("client", [sys.executable, "-c", script], capture_output=True,
+        proc = self.tb.exec("client", [sys.executable, "-P", "-c", script], capture_output=True,
                             timeout=60)
         assert proc.returncode == 0, proc.stderr
         return proc.stdout

@@ -169,8 +169,8 @@ def test_two_ports_share_one_umem(testbed):
     client_side, server_side = tb.host("middle").ifaces
     proc = stack_proc(tb, SHARED_PORTS, client_side.name, server_side.name)
     assert proc.stdout.readline(), proc.stderr.read()
-    tb.exec("client", [sys.executable, "-c", UDP, client_side.ip, "hello"], check=True)
-    tb.exec("server", [sys.executable, "-c", UDP, server_side.ip, "world"], check=True)
+    tb.exec("client", [sys.executable, "-P", "-c", UDP, client_side.ip, "hello"], check=True)
+    tb.exec("server", [sys.executable, "-P", "-c", UDP, server_side.ip, "world"], check=True)
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     r = last_json(out)
@@ -182,7 +182,7 @@ def test_two_ports_share_one_umem(testbed):
 
 
 def stack_proc(tb, script: str, *args: str) -> subprocess.Popen:
-    return tb.popen("middle", [sys.executable, "-c", script, *args],
+    return tb.popen("middle", [sys.executable, "-P", "-c", script, *args],
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -196,7 +196,7 @@ def test_relay_between_two_interfaces(testbed, mode):
     tb = testbed(topology="chain")
     mid = tb.host("middle")
     client_side, server_side = mid.ifaces
-    server = tb.popen("server", [sys.executable, "-c", ENDPOINT, "server",
+    server = tb.popen("server", [sys.executable, "-P", "-c", ENDPOINT, "server",
                                  f"0.0.0.0:{SERVER_PORT}", str(size)],
                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert server.stdout.readline().strip() == "up"
@@ -205,7 +205,7 @@ def test_relay_between_two_interfaces(testbed, mode):
     ready = relay.stdout.readline()
     assert ready, relay.stderr.read()
     assert json.loads(ready)["ips"] == [client_side.ip, server_side.ip]
-    client = tb.exec("client", [sys.executable, "-c", ENDPOINT, "client",
+    client = tb.exec("client", [sys.executable, "-P", "-c", ENDPOINT, "client",
                                 f"{client_side.ip}:{PORT}", str(size)],
                      capture_output=True, text=True, timeout=240)
     out, err = relay.communicate(timeout=60)
@@ -286,7 +286,7 @@ def test_listen_on_both_addresses_and_unreachable_peers(testbed):
     assert proc.stdout.readline(), proc.stderr.read()
     for host, ip, word in (("client", client_side.ip, "hello"),
                            ("server", server_side.ip, "world")):
-        hello = tb.exec(host, [sys.executable, "-c", HELLO, ip, str(PORT), word],
+        hello = tb.exec(host, [sys.executable, "-P", "-c", HELLO, ip, str(PORT), word],
                         capture_output=True, text=True)
         assert hello.stdout.strip() == word.upper(), hello.stderr
     out, err = proc.communicate(timeout=60)
@@ -309,7 +309,7 @@ def test_connect_routed_through_an_interface_the_stack_does_not_have(testbed):
     proc = stack_proc(tb, BOTH, client_side.name, str(PORT), tb.host("server").iface.ip)
     assert proc.stdout.readline(), proc.stderr.read()
     for word in ("hello", "world"):
-        hello = tb.exec("client", [sys.executable, "-c", HELLO, client_side.ip, str(PORT),
+        hello = tb.exec("client", [sys.executable, "-P", "-c", HELLO, client_side.ip, str(PORT),
                                    word], capture_output=True, text=True)
         assert hello.stdout.strip() == word.upper(), hello.stderr
     out, err = proc.communicate(timeout=60)
