@@ -365,7 +365,8 @@ def test_listen_on_an_address_not_ours(bed):
     (["--inspect", "http", "--mode", "forward"], 1,
      "vtl proxy: error: --inspect parses in the network thread: it needs --mode splice"),
     (["--inspect", "smtp"], 2, "argument --inspect: invalid choice: 'smtp'"),
-    (["--transparent"], 1, "vtl proxy: error: --transparent is not built yet"),
+    (["--transparent"], 1, "vtl proxy: error: --transparent intercepts the connections "
+                           "to --upstream's port: no --listen"),
 ])
 def test_cli_errors_are_clear(args, code, says):
     # the flags given last win: each case spoils one of a good command line
