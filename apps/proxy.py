@@ -314,7 +314,14 @@ class Pair:
     def _splice_ended(self) -> bool:
         if not self.splice.done:
             return False
-        self.end = "closed"
+        # a side that failed ended the splice; the other was closed cleanly after it
+        if self.upstream.error:
+            self.upstream_error = self.upstream.error
+            self.end = f"upstream_{errno.errorcode.get(self.upstream.error, 'error').lower()}"
+        elif self.client.error:
+            self.end = "client_reset"
+        else:
+            self.end = self.end or "closed"
         return True
 
     def overdue(self, now: float, idle_timeout: float) -> bool:

@@ -982,8 +982,11 @@ cdef class NetThread:
                 blk.side[k].off0 = 0
                 c.splice_gated = 1
                 c.splice_gate = blk.side[k].seq0
-                c.splice_soft = 1
                 c.splice_hold_fin = 1
+        # A reset of one side comes apart the pair instead of resetting the other: the
+        # inspector, or the app closing both, ends the survivor cleanly after what it
+        # was passed (a proxy's client gets a FIN, or a 502, not a RST)
+        self.tcp.conns[a].splice_soft = self.tcp.conns[b].splice_soft = 1
         r = self.tcp.c_splice(a, b, self.now)
         if r == 0:
             self.delivered[a] = self.delivered[b] = 0

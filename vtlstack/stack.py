@@ -374,7 +374,8 @@ class Stack:
                timeout: float = 5.0) -> Splice:
         """Join two connected sockets in the network thread: what either receives goes
         out on the other as the frames it came in (no copy), both ways, each FIN after its
-        bytes, a reset of one resetting the other; each window advertised follows the
+        bytes; a reset of one ends the splice, and the other closes cleanly (a FIN) after
+        what it was passed once the Splice closes it; each window advertised follows the
         other side's reader (adaptive alpha, `tcp_options` splice_b0, splice_pair_cap,
         splice_cap). Bytes received but not read yet go first. The Splice returned owns
         both sockets from now on: wait for its end, read its counters.
