@@ -24,6 +24,12 @@ With two --iface the proxy sits between two links (the middle host of a chain): 
 come in on one, the upstream is reached through the other (the stack picks the interface
 whose subnet, or route, reaches it).
 
+`--transparent` (on a router, such as the middle host of a chain): the connections to
+--upstream's port that are routed through this host are intercepted (no --listen), and
+each goes on to the address its client asked for, from the client's own address and
+port: client and server each see the other, not the proxy. All other traffic is routed
+by the kernel as before.
+
 A `listening` JSON line comes first, once the port is open, and a `stopping` line when
 SIGTERM has closed it. Counters (connections, bytes each way, upstream errors...) come as
 a `counters` JSON line on SIGUSR1 and in the `stats` line at exit, with the stack's own.
@@ -74,10 +80,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iface", action="append", required=True, metavar="IF",
                    help="interface to attach to (in this netns); twice for a proxy between "
                         "two links")
-    p.add_argument("--listen", required=True, type=address, metavar="IP:PORT",
-                   help="where clients connect: an address of the interfaces (or 0.0.0.0)")
+    p.add_argument("--listen", type=address, metavar="IP:PORT",
+                   help="where clients connect: an address of the interfaces (or 0.0.0.0); "
+                        "not with --transparent")
     p.add_argument("--upstream", required=True, type=address, metavar="IP:PORT",
-                   help="the server each client connection is joined to")
+                   help="the server each client connection is joined to (with "
+                        "--transparent: the port to intercept)")
+    p.add_argument("--transparent", action="store_true",
+                   help="intercept the connections to --upstream's port routed through "
+                        "this host; client and server see each other's addresses")
     p.add_argument("--mode", choices=MODES, default="splice",
                    help="splice (in the network thread, no copy; the default) or forward "
                         "(copied through the application)")
@@ -104,8 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="XDP attach mode (veth supports skb and drv, copy mode)")
     p.add_argument("--net-cpu", type=int, default=None,
                    help="pin the network thread to this CPU (default: not pinned)")
-    # Named by issue 6, not built yet: accepted so the error can say so.
-    p.add_argument("--transparent", action="store_true", help="(not built yet)")
     p.set_defaults(func=run)
 
 
@@ -221,6 +230,7 @@ class Pair:
         self.upstream_error = 0     # errno of the upstream's failure, if any
         self.drain_until = 0.0
         self._spliced = -1          # bytes the splice had moved at the last look
+        self.target: tuple[str, int] = ("", 0)     # where the upstream connection went
         if failed:                  # tcp_connect() itself failed
             self._upstream_failed(failed, now)
 
@@ -304,7 +314,14 @@ class Pair:
     def _splice_ended(self) -> bool:
         if not self.splice.done:
             return False
-        self.end = "closed"
+        # a side that failed ended the splice; the other was closed cleanly after it
+        if self.upstream.error:
+            self.upstream_error = self.upstream.error
+            self.end = f"upstream_{errno.errorcode.get(self.upstream.error, 'error').lower()}"
+        elif self.client.error:
+            self.end = "client_reset"
+        else:
+            self.end = self.end or "closed"
         return True
 
     def overdue(self, now: float, idle_timeout: float) -> bool:
@@ -542,11 +559,16 @@ class Proxy:
                 continue
             self.counters.connections += 1
             failed, upstream = 0, None
+            target, source = self.args.upstream, None
+            if self.args.transparent:
+                # on to where the client was going, in the client's name
+                target, source = client.getsockname(), client.getpeername()
             try:
-                upstream = self.stack.tcp_connect(self.args.upstream, blocking=False)
+                upstream = self.stack.tcp_connect(target, blocking=False, source=source)
             except OSError as exc:  # no route, no room for another connection...
                 failed = exc.errno or errno.EIO
             pair = self.pair_type(client, upstream, now, failed)
+            pair.target = target
             self.pairs.add(pair)
             for sock in pair.sockets():
                 self.owner[sock] = pair
@@ -588,13 +610,15 @@ class Proxy:
         up, down = pair.byte_counts()
         c.bytes_up += up
         c.bytes_down += down
-        self.log.write(pair, self.args.upstream, now)
+        self.log.write(pair, pair.target, now)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.transparent:
-        raise VtlError("--transparent is not built yet (issue 6): this proxy runs in "
-                       "reverse mode only")
+    if args.transparent and args.listen is not None:
+        raise VtlError("--transparent intercepts the connections to --upstream's port: "
+                       "no --listen")
+    if not args.transparent and args.listen is None:
+        raise VtlError("--listen IP:PORT is needed (or --transparent)")
     from vtlstack.stack import Stack
 
     mode = args.mode
@@ -617,16 +641,16 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         with stack, RunUntil(None) as running:
-            ip, port = args.listen
+            ip, port = args.listen or ("0.0.0.0", args.upstream[1])
             ours = stack.ips
             if ip != "0.0.0.0" and ip not in ours:
                 raise VtlError(f"--listen {ip}: the stack listens on its interfaces' "
                                f"addresses ({', '.join(ours)}) or 0.0.0.0")
-            listener = stack.tcp_listen(port)
+            listener = stack.tcp_listen(port, transparent=args.transparent)
             proxy = Proxy(stack, listener, args, mode, log)
             emit({"event": "listening", "ip": ip, "port": port, "ifaces": args.iface,
                   "upstream": f"{args.upstream[0]}:{args.upstream[1]}", "mode": mode,
-                  "inspect": args.inspect})
+                  "inspect": args.inspect, "transparent": args.transparent})
             proxy.run(running, report)
             listener.close()
     finally:

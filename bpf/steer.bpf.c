@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 /*
- * XDP steering: frames for (protocol, destination port) pairs the stack owns go to the
- * AF_XDP socket of the receiving queue; everything else (ARP, ICMP, other ports, IPv6,
+ * XDP steering: frames for (protocol, destination port) pairs the stack owns, or from
+ * (protocol, source port) pairs it owns as such, go to the AF_XDP socket of the receiving
+ * queue; everything else (ARP, ICMP, other ports, IPv6,
  * anything we cannot parse) goes to the kernel untouched. Map layout: steer.h.
  *
  * Written for libxdp: SEC("xdp"), BTF maps, and built with -g so libxdp can read the
@@ -78,8 +79,12 @@ static __always_inline int steer_l4(struct xdp_md *ctx, __u8 proto, void *l4, vo
 	key.proto = proto;
 	if (!bpf_map_lookup_elem(&owned_ports, &key)) {
 		range = bpf_map_lookup_elem(&owned_ranges, &proto_idx);
-		if (!range || !range->lo || key.port < range->lo || key.port > range->hi)
-			return count(STEER_PASSED, XDP_PASS);
+		if (!range || !range->lo || key.port < range->lo || key.port > range->hi) {
+			key.port = bpf_ntohs(p->src);
+			key.dir = STEER_DIR_SRC;
+			if (!bpf_map_lookup_elem(&owned_ports, &key))
+				return count(STEER_PASSED, XDP_PASS);
+		}
 	}
 	/* XDP_PASS as the fallback: with no socket on this queue the kernel still gets it. */
 	ret = bpf_redirect_map(&xsks_map, ctx->rx_queue_index, XDP_PASS);

@@ -150,12 +150,13 @@ class Bed(ProxyBed):
         self.dir = d
         self.big = d / "www" / "big.bin"
 
-    def proxy(self, *extra: str, upstream_port: int = NGINX_PORT) -> subprocess.Popen:
+    def proxy(self, *extra: str, upstream_port: int = NGINX_PORT,
+              mode: str = "forward") -> subprocess.Popen:
         """`vtl proxy` on host b, once it said it listens."""
         proc, line = self.start_proxy(vtl_argv(
             "proxy", "--iface", self.b.name, "--listen", f"{self.b.ip}:{PROXY_PORT}",
-            "--upstream", f"{self.a.ip}:{upstream_port}", "--mode", "forward", *extra))
-        assert line["mode"] == "forward", line
+            "--upstream", f"{self.a.ip}:{upstream_port}", "--mode", mode, *extra))
+        assert line["mode"] == mode, line
         return proc
 
 
@@ -258,8 +259,9 @@ def test_upstream_refusing_gives_a_clean_close(bed):
     assert_clean(stats)
 
 
-def test_upstream_reset_mid_response(bed):
-    proxy = bed.proxy("--access-log", "-", upstream_port=RESET_PORT)
+@pytest.mark.parametrize("mode", ["forward", "splice"])
+def test_upstream_reset_mid_response(bed, mode):
+    proxy = bed.proxy("--access-log", "-", upstream_port=RESET_PORT, mode=mode)
     got = bed.client([sys.executable, "-c", READ_ALL, bed.b.ip, str(PROXY_PORT),
                       str(RESET_BYTES)])
     assert got.returncode == 0, got.stderr
@@ -365,7 +367,8 @@ def test_listen_on_an_address_not_ours(bed):
     (["--inspect", "http", "--mode", "forward"], 1,
      "vtl proxy: error: --inspect parses in the network thread: it needs --mode splice"),
     (["--inspect", "smtp"], 2, "argument --inspect: invalid choice: 'smtp'"),
-    (["--transparent"], 1, "vtl proxy: error: --transparent is not built yet"),
+    (["--transparent"], 1, "vtl proxy: error: --transparent intercepts the connections "
+                           "to --upstream's port: no --listen"),
 ])
 def test_cli_errors_are_clear(args, code, says):
     # the flags given last win: each case spoils one of a good command line

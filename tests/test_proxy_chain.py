@@ -26,7 +26,7 @@ PROXY_PORT = 9080
 BIG = 1 << 30
 
 # A POST's body (Content-Length, "Expect: 100-continue" honoured) is answered with its
-# SHA-256 and length, over HTTP/1.1.
+# SHA-256 and length, over HTTP/1.1; a GET with the address the request came from.
 HTTP_SHA = r"""
 import hashlib, http.server, sys
 class H(http.server.BaseHTTPRequestHandler):
@@ -41,6 +41,12 @@ class H(http.server.BaseHTTPRequestHandler):
             digest.update(data)
             left -= len(data)
         body = f"{digest.hexdigest()} {n}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_GET(self):
+        body = "{}:{}".format(*self.client_address).encode()
         self.send_response(200)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -61,10 +67,12 @@ class Chain(ProxyBed):
         self.server = tb.host("server").iface
         self.big = d / "www" / "big.bin"
 
-    def proxy(self, mode: str, *extra: str, port: int = NGINX_PORT) -> subprocess.Popen:
+    def proxy(self, mode: str, *extra: str, port: int = NGINX_PORT,
+              transparent: bool = False) -> subprocess.Popen:
+        where = ("--transparent",) if transparent else \
+            ("--listen", f"{self.front.ip}:{PROXY_PORT}")
         return self.start_proxy(vtl_argv(
-            "proxy", *(a for i in self.middle.ifaces for a in ("--iface", i.name)),
-            "--listen", f"{self.front.ip}:{PROXY_PORT}",
+            "proxy", *(a for i in self.middle.ifaces for a in ("--iface", i.name)), *where,
             "--upstream", f"{self.server.ip}:{port}", *MODES[mode], *extra))[0]
 
 
@@ -163,3 +171,36 @@ def test_inspect_logs_every_exchange_and_answers_a_smuggling_attempt(chain, tmp_
     assert stats["http"]["status"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 1, "5xx": 0}
     assert [(e["method"], e["target"], e["status"]) for e in entries(log)] == [
         ("GET", "/small.txt", 200), ("GET", "/none", 404), ("GET", "/small.txt", 200)]
+
+
+def test_transparent_proxy_takes_routed_connections_in_the_client_s_name(chain, tmp_path):
+    # nginx's port intercepted: a gigabyte down, while another port is routed as before
+    proxy = chain.proxy("splice", port=NGINX_PORT, transparent=True)
+    got = tmp_path / "got.bin"
+    curl = chain.client(["curl", "-sS", "-o", str(got), "-w", "%{remote_ip}",
+                         f"http://{chain.server.ip}:{NGINX_PORT}/big.bin"])
+    assert curl.returncode == 0, curl.stderr
+    assert curl.stdout == chain.server.ip             # the client sees the server
+    assert sha256_file(got) == sha256_file(chain.big)
+    got.unlink()
+    routed = chain.client(["curl", "-sS", f"http://{chain.server.ip}:{HTTP_SHA_PORT}/who"])
+    assert routed.stdout.startswith(chain.tb.host("client").iface.ip + ":"), routed.stderr
+    lines, _ = finish(proxy)
+    assert_clean(lines[-1])
+    assert lines[-1]["connections"] == 1 and lines[-1]["bytes_down"] > BIG
+
+    # the other port intercepted and inspected: the server sees the client's address
+    log = tmp_path / "access.log"
+    proxy = chain.proxy("inspect", "--access-log", str(log), port=HTTP_SHA_PORT,
+                        transparent=True)
+    client_ip = chain.tb.host("client").iface.ip
+    who = chain.client(["curl", "-sS", f"http://{chain.server.ip}:{HTTP_SHA_PORT}/who"])
+    assert who.stdout.split(":")[0] == client_ip, (who.stdout, who.stderr)
+    up = chain.client(["curl", "-sS", "-T", str(chain.big), "-X", "POST",
+                       f"http://{chain.server.ip}:{HTTP_SHA_PORT}/upload"])
+    assert up.stdout.split() == [sha256_file(chain.big), str(BIG)], up.stderr
+    lines, _ = finish(proxy)
+    assert_clean(lines[-1])
+    assert [(e["method"], e["target"], e["status"]) for e in entries(log)] == [
+        ("GET", "/who", 200), ("POST", "/upload", 200)]
+    assert all(e["client"].startswith(client_ip + ":") for e in entries(log))

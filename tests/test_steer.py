@@ -29,8 +29,8 @@ def udp(dport: int, payload: bytes = b"x" * 18) -> bytes:
     return struct.pack("!HHHH", 4000, dport, 8 + len(payload), 0) + payload
 
 
-def tcp(dport: int) -> bytes:
-    return struct.pack("!HHIIBBHHH", 4000, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
+def tcp(dport: int, sport: int = 4000) -> bytes:
+    return struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x02, 65535, 0, 0)
 
 
 CASES = [
@@ -72,3 +72,11 @@ def test_every_truncation_of_an_owned_frame_is_safe():
     got = dry_run([frame[:n] for n in lengths], OWNED)
     for n, g in zip(lengths, got, strict=True):
         assert g == ("no_socket" if n >= 14 + 20 + 4 else "malformed"), (n, g)
+
+
+def test_source_ports_owned_for_a_transparent_proxy():
+    # A server's answers to connections made in a client's name carry only the server's
+    # port as ours: owned as a source port, for its protocol only.
+    frames = [ipv4(TCP, tcp(41000, sport=80)), ipv4(TCP, tcp(41000, sport=81)),
+              ipv4(UDP, udp(41000)), ipv4(TCP, tcp(80, sport=41000))]
+    assert dry_run(frames, set(), {(TCP, 80)}) == ["no_socket", "passed", "passed", "passed"]

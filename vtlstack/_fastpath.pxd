@@ -116,6 +116,8 @@ cdef class NetThread:
     cdef uint32_t port_ip[MAX_PORTS]
     cdef uint8_t port_mac[MAX_PORTS][6]
     cdef uint32_t in_port       # the port the frames being handled came in on
+    cdef public bint transparent    # TCP for addresses not ours is taken too (a
+                                    # transparent proxy's); set before start()
     cdef readonly Channel to_app
     cdef readonly Channel to_net
     cdef uint16_t owner[65536]

@@ -614,8 +614,9 @@ cdef class NetThread:
 
     cdef void tcp_input(self, vtl_desc *d, uint8_t *f, udp_view *v) noexcept nogil:
         # Steering goes by port only: a segment routed through this host to another one
-        # is not ours to answer (listeners take any of our addresses: see tcp_request).
-        if self.port_of(v.dst) >= self.nports:
+        # is not ours to answer (listeners take any of our addresses: see tcp_request),
+        # unless we proxy transparently, as the host it was meant for.
+        if not self.transparent and self.port_of(v.dst) >= self.nports:
             self.c.not_local += 1
             return
         if self.tcp.validate(f + ETH_HLEN, v.frame_len - ETH_HLEN) != 0:
@@ -664,8 +665,16 @@ cdef class NetThread:
                     self.port.free_frame(addr)
                     return sent
             p = self.port_of(ipv4_src(f + ETH_HLEN))
+            if p >= self.nports and self.transparent:
+                # in another host's name: out where that peer's link is (its neighbour
+                # entry or hint says which)
+                for p in range(self.nports):
+                    if self.neigh_get(ipv4_dst(f + ETH_HLEN), p) != NULL:
+                        break
+                else:
+                    p = self.nports
             if p >= self.nports:
-                self.c.tx_no_port += 1     # cannot happen: connections have our addresses
+                self.c.tx_no_port += 1     # no link to the peer (transparent), or a bug
                 self.port.free_frame(addr)
                 continue
             dmac = self.neigh_get(ipv4_dst(f + ETH_HLEN), p)
@@ -874,7 +883,7 @@ cdef class NetThread:
             if m.kind == MSG_TCP_CONNECT:
                 lip = <uint32_t>m.arg if m.arg else self.ip
                 cid = NO_CONN
-                if self.port_of(lip) < self.nports:
+                if self.port_of(lip) < self.nports or self.transparent:
                     cid = self.tcp.c_connect(lip, m.lport, m.ip, m.port, self.now)
             else:
                 cid = self.tcp.c_accept(m.sock)
@@ -973,8 +982,11 @@ cdef class NetThread:
                 blk.side[k].off0 = 0
                 c.splice_gated = 1
                 c.splice_gate = blk.side[k].seq0
-                c.splice_soft = 1
                 c.splice_hold_fin = 1
+        # A reset of one side comes apart the pair instead of resetting the other: the
+        # inspector, or the app closing both, ends the survivor cleanly after what it
+        # was passed (a proxy's client gets a FIN, or a 502, not a RST)
+        self.tcp.conns[a].splice_soft = self.tcp.conns[b].splice_soft = 1
         r = self.tcp.c_splice(a, b, self.now)
         if r == 0:
             self.delivered[a] = self.delivered[b] = 0
@@ -1275,7 +1287,6 @@ cdef class NetThread:
         cdef vr_stream *r = s.r
         cdef vp_event *e
         cdef vi_exchange *x
-        cdef vi_exchange orphan
         cdef char digits[3]
         cdef int cls
         while s.seen != r.write:
@@ -1300,17 +1311,20 @@ cdef class NetThread:
                            1 if b.cur.method_len == 4 and memcmp(b.cur.method, b"HEAD", 4) == 0
                            else 2 if b.cur.method_len == 7 and
                            memcmp(b.cur.method, b"CONNECT", 7) == 0 else 0)
-                    if b.pend_n < VI_PENDING:
+                    if b.pend_n < VI_PENDING and not b.cur_answered:
                         b.pend[(b.pend_head + b.pend_n) % VI_PENDING] = b.cur
                         b.pend_n += 1
                     memset(&b.cur, 0, sizeof(vi_exchange))
+                    b.cur_answered = 0
                 continue
             if b.pend_n:
                 x = &b.pend[b.pend_head]
+            elif b.cur.method_len:
+                # the answer to the request still coming in: its "100 Continue", or a
+                # final answer before its body is all there
+                x = &b.cur
             else:
-                # a response nobody asked for (a server's 408, say): logged without method
-                memset(&orphan, 0, sizeof(vi_exchange))
-                x = &orphan
+                x = &b.orphan   # a response nobody asked for: logged without a method
             if e.id == b.id_status and (e.kind == VP_EV_VALUE or e.kind == VP_EV_SPAN):
                 if e.kind == VP_EV_VALUE:
                     x.status = <int32_t>e.val
@@ -1329,7 +1343,11 @@ cdef class NetThread:
                 cls = x.status // 100
                 b.status_class[cls if 1 <= cls <= 5 else 0] += 1
                 vi_log(b, x)
-                if x != &orphan:
+                if x == &b.orphan:
+                    memset(&b.orphan, 0, sizeof(vi_exchange))
+                elif x == &b.cur:
+                    b.cur_answered = 1
+                else:
                     b.pend_head = (b.pend_head + 1) % VI_PENDING
                     b.pend_n -= 1
         # the inspector is this stream's only reader

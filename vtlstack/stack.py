@@ -270,13 +270,24 @@ class Stack:
         self._send_ctl(_MSG.MSG_BIND, lport=port, sock=sock.id)
         return sock
 
-    def tcp_listen(self, port: int, backlog: int = 128) -> TcpListener:
-        """A listening TCP socket on `port` of every interface's address."""
+    def tcp_listen(self, port: int, backlog: int = 128, *,
+                   transparent: bool = False) -> TcpListener:
+        """A listening TCP socket on `port` of every interface's address.
+
+        `transparent`: also take the connections to `port` of any other host that are
+        routed through this one (a transparent proxy on a router); an accepted socket's
+        `getsockname()` is the address the client asked for. The answers to connections
+        made from a client's address (`tcp_connect(..., source=)`) come back from servers
+        on this port: those are steered to the stack too. For the stack's lifetime."""
         if not 0 < port < 65536:
             raise OSError(errno.EINVAL, f"bad TCP port {port}")
         with self._lock:
-            assert self._steering is not None
+            assert self._steering is not None and self._net is not None
             steered = (socket.IPPROTO_TCP, port) in self._steering.owned
+            if transparent:
+                self._net.transparent = True
+                for steering in self._steerings:
+                    steering.own_source(socket.IPPROTO_TCP, port)
             self._own(port, socket.IPPROTO_TCP)
             cid, *_ = self._request(_MSG.MSG_TCP_LISTEN, lport=port, arg=backlog)
             if cid < 0:
@@ -311,7 +322,8 @@ class Stack:
         return listener
 
     def tcp_connect(self, address: tuple[str, int], timeout: float | None = 10.0, *,
-                    blocking: bool = True) -> TcpSocket:
+                    blocking: bool = True,
+                    source: tuple[str, int] | None = None) -> TcpSocket:
         """Open a TCP connection to (ip, port); raises ECONNREFUSED, ETIMEDOUT...
 
         `blocking=False`: return at once a non-blocking socket whose handshake is in
@@ -321,19 +333,32 @@ class Stack:
 
         On several interfaces the connection goes out the one whose IPv4 subnet holds
         `ip`, else the one the kernel routes `ip` through (to its gateway); ENETUNREACH
-        if none of the stack's interfaces reaches it."""
+        if none of the stack's interfaces reaches it.
+
+        `source` (ip, port): connect in another host's name, a transparent proxy's client
+        (the stack must listen with transparent=True on the server's port, whose answers
+        are steered to it then); ENOBUFS if that 4-tuple is taken."""
         ip, port = address
         ipaddress.IPv4Address(ip)
+        if source is not None:
+            ipaddress.IPv4Address(source[0])
+            if self._net is None or not self._net.transparent:
+                raise OSError(errno.EADDRNOTAVAIL, "tcp_connect(source=...) needs a "
+                              "transparent listener (tcp_listen(port, transparent=True))")
         with self._lock:
             index = self._ensure_neighbour(ip)
-            lport = self._pick_port()
+            local_ip, lport = source if source is not None else (self.ips[index],
+                                                                 self._pick_port())
             cid, gen, *_ = self._request(_MSG.MSG_TCP_CONNECT, ip=_ip_to_net(ip), port=port,
-                                         lport=lport, arg=_ip_to_net(self.ips[index]))
+                                         lport=lport, arg=_ip_to_net(local_ip))
             if cid < 0:
-                self._release_port(lport)
-                raise OSError(errno.ENOBUFS, "no room for another TCP connection")
-            conn = TcpSocket(self, cid, gen, (ip, port), lport)
-            conn.local_ip = self.ips[index]
+                if source is None:
+                    self._release_port(lport)
+                raise OSError(errno.ENOBUFS, "no room for another TCP connection, or "
+                              f"{local_ip}:{lport} is connected to {ip}:{port} already")
+            # a source port is the client's, never ours to give back
+            conn = TcpSocket(self, cid, gen, (ip, port), lport, accepted=source is not None)
+            conn.local_ip = local_ip
             self._tcp[cid] = conn
         if not blocking:
             conn._timeout = 0.0
@@ -349,7 +374,8 @@ class Stack:
                timeout: float = 5.0) -> Splice:
         """Join two connected sockets in the network thread: what either receives goes
         out on the other as the frames it came in (no copy), both ways, each FIN after its
-        bytes, a reset of one resetting the other; each window advertised follows the
+        bytes; a reset of one ends the splice, and the other closes cleanly (a FIN) after
+        what it was passed once the Splice closes it; each window advertised follows the
         other side's reader (adaptive alpha, `tcp_options` splice_b0, splice_pair_cap,
         splice_cap). Bytes received but not read yet go first. The Splice returned owns
         both sockets from now on: wait for its end, read its counters.

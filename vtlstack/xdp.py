@@ -257,16 +257,18 @@ def _key(proto: int, port: int):
         raise ValueError(f"port {port} out of range 1..65535")
     if proto not in (xdp.STEER_PROTO_TCP, xdp.STEER_PROTO_UDP, xdp.STEER_PROTO_VTL):
         raise ValueError(f"protocol {proto}: steering handles TCP (6), UDP (17) and VTL (253)")
-    key = ffi.new("struct steer_key *")  # zeroed, so pad is 0 for the hash
+    key = ffi.new("struct steer_key *")  # zeroed: the whole key is hashed
     key.port = port
     key.proto = proto
     return key
 
 
-def _own(owned_fd: int, proto: int, port: int) -> None:
-    ffi, _, bpf = _libs()
+def _own(owned_fd: int, proto: int, port: int, source: bool = False) -> None:
+    ffi, xdp, bpf = _libs()
     val = ffi.new("struct steer_val *", {"flags": 1})
-    if bpf.bpf_map_update_elem(owned_fd, _key(proto, port), val, 0):
+    key = _key(proto, port)
+    key.dir = xdp.STEER_DIR_SRC if source else xdp.STEER_DIR_DST
+    if bpf.bpf_map_update_elem(owned_fd, key, val, 0):
         raise VtlError(f"cannot own {proto}/{port} ({os.strerror(ffi.errno)}): at most "
                        f"STEER_MAX_PORTS entries")
 
@@ -284,11 +286,13 @@ def _read_counters(counters_fd: int, ncpus: int) -> dict[str, int]:
     return out
 
 
-def dry_run(frames: list[bytes], owned: set[tuple[int, int]]) -> list[str]:
+def dry_run(frames: list[bytes], owned: set[tuple[int, int]],
+            sources: set[tuple[int, int]] = frozenset()) -> list[str]:
     """Run the steering program, unattached, on each frame (BPF_PROG_TEST_RUN) with
-    `owned` as its (proto, port) set; return for each frame the counter it bumped:
-    "no_socket" for a frame it would redirect (no socket exists here), "passed",
-    "malformed". For tests of the program itself and for checking a rule set."""
+    `owned` as its (proto, dst port) set and `sources` its (proto, src port) set; return
+    for each frame the counter it bumped: "no_socket" for a frame it would redirect (no
+    socket exists here), "passed", "malformed". For tests of the program itself and for
+    checking a rule set."""
     require_root("running an XDP program")
     ffi, xdp, bpf = _libs()
     path = str(bpf_path("steer"))
@@ -318,6 +322,8 @@ def dry_run(frames: list[bytes], owned: set[tuple[int, int]]) -> list[str]:
                 raise VtlError(f"steering object has no map {name!r}: rebuild with setup.py")
         for proto, port in owned:
             _own(maps[MAP_OWNED], proto, port)
+        for proto, port in sources:
+            _own(maps[MAP_OWNED], proto, port, source=True)
         ncpus = bpf.libbpf_num_possible_cpus()
         out = []
         for frame in frames:
@@ -460,6 +466,13 @@ class Steering:
         self._check_open()
         _own(self._owned_fd, proto, port)
         self._owned.add((proto, port))
+
+    def own_source(self, proto: int, port: int) -> None:
+        """Send (proto, src port) to the AF_XDP sockets from now on: the answers of
+        servers on `port` to connections made from other hosts' addresses (a transparent
+        proxy's upstream side). For good: the stack's lifetime."""
+        self._check_open()
+        _own(self._owned_fd, proto, port, source=True)
 
     def own_range(self, proto: int, lo: int, hi: int) -> None:
         """Send (proto, every dst port in lo..hi) to the AF_XDP sockets from now on."""

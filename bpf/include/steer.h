@@ -18,11 +18,18 @@ enum steer_limits {
 };
 
 /* owned_ports key. The port is in HOST byte order (the program converts), so user space
- * never has to remember an htons; pad must be zero because the whole key is hashed. */
+ * never has to remember an htons. A key matches the destination port, or with dir
+ * STEER_DIR_SRC the source port (a transparent proxy's upstream connections: the server
+ * answers to the client's address and port, only its own port says the segment is ours). */
 struct steer_key {
 	__u16 port;
 	__u8 proto;   /* IPPROTO_TCP, IPPROTO_UDP or STEER_PROTO_VTL */
-	__u8 pad;
+	__u8 dir;     /* STEER_DIR_DST or STEER_DIR_SRC */
+};
+
+enum steer_dir {
+	STEER_DIR_DST = 0,
+	STEER_DIR_SRC = 1,
 };
 
 /* owned_ports value: non-zero means "redirect to the AF_XDP socket of the RX queue". */

@@ -69,6 +69,8 @@ typedef struct vi_block {
     uint32_t pend_head, pend_n;
     vi_exchange pend[VI_PENDING];
     vi_exchange cur;        /* the request being parsed */
+    uint8_t cur_answered;   /* ... and its final response came already (an early 413...) */
+    vi_exchange orphan;     /* a response to no request (a server's 408, say) */
     /* counters: the network thread writes, the application reads (racy, for reports) */
     uint64_t requests, responses, parse_errors, rejected, bad_gateway, log_dropped;
     uint64_t status_class[6];   /* [0]: other, [1..5]: 1xx..5xx */

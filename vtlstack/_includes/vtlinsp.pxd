@@ -56,6 +56,8 @@ cdef extern from "vtlinsp.h" nogil:
         uint32_t pend_n
         vi_exchange pend[64]
         vi_exchange cur
+        uint8_t cur_answered
+        vi_exchange orphan
         uint64_t requests
         uint64_t responses
         uint64_t parse_errors
