@@ -113,6 +113,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="UMEM frames, 2 KB each (default 16384)")
     p.add_argument("--xdp-mode", choices=("auto", "skb", "drv"), default="auto",
                    help="XDP attach mode (veth supports skb and drv, copy mode)")
+    p.add_argument("--busy-poll-us", type=int, default=0, metavar="US",
+                   help="how long the idle network thread keeps polling before it sleeps "
+                        "(default 0: at once; raise it when it has a core of its own)")
     p.add_argument("--net-cpu", type=int, default=None,
                    help="pin the network thread to this CPU (default: not pinned)")
     p.set_defaults(func=run)
@@ -631,7 +634,8 @@ def run(args: argparse.Namespace) -> int:
     # TIME-WAIT for a while: room for both, and for the listener.
     stack = Stack(args.iface if len(args.iface) > 1 else args.iface[0], mode=args.xdp_mode,
                   max_conns=4 * args.max_conns + 16, frame_count=args.frames,
-                  net_cpu=args.net_cpu, tcp_options={"nodelay": True})
+                  net_cpu=args.net_cpu, busy_poll_us=args.busy_poll_us,
+                  tcp_options={"nodelay": True})
     usr1 = [False]
     previous = signal.signal(signal.SIGUSR1, lambda *_: usr1.__setitem__(0, True))
 

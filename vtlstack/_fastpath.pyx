@@ -435,8 +435,10 @@ cdef class NetThread:
             self.tcp.on_timer(self.now)
             if self.pend_ncids:
                 self.tcp_pending()
-            work += self.tcp_output(tx, ntx)
+            # events first: what they make (an inspector opening its gate, a parse
+            # error's RST) goes out in this pass
             self.tcp_events()
+            work += self.tcp_output(tx, ntx)
             if self.want_owed:
                 self.grant_owed()
             for p in range(self.nports):
