@@ -80,6 +80,11 @@ cdef class HttpInspector:
         self.handed = 1
         return <uintptr_t>self.b
 
+    def take_back(self) -> None:
+        """The network thread never took the block it was handed (it answered "ask
+        again" and the app gave up): its hold is ours again."""
+        self.handed = 0
+
     def exchanges(self) -> list[dict]:
         """The exchanges finished since the last call, oldest first: method, target
         (bytes), status (0: no response), bytes each way, start and end (monotonic ns)."""

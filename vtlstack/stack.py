@@ -412,6 +412,8 @@ class Stack:
                     break
                 # bytes the app sent still wait for the pool: they must go first
                 if time.monotonic() > deadline:
+                    if inspector is not None:
+                        inspector.take_back()
                     raise TimeoutError("splice(): earlier sends did not leave in time")
                 self._pump(_WAIT_STEP)
             if result < 0:
