@@ -1096,30 +1096,23 @@ class TcpSocket(_TcpBase):
 
     def close(self) -> None:
         """Graceful close (a FIN); with unread received bytes the peer gets a RST."""
+        self._let_go(_MSG.MSG_TCP_CLOSE)
+
+    def abort(self) -> None:
+        """Close at once with a RST (queued and unread bytes are dropped)."""
+        self._let_go(_MSG.MSG_TCP_ABORT)
+
+    def _let_go(self, kind: int) -> None:
         if self.closed:
             return
         stack = self._stack
         with stack._lock:
             self._drop_received(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
-            stack._send_ctl(_MSG.MSG_TCP_CLOSE, sock=self.cid, port=self.gen)
+            stack._send_ctl(kind, sock=self.cid, port=self.gen)
             self.closed = True
             stack._tcp.pop(self.cid, None)
             stack._touched.discard(self)
             if not self.accepted:  # an active open: its local port is ours to reuse
-                stack._release_port(self.local_port)
-
-    def abort(self) -> None:
-        """Close at once with a RST (queued and unread bytes are dropped)."""
-        if self.closed:
-            return
-        stack = self._stack
-        with stack._lock:
-            self._drop_received(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
-            stack._send_ctl(_MSG.MSG_TCP_ABORT, sock=self.cid, port=self.gen)
-            self.closed = True
-            stack._tcp.pop(self.cid, None)
-            stack._touched.discard(self)
-            if not self.accepted:
                 stack._release_port(self.local_port)
 
     def _drop_received(self, free: Any) -> None:
