@@ -15,47 +15,33 @@ pytestmark = pytest.mark.root
 
 PORT, UPSTREAM_PORT = 5101, 6101
 
-# The upstream, a kernel server on the client host: it streams `size` bytes (asked for in
-# the first 8 bytes) while it reads everything the client uploads.
-UPSTREAM = r"""
-import hashlib, json, os, socket, sys, threading
-srv = socket.create_server(("0.0.0.0", int(sys.argv[1])))
-print("up", flush=True)
-c, _ = srv.accept()
-want = b""
-while len(want) < 8:
-    want += c.recv(8 - len(want))
-size = int.from_bytes(want, "big")
+# Both kernel peers, on the client host: each sends random bytes while it reads all the
+# other sends, then prints what it sent and got (SHA-256). The client tells the server,
+# in its first 8 bytes, how much to send; "slow" makes the client a reader of about
+# 16 MB/s behind a small socket buffer.
+PEER = r"""
+import hashlib, json, os, socket, sys, threading, time
+role, ip, port, size = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+slow, head = False, b""
+if role == "server":
+    srv = socket.create_server((ip, port))
+    print("up", flush=True)
+    s, _ = srv.accept()
+    want = b""
+    while len(want) < 8:
+        want += s.recv(8 - len(want))
+    size = int.from_bytes(want, "big")
+else:
+    head, slow = int(sys.argv[5]).to_bytes(8, "big"), sys.argv[6] == "slow"
+    s = socket.socket()
+    if slow:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
+    s.settimeout(60)
+    s.connect((ip, port))
 sent = hashlib.sha256()
 def send():
+    s.sendall(head)
     left = size
-    while left:
-        block = os.urandom(min(left, 1 << 20))
-        sent.update(block)
-        c.sendall(block)
-        left -= len(block)
-    c.shutdown(socket.SHUT_WR)
-t = threading.Thread(target=send)
-t.start()
-got, n = hashlib.sha256(), 0
-while b := c.recv(1 << 20):
-    got.update(b)
-    n += len(b)
-t.join()
-c.close()
-print(json.dumps({"got": n, "got_sha256": got.hexdigest(), "sent_sha256": sent.hexdigest()}),
-      flush=True)
-"""
-
-# The client, a kernel socket on the client host, through the stack.
-CLIENT = r"""
-import hashlib, json, os, socket, sys, threading
-ip, port, down, up = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
-s = socket.create_connection((ip, port), timeout=60)
-sent = hashlib.sha256()
-def send():
-    s.sendall(down.to_bytes(8, "big"))
-    left = up
     while left:
         block = os.urandom(min(left, 1 << 20))
         sent.update(block)
@@ -65,9 +51,11 @@ def send():
 t = threading.Thread(target=send)
 t.start()
 got, n = hashlib.sha256(), 0
-while b := s.recv(1 << 20):
+while b := s.recv(8192 if slow else 1 << 20):
     got.update(b)
     n += len(b)
+    if slow:
+        time.sleep(0.0005)
 t.join()
 s.close()
 print(json.dumps({"got": n, "got_sha256": got.hexdigest(), "sent_sha256": sent.hexdigest()}),
@@ -93,10 +81,11 @@ print(json.dumps({"splice": counters, "tcp": stack.final_stats["tcp"]}), flush=T
 
 
 def run_splice(tb: Testbed, down: int, up: int, opts: dict | None = None,
-               client_script: str = CLIENT) -> tuple:
+               slow: bool = False) -> tuple:
     client_ip = tb.host("client").iface.ip
     server = tb.host("server").iface
-    upstream = tb.popen("client", [sys.executable, "-P", "-c", UPSTREAM, str(UPSTREAM_PORT)],
+    upstream = tb.popen("client", [sys.executable, "-P", "-c", PEER, "server", "0.0.0.0",
+                                   str(UPSTREAM_PORT), "0"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     splicer = tb.popen("server", [sys.executable, "-P", "-c", SPLICER, server.name, str(PORT),
                                   client_ip, str(UPSTREAM_PORT), json.dumps(opts or {})],
@@ -104,8 +93,9 @@ def run_splice(tb: Testbed, down: int, up: int, opts: dict | None = None,
     try:
         assert upstream.stdout.readline().strip() == "up"
         assert json.loads(splicer.stdout.readline())["event"] == "ready"
-        client = tb.exec("client", [sys.executable, "-P", "-c", client_script, server.ip, str(PORT),
-                                    str(down), str(up)],
+        client = tb.exec("client", [sys.executable, "-P", "-c", PEER, "client", server.ip,
+                                    str(PORT), str(up), str(down),
+                                    "slow" if slow else "fast"],
                          capture_output=True, text=True, timeout=600)
         assert client.returncode == 0, client.stderr
         u_out, u_err = upstream.communicate(timeout=60)
@@ -135,16 +125,6 @@ def test_splice_carries_both_ways_at_once_without_copying(testbed):
     assert tcp["splice_held"] == 0
 
 
-SLOW_CLIENT = CLIENT.replace(
-    "s = socket.create_connection((ip, port), timeout=60)",
-    "s = socket.socket()\n"
-    "s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)\n"
-    "s.settimeout(60)\n"
-    "s.connect((ip, port))").replace(
-    "while b := s.recv(1 << 20):",
-    "import time\nwhile b := s.recv(8192):\n    time.sleep(0.0005)  # a slow reader")
-
-
 def test_slow_client_throttles_the_upstream_and_memory_stays_bounded(testbed):
     # The client reads about 16 MB/s through a small socket buffer. The upstream may fill
     # the window it was offered before the splice began (64 KB here), then the window
@@ -152,12 +132,9 @@ def test_slow_client_throttles_the_upstream_and_memory_stays_bounded(testbed):
     # Unthrottled, the upstream would fill the whole send queue (256 segments, 370 KB).
     tb = testbed(topology="pair")
     cap = 64 << 10
-    client_script = SLOW_CLIENT
-    assert client_script != CLIENT
     client, upstream, spliced = run_splice(
         tb, 16 << 20, 1 << 20,
-        {"splice_pair_cap": cap, "splice_b0": cap, "rcv_buf": 64 << 10},
-        client_script=client_script)
+        {"splice_pair_cap": cap, "splice_b0": cap, "rcv_buf": 64 << 10}, slow=True)
     assert client["got"] == 16 << 20 and client["got_sha256"] == upstream["sent_sha256"]
     assert spliced["splice"]["bytes_ba"] == 16 << 20
     assert spliced["tcp"]["splice_held_peak"] <= 2 * cap + (16 << 10), spliced["tcp"]
