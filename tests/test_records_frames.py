@@ -9,11 +9,11 @@ import random
 
 import pytest
 from vtlstack._recstream import FAILED, STALLED, RecordBatch, RecStream
+from vtlstack._zc import FrameQueue
 
 from vtlstack import parsers
 from vtlstack._port import FramePool
 from vtlstack.errors import ParseError, ReleasedError
-from vtlstack.records import FrameShares
 
 CSV = b"".join(b"%d,name %d,\"quoted, with \"\"q\"\"\",%s\r\n" % (i, i, b"x" * (i % 37))
                for i in range(400))
@@ -43,9 +43,9 @@ def read_all(pool, spans, name="csv", ring=1 << 14, max_record=1 << 20, per_batc
     """Parse spans in place and read them back in batches: (records, batches)."""
     p = parsers.load(name, **options)
     rs = RecStream(str(p.path), p._params, ring, max_record)
-    shares = FrameShares()
+    shares = FrameQueue()
     for addr, n, _ in spans:
-        shares.add(addr, n)
+        shares.append(addr, n)
     records, batches, start = [], [], 0
     rc = STALLED
     while True:
@@ -151,27 +151,44 @@ def test_parse_error_and_limits_are_the_offline_errors():
 
 
 def test_shared_frames_go_back_when_the_last_holder_lets_go():
-    shares = FrameShares()
+    pool = FramePool(16, 2048)
+    shares = FrameQueue()
     for addr, n in ((0, 10), (2048, 10), (4096, 10)):
-        shares.add(addr, n)
+        shares.append(addr, n)
+
+    def batch(frames):
+        return RecordBatch(pool, None, None, b"", 0, frames[0][2], frames[-1][2], frames)
+
     first = shares.take(15)           # frames 0 and 2048; 2048 is cut at 15
     second = shares.take(30)          # 2048 again, and 4096
     assert [a for a, _, _ in first] == [0, 2048] and [a for a, _, _ in second] == [2048, 4096]
     assert [o for _, _, o in second] == [10, 20]
     freed = []
-    for addr, _, _ in first:
-        shares.unhold(addr, freed.append)
+    batch(first).give_back(freed.append, shares)
     assert freed == [0], "2048 is still the second batch's"
-    for addr, _, _ in second:
-        shares.unhold(addr, freed.append)
+    batch(second).give_back(freed.append, shares)
     assert freed == [0, 2048, 4096]
     # spans not taken yet, and one a batch still holds, at socket close
-    shares.add(6144, 10)
-    held = shares.take(35)
+    shares.append(6144, 10)
+    held = batch(shares.take(35))
     shares.drop(freed.append)
     assert 6144 not in freed, "the batch that took [30, 35) still reads it"
-    shares.unhold(held[0][0], freed.append)
+    held.give_back(freed.append, shares)
     assert freed.count(6144) == 1
+
+
+def test_frame_queue_keeps_stream_order_across_growth_and_partial_reads():
+    q = FrameQueue()
+    for i in range(50):                 # wraps the ring before it grows past 64
+        q.append(i * 2048, 100)
+    assert q.popleft(40) == [(i * 2048, 100) for i in range(40)]
+    for i in range(50, 150):
+        q.append(i * 2048, 100)
+    assert len(q) == 110 and (q.offset, q.received) == (4000, 15000)
+    assert q.after(4050) == [(40 * 2048, 100, 4000)] + [(i * 2048, 100, i * 100)
+                                                      for i in range(41, 150)]
+    assert q.popleft(1000) == [(i * 2048, 100) for i in range(40, 150)]
+    assert not q and q.popleft() == [] and q.offset == q.received == 15000
 
 
 def test_batch_views_follow_the_release_rules():

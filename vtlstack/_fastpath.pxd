@@ -164,6 +164,7 @@ cdef class NetThread:
 
     cdef void loop(self) noexcept nogil
     cdef void _push(self, vtl_msg *m, bint wake=*) except *
+    cdef void _free(self, uint64_t addr) except *
     cdef int sleep_ms(self) noexcept nogil
     cdef int tcp_closing(self) noexcept nogil
     cdef int input(self, vtl_desc *d, vtl_desc *out) noexcept nogil

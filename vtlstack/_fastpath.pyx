@@ -28,6 +28,7 @@ from vtlstack._includes.vtlrec cimport (
     VR_DONE, VR_FAILED, VR_NO_ROOM, VR_OPEN, vr_fail, vr_finish, vr_parse, vr_put, vr_stream,
 )
 from vtlstack._port cimport FRAME_FREE, FRAME_TX, VTL_NO_FRAME, XskPort, vtl_desc
+from vtlstack._zc cimport FrameQueue, FrameSet
 from vtlstack._tcp cimport (
     EV_CLOSED, EV_PEER_CLOSED, EV_READABLE, EV_RESET, EV_SPLICE_DONE, EV_TIMEOUT, NO_CONN,
     RQ_MAX, ST_CLOSE_WAIT, ST_CLOSED, ST_CLOSING, ST_ESTABLISHED, ST_LAST_ACK, ST_LISTEN,
@@ -283,42 +284,33 @@ cdef class NetThread:
             done += k
         return done
 
-    def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen,
+    def app_recv(self, FrameQueue rx, Py_ssize_t bufsize, int cid, int gen,
                  bint consume=True) -> bytes:
-        """Application thread: copy up to bufsize bytes out of the received spans (a deque
-        of (addr, length), oldest first), hand each emptied frame back, and tell the
-        network thread how much was consumed (its window reopens). Without `consume` the
-        caller says it later: bytes before these are still held (recv_zc)."""
-        cdef Py_ssize_t total = 0, done = 0
+        """Application thread: copy up to bufsize bytes out of the received frames, hand
+        each emptied frame back, and tell the network thread how much was consumed (its
+        window reopens). Without `consume` the caller says it later: bytes before these
+        are still held (recv_zc)."""
+        cdef Py_ssize_t total = min(<Py_ssize_t>(rx.received - rx.offset), bufsize)
+        cdef Py_ssize_t done = 0
         cdef uint64_t addr
         cdef uint32_t length, n
         cdef vtl_msg m
-        for addr, length in spans:
-            total += length
-            if total >= bufsize:
-                break
-        if total > bufsize:
-            total = bufsize
         out = PyBytes_FromStringAndSize(NULL, total)
         cdef char *dst = PyBytes_AS_STRING(out)
         m.ip = 0
         m.lport = 0
         m.arg = 0
         while done < total:
-            addr, length = spans[0]
+            addr = rx.f_addr[rx.head]
+            length = rx.f_len[rx.head]
             n = <uint32_t>min(<Py_ssize_t>length, total - done)
             memcpy(dst + done, self.port.pool.frame_ptr(addr), n)
             done += n
             if n == length:
-                spans.popleft()
-                m.kind = MSG_FREE
-                m.addr = addr
-                m.len = 0
-                m.sock = 0
-                m.port = 0
-                self._push(&m, 0)
+                rx.pop_front()
+                self._free(addr)
             else:
-                spans[0] = (addr + n, length - n)
+                rx.trim_front(n)
         if total and consume:
             m.kind = MSG_TCP_CONSUME
             m.addr = 0
@@ -330,6 +322,60 @@ cdef class NetThread:
         # would run (and sleep again) between every two of them
         self.to_net.flush()
         return out
+
+    def app_free(self, FrameSet held, FrameQueue shares=None) -> None:
+        """Application thread: a released chain or batch hands its frames back (those
+        `shares` says another batch still holds stay), with one wakeup for all."""
+        cdef uint32_t i
+        for i in range(held.naddrs):
+            if shares is None or shares.unhold(held.addrs[i]):
+                self._free(held.addrs[i])
+        self.to_net.flush()
+
+    def app_free_queue(self, FrameQueue rx) -> None:
+        """Application thread: the frames still queued go back (the socket closes)."""
+        while rx.count:
+            if rx.unhold(rx.f_addr[rx.head]):
+                self._free(rx.f_addr[rx.head])
+            rx.pop_front()
+        self.to_net.flush()
+
+    def app_pump(self, dict tcp, set touched, uint32_t budget=4096):
+        """Application thread: take what the network thread handed over. In-order data
+        (the bulk of it: a message per frame) goes straight onto its connection's
+        FrameQueue (`conn._rx`), and the connection into `touched`; the first other
+        message comes back as (kind, addr, len, ip, port, sock, lport, arg), for Python
+        to dispatch. Otherwise (the channel is empty, or `budget` messages were taken) the
+        number of data messages taken."""
+        cdef vtl_msg m
+        cdef bint freed = 0
+        cdef uint32_t taken = 0
+        cdef FrameQueue rx
+        try:
+            while taken < budget and spsc_pop(self.to_app.ring, &m):
+                if m.kind != MSG_TCP_DATA:
+                    return (m.kind, m.addr, m.len, m.ip, m.port, m.sock, m.lport, m.arg)
+                conn = tcp.get(m.sock)
+                rx = getattr(conn, "_rx", None) if conn is not None else None
+                if rx is not None and conn.gen == m.port:
+                    rx.add(m.addr, m.len)
+                    touched.add(conn)
+                else:
+                    self._free(m.addr)    # for a socket closed since
+                    freed = 1
+                taken += 1
+            return taken
+        finally:
+            if freed:
+                self.to_net.flush()
+
+    cdef void _free(self, uint64_t addr) except *:
+        """Hand a frame back to the network thread (the caller flushes)."""
+        cdef vtl_msg m
+        memset(&m, 0, sizeof(m))
+        m.kind = MSG_FREE
+        m.addr = addr
+        self._push(&m, 0)
 
     cdef void _push(self, vtl_msg *m, bint wake=1) except *:
         """Hand a message to the network thread; without `wake`, the caller flushes."""

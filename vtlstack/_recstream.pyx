@@ -200,10 +200,8 @@ cdef class RecordBatch(FrameSet):
     cdef readonly uint64_t start    # the stream bytes it covers: [start, end)
     cdef readonly uint64_t end
     cdef object lib             # the _records.Library, for to_python()
-    cdef uint64_t *f_off        # its frames: stream offset, UMEM address, length
-    cdef uint64_t *f_addr
+    cdef uint64_t *f_off        # its frames: stream offset and length (addrs: FrameSet)
     cdef uint32_t *f_len
-    cdef uint32_t nframes
 
     def __cinit__(self, FramePool pool not None, on_release, lib, bytes events,
                   uint32_t nrec, uint64_t start, uint64_t end, frames):
@@ -213,31 +211,23 @@ cdef class RecordBatch(FrameSet):
         self.start = start
         self.end = end
         self.lib = lib
-        self.nframes = len(frames)
-        self.f_off = <uint64_t *>malloc(sizeof(uint64_t) * (self.nframes + 1))
-        self.f_addr = <uint64_t *>malloc(sizeof(uint64_t) * (self.nframes + 1))
-        self.f_len = <uint32_t *>malloc(sizeof(uint32_t) * (self.nframes + 1))
-        if self.f_off == NULL or self.f_addr == NULL or self.f_len == NULL:
+        self.alloc_addrs(len(frames))
+        self.f_off = <uint64_t *>malloc(sizeof(uint64_t) * (self.naddrs + 1))
+        self.f_len = <uint32_t *>malloc(sizeof(uint32_t) * (self.naddrs + 1))
+        if self.f_off == NULL or self.f_len == NULL:
             raise MemoryError()
         for addr, n, off in frames:
-            self.f_addr[i] = addr
+            self.addrs[i] = addr
             self.f_len[i] = n
             self.f_off[i] = off
             i += 1
 
     def __dealloc__(self):
         free(self.f_off)
-        free(self.f_addr)
         free(self.f_len)
 
     def __len__(self) -> int:
         return self.nrec
-
-    def give_back(self, unhold) -> None:
-        """unhold(addr) for each of its frames (see RecordSocket)."""
-        cdef uint32_t i
-        for i in range(self.nframes):
-            unhold(self.f_addr[i])
 
     cdef int check(self) except -1:
         if self.released:
@@ -246,7 +236,7 @@ cdef class RecordBatch(FrameSet):
 
     cdef uint32_t frame_at(self, uint64_t off) noexcept:
         """Index of the frame that holds stream byte `off` (binary search)."""
-        cdef uint32_t lo = 0, hi = self.nframes, mid
+        cdef uint32_t lo = 0, hi = self.naddrs, mid
         while hi - lo > 1:
             mid = (lo + hi) // 2
             if self.f_off[mid] <= off:
@@ -260,11 +250,11 @@ cdef class RecordBatch(FrameSet):
         cdef uint32_t k = self.frame_at(off), part
         cdef uint64_t at
         while n:
-            if k >= self.nframes or off < self.f_off[k]:
+            if k >= self.naddrs or off < self.f_off[k]:
                 raise VtlError(f"stream offset {off} is not in this batch's frames")
             at = off - self.f_off[k]
             part = <uint32_t>min(<uint64_t>n, self.f_len[k] - at)
-            memcpy(dst, self.pool.frame_ptr(self.f_addr[k] + at), part)
+            memcpy(dst, self.pool.frame_ptr(self.addrs[k] + at), part)
             dst += part
             off += part
             n -= part
@@ -342,12 +332,12 @@ cdef class RecordBatch(FrameSet):
         while length:
             at = offset - self.f_off[k]
             part = <uint32_t>min(<uint64_t>length, self.f_len[k] - at)
-            views.append(FrameView(self, self.f_addr[k] + at, part, offset))
+            views.append(FrameView(self, self.addrs[k] + at, part, offset))
             offset += part
             length -= part
             k += 1
         return tuple(views)
 
     def __repr__(self) -> str:
-        state = "released" if self.released else f"{self.nframes} frames"
+        state = "released" if self.released else f"{self.naddrs} frames"
         return f"<RecordBatch of {self.nrec} records [{self.start}, {self.end}): {state}>"

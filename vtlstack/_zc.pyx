@@ -12,13 +12,14 @@ the pool and was received into again.
 from cpython.buffer cimport PyBUF_WRITABLE, PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
 from libc.stdint cimport uint32_t, uint64_t
+from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcpy
 
 from vtlstack._port cimport FramePool
 
 from vtlstack.errors import ReleasedError
 
-__all__ = ["FrameSet", "FrameView", "ZcChain"]
+__all__ = ["FrameQueue", "FrameSet", "FrameView", "ZcChain"]
 
 
 cdef class FrameSet:
@@ -32,6 +33,24 @@ cdef class FrameSet:
     def __cinit__(self, FramePool pool not None, on_release, *args, **kw):
         self.pool = pool
         self.on_release = on_release
+
+    def __dealloc__(self):
+        free(self.addrs)
+
+    cdef int alloc_addrs(self, uint32_t n) except -1:
+        self.addrs = <uint64_t *>malloc(sizeof(uint64_t) * (n + 1))
+        if self.addrs == NULL:
+            raise MemoryError()
+        self.naddrs = n
+        return 0
+
+    def give_back(self, free, FrameQueue shares=None) -> None:
+        """free(addr) for each of its frames (the app's reference), except those that
+        `shares` (the queue they came from) says another holder still has."""
+        cdef uint32_t i
+        for i in range(self.naddrs):
+            if shares is None or shares.unhold(self.addrs[i]):
+                free(self.addrs[i])
 
     @property
     def exported(self) -> int:
@@ -119,9 +138,13 @@ cdef class ZcChain(FrameSet):
 
     def __cinit__(self, FramePool pool not None, on_release, spans, uint64_t offset):
         cdef uint64_t at = offset
+        cdef uint32_t i = 0
         views = []
+        self.alloc_addrs(len(spans))
         for addr, length in spans:
             views.append(FrameView(self, addr, length, at))
+            self.addrs[i] = addr
+            i += 1
             at += length
         self.views = tuple(views)
         self.offset = offset
@@ -135,12 +158,6 @@ cdef class ZcChain(FrameSet):
 
     def __getitem__(self, i):
         return self.views[i]
-
-    def give_back(self, free) -> None:
-        """free(addr) for each frame: the app's reference on it."""
-        cdef FrameView v
-        for v in self.views:
-            free(v.addr)
 
     def tobytes(self) -> bytes:
         """All the chain's bytes, copied into one bytes object."""
@@ -157,3 +174,125 @@ cdef class ZcChain(FrameSet):
     def __repr__(self) -> str:
         state = "released" if self.released else f"{len(self.views)} frames"
         return f"<ZcChain {self.nbytes} bytes at stream offset {self.offset}: {state}>"
+
+
+cdef class FrameQueue:
+    """A connection's received frames (one app reference each) in stream order, from their
+    arrival until the app takes them: recv() copies out of them, recv_zc() takes whole
+    frames, a record socket's batches take the frames their records lie in. A frame that a
+    batch boundary cuts in two belongs to two batches (or to a batch and this queue) and
+    goes back when the last of them lets go: `unhold()`."""
+
+    def __cinit__(self):
+        self.cap = 64
+        self.f_addr = <uint64_t *>malloc(sizeof(uint64_t) * self.cap)
+        self.f_len = <uint32_t *>malloc(sizeof(uint32_t) * self.cap)
+        if self.f_addr == NULL or self.f_len == NULL:
+            raise MemoryError()
+        self.extra = {}
+
+    def __dealloc__(self):
+        free(self.f_addr)
+        free(self.f_len)
+
+    cdef int add(self, uint64_t addr, uint32_t length) except -1:
+        cdef uint32_t cap = self.cap * 2, i
+        cdef uint64_t *a
+        cdef uint32_t *n
+        if self.count == self.cap:
+            # unwrap into arrays twice the size
+            a = <uint64_t *>malloc(sizeof(uint64_t) * cap)
+            n = <uint32_t *>malloc(sizeof(uint32_t) * cap)
+            if a == NULL or n == NULL:
+                free(a)
+                free(n)
+                raise MemoryError()
+            for i in range(self.count):
+                a[i] = self.f_addr[(self.head + i) % self.cap]
+                n[i] = self.f_len[(self.head + i) % self.cap]
+            free(self.f_addr)
+            free(self.f_len)
+            self.f_addr, self.f_len, self.cap, self.head = a, n, cap, 0
+        i = (self.head + self.count) % self.cap
+        self.f_addr[i] = addr
+        self.f_len[i] = length
+        self.count += 1
+        self.received += length
+        return 0
+
+    cdef void pop_front(self) noexcept:
+        self.offset += self.f_len[self.head]
+        self.head = (self.head + 1) % self.cap
+        self.count -= 1
+
+    cdef void trim_front(self, uint32_t n) noexcept:
+        """The first n bytes of the first frame were read (n below its length)."""
+        self.f_addr[self.head] += n
+        self.f_len[self.head] -= n
+        self.offset += n
+
+    cdef bint unhold(self, uint64_t addr) except -1:
+        """One holder of the frame at addr lets go: True if it was the last."""
+        if not self.extra:
+            return True
+        n = self.extra.get(addr, 0)
+        if n == 0:
+            return True
+        if n == 1:
+            del self.extra[addr]
+        else:
+            self.extra[addr] = n - 1
+        return False
+
+    def append(self, uint64_t addr, uint32_t length) -> None:
+        self.add(addr, length)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def __bool__(self) -> bool:
+        return self.count > 0
+
+    def popleft(self, uint32_t n=1) -> list:
+        """The first n frames (at most those there are) as (addr, length), taken whole."""
+        out = []
+        while n and self.count:
+            out.append((self.f_addr[self.head], self.f_len[self.head]))
+            self.pop_front()
+            n -= 1
+        return out
+
+    def after(self, uint64_t offset) -> list:
+        """(addr, length, stream offset) of the frames that hold bytes at or after offset."""
+        cdef uint64_t at = self.offset
+        cdef uint32_t i, k
+        out = []
+        for i in range(self.count):
+            k = (self.head + i) % self.cap
+            if at + self.f_len[k] > offset:
+                out.append((self.f_addr[k], self.f_len[k], at))
+            at += self.f_len[k]
+        return out
+
+    def take(self, uint64_t end) -> list:
+        """The frames that hold the stream bytes before `end` not taken yet, as (addr,
+        length, stream offset): those wholly before `end` pass to the caller; one that
+        `end` cuts stays here and gets one more holder (the caller)."""
+        cdef uint64_t addr
+        cdef uint32_t length
+        out = []
+        while self.count and self.offset < end:
+            addr, length = self.f_addr[self.head], self.f_len[self.head]
+            out.append((addr, length, self.offset))
+            if self.offset + length > end:
+                self.extra[addr] = self.extra.get(addr, 0) + 1
+                break
+            self.pop_front()
+        return out
+
+    def drop(self, free) -> None:
+        """The frames not taken yet let go of theirs (the socket closes)."""
+        while self.count:
+            if self.unhold(self.f_addr[self.head]):
+                free(self.f_addr[self.head])
+            self.pop_front()

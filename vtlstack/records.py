@@ -23,8 +23,6 @@ with the offset and reason the offline parser gives for the same bytes.
 from __future__ import annotations
 
 import os
-from collections import deque
-from collections.abc import Callable
 from select import EPOLLIN
 from typing import Any
 
@@ -34,67 +32,9 @@ from vtlstack._recstream import FAILED, RecordBatch, RecStream
 from vtlstack.errors import VtlError
 from vtlstack.stack import Stack, TcpSocket
 
-__all__ = ["FrameShares", "RecordConfig", "RecordSocket"]
+__all__ = ["RecordConfig", "RecordSocket"]
 
 _ENDED = 1
-
-
-class FrameShares:
-    """A record socket's received frames in stream order, shared by the batches that read
-    them. Each frame came with one reference of the application's; a frame a record
-    boundary cuts in two belongs to two batches (or to a batch and the bytes not read yet)
-    and goes back when the last of them lets go."""
-
-    def __init__(self) -> None:
-        self.spans: deque[tuple[int, int]] = deque()   # (addr, length), oldest first
-        self.offset = 0         # stream offset of spans[0]
-        self.received = 0       # stream offset after the last span
-        self.extra: dict[int, int] = {}     # addr -> holders beyond the first
-
-    def add(self, addr: int, length: int) -> None:
-        self.spans.append((addr, length))
-        self.received += length
-
-    def after(self, offset: int) -> list[tuple[int, int, int]]:
-        """(addr, length, stream offset) of the spans that hold bytes at or after offset."""
-        out, at = [], self.offset
-        for addr, length in self.spans:
-            if at + length > offset:
-                out.append((addr, length, at))
-            at += length
-        return out
-
-    def take(self, end: int) -> list[tuple[int, int, int]]:
-        """The frames that hold the stream bytes before `end` not taken yet, as (addr,
-        length, stream offset): those wholly before `end` pass to the caller; one that
-        `end` cuts stays here and gets one more holder (the caller)."""
-        out = []
-        while self.spans and self.offset < end:
-            addr, length = self.spans[0]
-            out.append((addr, length, self.offset))
-            if self.offset + length > end:
-                self.extra[addr] = self.extra.get(addr, 0) + 1
-                break
-            self.spans.popleft()
-            self.offset += length
-        return out
-
-    def unhold(self, addr: int, free: Callable[[int], Any]) -> None:
-        """One holder of the frame at addr lets go; free(addr) if it was the last."""
-        n = self.extra.get(addr, 0)
-        if n == 0:
-            free(addr)
-        elif n == 1:
-            del self.extra[addr]
-        else:
-            self.extra[addr] = n - 1
-
-    def drop(self, free: Callable[[int], Any]) -> None:
-        """The spans not taken yet let go of their frames (the socket closes)."""
-        for addr, _ in self.spans:
-            self.unhold(addr, free)
-        self.offset += sum(length for _, length in self.spans)
-        self.spans.clear()
 
 
 class RecordConfig:
@@ -136,7 +76,6 @@ class RecordSocket(TcpSocket):
                  local_port: int, config: RecordConfig) -> None:
         super().__init__(stack, cid, gen, peer, local_port, accepted=True)
         self._connected = True
-        self._frames = FrameShares()
         self._config = config
         self._stream = RecStream(str(config.parser.path), config.parser._params,
                                  config.ring_events, config.max_record)
@@ -151,9 +90,6 @@ class RecordSocket(TcpSocket):
             self._stack._send_ctl(MsgKind.MSG_TCP_PARSE_ATTACH, addr=self._stream.hand_over(),
                                   sock=self.cid, port=self.gen)
 
-    def _on_data(self, addr: int, length: int) -> None:
-        self._frames.add(addr, length)
-
     def recv(self, bufsize: int = 65536, timeout: float | None = None) -> bytes:
         raise VtlError("this connection delivers records: use read_records()")
 
@@ -167,13 +103,13 @@ class RecordSocket(TcpSocket):
     def _records_ready(self) -> bool:
         if self._config.parse_in == "app":
             self._parse_here()
-        return self._stream.ready(self._frames.received) or self._stream.status() != 0
+        return self._stream.ready(self._rx.received) or self._stream.status() != 0
 
     def _parse_here(self) -> None:
         """parse_in="app": the application thread parses what arrived since last time."""
         stream = self._stream
-        rc = stream.parse(self._stack._port.pool, self._frames.after(stream.parsed))
-        if rc == 0 and self._eof and stream.parsed == self._frames.received:
+        rc = stream.parse(self._stack._port.pool, self._rx.after(stream.parsed))
+        if rc == 0 and self._eof and stream.parsed == self._rx.received:
             rc = stream.finish()
         if rc == FAILED and not self._aborted:
             # as the network thread does: the connection ends with a RST, counted
@@ -202,7 +138,7 @@ class RecordSocket(TcpSocket):
     def _take(self, max: int) -> RecordBatch:
         stack = self._stack
         pool = stack._port.pool
-        got = self._stream.take(max, self._frames.received)
+        got = self._stream.take(max, self._rx.received)
         if got is None:
             status = self._stream.status()
             if status == FAILED:
@@ -214,14 +150,10 @@ class RecordSocket(TcpSocket):
         if kick and not self.closed:
             stack._send_ctl(MsgKind.MSG_TCP_PARSE, sock=self.cid, port=self.gen)
         entry = [self._taken, end, False]
-        frames = self._frames.take(end)
+        frames = self._rx.take(end)
         batch = RecordBatch(pool, lambda b: self._released(b, entry), self._lib, events, nrec,
                             self._taken, end, frames)
         self._taken = end
         self._zc.append(entry)
-        stack._held[batch] = lambda free: batch.give_back(
-            lambda addr: self._frames.unhold(addr, free))
+        stack._held[batch] = self._rx     # a frame the batch ends in may stay in _rx
         return batch
-
-    def _drop_received(self, free: Any) -> None:
-        self._frames.drop(free)

@@ -27,7 +27,7 @@ from typing import Any
 from vtlstack import _fastpath
 from vtlstack._port import XskPort
 from vtlstack._tcp import EVENT_NAMES
-from vtlstack._zc import FrameSet, ZcChain
+from vtlstack._zc import FrameQueue, FrameSet, ZcChain
 from vtlstack.errors import InterfaceError, VtlError, require_root
 from vtlstack.splice import Splice
 from vtlstack.xdp import Steering
@@ -128,9 +128,9 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
-        # Zero-copy sets the app holds (recv_zc chains, record batches), each with what
-        # hands its frames to a given free(): MSG_FREE while running, the pool at close.
-        self._held: dict[FrameSet, Callable[[Callable[[int], Any]], None]] = {}
+        # Zero-copy sets the app holds (recv_zc chains, record batches), each with the
+        # queue its frames came from when frames may be shared with it (record batches)
+        self._held: dict[FrameSet, FrameQueue | None] = {}
         self._grant_batch = max(4, min(_GRANT_BATCH, frame_count // 16))
         # non-blocking TCP sockets whose send found no free frame (see _frames_for)
         self._starved: set[TcpSocket] = set()
@@ -225,9 +225,9 @@ class Stack:
             for conn in self._tcp.values():
                 conn._drop_received(pool.free)
             exported = 0
-            for held, give_back in self._held.items():
+            for held, shares in self._held.items():
                 exported += held._abandon()
-                give_back(pool.free)
+                held.give_back(pool.free, shares)
             self._held.clear()
             if self._net is None and self._stopped_net is not None:
                 self._stopped_net.release_tcp()
@@ -422,7 +422,7 @@ class Stack:
                               "splice(): both sockets must be connected, neither shut down")
             for sock in (a, b):
                 sock._spliced = True
-                sock._drop_received(lambda addr: self._send_ctl(_MSG.MSG_FREE, addr=addr))
+                self._net.app_free_queue(sock._rx)
         return Splice(self, a, b, inspector)
 
     # ---- readiness: wait() and hooks for an external event loop ------------------------
@@ -562,13 +562,13 @@ class Stack:
     def _pump(self, timeout: float) -> bool:
         """Move what the network thread handed over to the sockets; wait up to timeout."""
         assert self._net is not None
-        ch = self._net.to_app
-        msg = ch.pop()
-        if msg is None:
-            if timeout <= 0 or not ch.wait_ready(timeout):
+        net, tcp, touched = self._net, self._tcp, self._touched
+        msg = net.app_pump(tcp, touched)    # a message, or how many frames of data it took
+        if not msg:
+            if timeout <= 0 or not net.to_app.wait_ready(timeout):
                 return False
-            msg = ch.pop()
-        while msg is not None:
+            msg = net.app_pump(tcp, touched)
+        while type(msg) is tuple:
             kind, addr, length, ip, port, sock, lport, _ = msg
             if kind == _MSG.MSG_RECV:
                 target = self._sockets.get(sock)
@@ -582,13 +582,6 @@ class Stack:
                     # sends that would have blocked for want of frames can go on
                     self._touched |= self._starved
                     self._starved.clear()
-            elif kind == _MSG.MSG_TCP_DATA:
-                conn = self._tcp.get(sock)
-                if isinstance(conn, TcpSocket) and conn.gen == port:
-                    conn._on_data(addr, length)
-                    self._touched.add(conn)
-                else:
-                    self._send_ctl(_MSG.MSG_FREE, addr=addr)  # for a socket closed since
             elif kind == _MSG.MSG_TCP_EVENT:
                 conn = self._tcp.get(sock)
                 if conn is not None and conn.gen == port:
@@ -601,7 +594,7 @@ class Stack:
                 # Stop here: what follows may be about the connection this result creates,
                 # so the caller must register it before those messages are dispatched.
                 return True
-            msg = ch.pop()
+            msg = net.app_pump(tcp, touched)
         return True
 
     @staticmethod
@@ -917,7 +910,7 @@ class TcpSocket(_TcpBase):
         self.local_port = local_port
         self.local_ip = stack.ip    # the address of the interface it is on
         self.accepted = accepted
-        self._rx: deque[tuple[int, int]] = deque()
+        self._rx = FrameQueue()     # filled by Stack._pump (NetThread.app_pump)
         # Consuming (the window reopens) goes in stream order: bytes up to the first chain
         # recv_zc() handed out and the app has not released yet.
         self._taken = 0         # stream bytes taken out of _rx (recv, recv_zc)
@@ -1017,26 +1010,21 @@ class TcpSocket(_TcpBase):
                 if self._eof:
                     return ZcChain(stack._port.pool, None, (), self._taken)
                 self._raise_error()
-            n = len(self._rx) if max_frames is None else min(max_frames, len(self._rx))
-            spans = [self._rx.popleft() for _ in range(n)]
+            spans = self._rx.popleft(len(self._rx) if max_frames is None else max_frames)
             entry = [self._taken, self._taken + sum(length for _, length in spans), False]
             self._taken = entry[1]
             self._zc.append(entry)
             chain = ZcChain(stack._port.pool, lambda c: self._released(c, entry), spans,
                             entry[0])
-            stack._held[chain] = chain.give_back
+            stack._held[chain] = None
         return chain
-
-    def _on_data(self, addr: int, length: int) -> None:
-        self._rx.append((addr, length))
 
     def _released(self, held: FrameSet, entry: list) -> None:
         """A chain's (or a record batch's) release(): its frames go back (the app's own
         references), and the bytes before the first one still held count as consumed."""
         stack = self._stack
         with stack._lock:
-            give_back = stack._held.pop(held)
-            give_back(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            stack._net.app_free(held, stack._held.pop(held))
             entry[2] = True
             while self._zc and self._zc[0][2]:
                 self._zc.popleft()
@@ -1107,7 +1095,7 @@ class TcpSocket(_TcpBase):
             return
         stack = self._stack
         with stack._lock:
-            self._drop_received(lambda addr: stack._send_ctl(_MSG.MSG_FREE, addr=addr))
+            stack._net.app_free_queue(self._rx)
             stack._send_ctl(kind, sock=self.cid, port=self.gen)
             self.closed = True
             stack._tcp.pop(self.cid, None)
@@ -1116,9 +1104,7 @@ class TcpSocket(_TcpBase):
                 stack._release_port(self.local_port)
 
     def _drop_received(self, free: Any) -> None:
-        for addr, _ in self._rx:
-            free(addr)
-        self._rx.clear()
+        self._rx.drop(free)
 
     def __enter__(self) -> TcpSocket:
         return self
