@@ -67,6 +67,15 @@ def test_header_values_lose_surrounding_whitespace_and_lf_lines_are_accepted(req
         (b"Host", b"h"), (b"X", b"a b"), (b"Empty", b"")])]
 
 
+def test_only_whole_header_names_frame_the_body_in_any_case(req):
+    # names of a framing header's length, or starting with one, are other fields
+    data = (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Lengtz: 9\r\nContent-Length-X: 9\r\n"
+            b"CONTENT-length:  3 \r\nX-Obs: caf\xc3\xa9\r\n\r\nabc")
+    assert parse_every_split(req, data) == [request(b"POST", headers=[
+        (b"Host", b"h"), (b"Content-Lengtz", b"9"), (b"Content-Length-X", b"9"),
+        (b"CONTENT-length", b"3"), (b"X-Obs", b"caf\xc3\xa9")], body=b"abc")]
+
+
 @pytest.mark.parametrize("data, reason", [
     # framing ambiguities (request smuggling)
     (b"POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -156,6 +156,12 @@ static const uint8_t vp_tchar[256] = {
     ['y'] = 1, ['z'] = 1,
 };
 
+/* Bytes of a header value (RFC 9110 5.5): 1 visible (VCHAR, obs-text), 2 SP or HTAB,
+ * 0 the rest (CR, LF, other controls end the value or are errors) */
+static const uint8_t vp_vbyte[256] = {
+    [' '] = 2, ['\t'] = 2, [0x21 ... 0x7e] = 1, [0x80 ... 0xff] = 1,
+};
+
 static inline void vp_begin(vp_base *b, uint64_t pos) {
     b->m_start = b->m_end = pos;
     b->m_val = b->m_cnt = 0;
@@ -536,6 +542,18 @@ static inline int vp_headers(vp_base *b, const vp_hdr_cfg *cfg, int64_t *vars, v
             const uint8_t *s = p;
             while (p < end && vp_tchar[*p]) p++;
             uint32_t i0 = (uint32_t)(VP_OFF(s) - h->name_start);
+            if (i0 == 0 && p < end) {
+                /* the whole name is here (the usual case): only rules of its length can
+                 * match, compared once, not byte by byte against every rule */
+                uint32_t nlen = (uint32_t)(p - s);
+                for (uint32_t k = 0; k < cfg->nrules; k++) {
+                    const vp_hdr_rule *r = &cfg->rules[k];
+                    uint32_t i = 0;
+                    if (r->len == nlen)
+                        while (i < nlen && vp_lower(s[i]) == (uint8_t)r->name[i]) i++;
+                    if (r->len != nlen || i < nlen) h->cand &= ~(1u << k);
+                }
+            }
             for (uint32_t k = 0; h->cand && k < cfg->nrules; k++) {
                 if (!(h->cand & (1u << k))) continue;
                 const vp_hdr_rule *r = &cfg->rules[k];
@@ -576,6 +594,16 @@ static inline int vp_headers(vp_base *b, const vp_hdr_cfg *cfg, int64_t *vars, v
             h->sub = HS_VALUE;
             /* fall through */
         case HS_VALUE:
+            if (h->rule < 0) {
+                /* a field no rule reads: find the value's end, and its last visible byte */
+                const uint8_t *last = NULL;
+                while (p < end && vp_vbyte[*p]) {
+                    if (vp_vbyte[*p] == 1) last = p;
+                    p++;
+                }
+                if (last) h->val_end = VP_OFF(last) + 1;
+                if (p < end) c = *p;
+            }
             while (p < end) {
                 c = *p;
                 if (c > 0x20 && c != 0x7f) {
