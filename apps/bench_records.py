@@ -27,6 +27,8 @@ Then the offline line: the generated parsers on in-memory bytes (vtlstack.apps.b
 the rate parsing alone would allow. Targets (the issue's): csv stack-net 10x the csv module;
 http_get stack-net 3x httptools; http_post stack-net at least 90 % of stack-raw's MB/s.
 
+Receivers run on core 1 and the sender on core 0, each host's receive processing on its own
+core (RPS), as `vtl bench tcp` does: the stack's two threads share the receiver's core.
 The figures move from run to run: compare the ratios of one run.
 """
 
@@ -41,6 +43,7 @@ import time
 from typing import Any
 
 from vtlstack.apps._common import emit, json_line, vtl_argv
+from vtlstack.apps.bench_tcp import CLIENT_CPU, SERVER_CPU, _own_cores, _pinned
 
 from vtlstack.errors import VtlError, require_root
 
@@ -222,13 +225,13 @@ def one_run(tb: Any, receiver: str, parser: str, record: bytes,
     """`count` copies of `record` from the client to `receiver` on the server: its
     records/s and MB/s."""
     server = tb.host("server").iface
-    proc = tb.popen("server", vtl_argv("bench", "records-recv", receiver, server.name,
-                                       str(PORT), "--parser", parser),
+    proc = tb.popen("server", _pinned(SERVER_CPU, True, vtl_argv(
+        "bench", "records-recv", receiver, server.name, str(PORT), "--parser", parser)),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         json_line(proc, 30, "the receiver")
-        sender = tb.exec("client", [sys.executable, "-c", SENDER, server.ip, str(PORT),
-                                    str(count), record.hex()],
+        sender = tb.exec("client", _pinned(CLIENT_CPU, True, [
+            sys.executable, "-c", SENDER, server.ip, str(PORT), str(count), record.hex()]),
                          capture_output=True, text=True, timeout=600)
         if sender.returncode != 0:
             raise VtlError(f"the sender failed: {sender.stderr.strip()}")
@@ -278,6 +281,7 @@ def records_bench(rows: int = 4_000_000, width: int = 16, gets: int = 1_000_000,
     runs: dict[str, dict[str, list[dict]]] = {w: {r: [] for r in WORKLOADS[w][1]}
                                               for w in online}
     with Testbed.up(topology="pair", prefix="vtlbrec") as tb:
+        _own_cores(tb, True)
         for _ in range(repeat):
             for w in online:
                 parser, receivers = WORKLOADS[w]
