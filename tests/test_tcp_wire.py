@@ -2,6 +2,8 @@
 bytes, the layout compared with scapy, malformed lists, and the segments the engine writes
 (header fields and checksums as scapy reads them)."""
 
+import random
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -125,7 +127,7 @@ def test_engine_segments_are_valid_ipv4_tcp_with_checksums():
     assert ip[TCP].dataofs * 4 == 20 + len(LINUX_SYN)
 
 
-def test_odd_length_payload_checksum():
+def test_payload_checksums_of_every_alignment():
     pool = FramePool(64)
     a = TcpEngine(pool, 4, seed=1, timestamps=False)
     b = TcpEngine(pool, 4, seed=2, timestamps=False)
@@ -139,11 +141,25 @@ def test_odd_length_payload_checksum():
             assert a.feed(s, now)
     cb = b.accept(lid)
     assert cb is not None
-    a.send(ca, b"odd", now)
-    (raw,) = a.segments()
-    assert len(IP(raw)[TCP].payload) == 3
-    assert b.feed(raw, now)                    # our own checksum verifies
-    assert b.recv(cb, now) == b"odd"
+    a.set_nodelay(ca, True, now)               # each send goes out at once
+    rng = random.Random(5)
+    for n in (3, 1, 7, 8, 9, 31, 32, 33, 64, 1001, 1447, 1448):
+        data = rng.randbytes(n)
+        a.send(ca, data, now)
+        out = a.segments()
+        got = b""
+        for raw in out:         # one segment, or two where the send queue's frame fills
+            ip = IP(raw)
+            got += bytes(ip[TCP].payload)
+            sent = ip[TCP].chksum
+            del ip[TCP].chksum
+            assert IP(bytes(ip))[TCP].chksum == sent, n   # scapy agrees
+        assert got == data
+        for s in out:
+            assert b.feed(s, now), n               # and our own check verifies it
+        assert b.recv(cb, now) == data
+        for s in b.segments():
+            a.feed(s, now)
     bad = bytearray(raw)
     bad[-1] ^= 1
     assert not b.feed(bytes(bad), now)
