@@ -8,7 +8,7 @@ batches go back only when both let go."""
 import random
 
 import pytest
-from vtlstack._recstream import FAILED, STALLED, RecordBatch, RecStream
+from vtlstack._recstream import FAILED, STALLED, Events, RecordBatch, RecStream
 from vtlstack._zc import FrameQueue
 
 from vtlstack import parsers
@@ -63,12 +63,13 @@ def read_all(pool, spans, name="csv", ring=1 << 14, max_record=1 << 20, per_batc
     return records, batches, rs, rc
 
 
+@pytest.mark.parametrize("ring", [512, 1 << 14])     # 512: the ring wraps, often mid-feed
 @pytest.mark.parametrize("seed", range(4))
-def test_csv_records_over_odd_frames_equal_offline(seed):
+def test_csv_records_over_odd_frames_equal_offline(seed, ring):
     rng = random.Random(seed)
     pool = FramePool(1024)
     spans = frames_of(pool, CSV, iter(lambda: rng.choice([1, 2, 7, 100, 1448]), None))
-    records, batches, rs, rc = read_all(pool, spans)
+    records, batches, rs, rc = read_all(pool, spans, ring=ring)
     assert rc == 0 and rs.status() == 1
     assert records == offline("csv", CSV)
     assert sum(len(b) for b in batches) == 400
@@ -114,8 +115,30 @@ def test_a_full_ring_stalls_the_parser_until_events_are_taken():
     first = rs.parsed
     assert 0 < first < len(CSV)
     events, nrec, end, kick = rs.take(1 << 20, len(CSV))
-    assert kick, "the consumer must tell a stalled producer"
+    assert events.lent and len(events) <= 256 and not kick, "half the ring, lent"
+    assert rs.parse(pool, spans) == STALLED and rs.parsed == first, "still the batch's"
+    assert events.give_back(), "the consumer must tell a stalled producer"
     assert rs.parse(pool, spans) in (0, STALLED) and rs.parsed > first
+
+
+def test_a_held_batch_keeps_its_events_when_the_next_is_taken():
+    pool = FramePool(1024)
+    p = parsers.load("csv")
+    rs = RecStream(str(p.path), p._params, 512, 1 << 20)
+    spans = frames_of(pool, CSV, iter(lambda: 1448, None))
+    rs.parse(pool, spans)
+    first, n1, _, _ = rs.take(10, len(CSV))
+    before = first.tobytes()
+    second, n2, _, _ = rs.take(10, len(CSV))     # the first is not given back: copied out
+    assert (n1, n2) == (10, 10) and second.lent and not first.lent
+    assert first.tobytes() == before and first.give_back() is False
+    for _ in range(40):                          # the ring goes round: first stays as it was
+        got = rs.take(10, len(CSV))
+        if got is None:
+            rs.parse(pool, spans)
+            continue
+        got[0].give_back()
+    assert first.tobytes() == before
 
 
 def test_records_past_the_received_edge_wait():
@@ -157,7 +180,7 @@ def test_shared_frames_go_back_when_the_last_holder_lets_go():
         shares.append(addr, n)
 
     def batch(frames):
-        return RecordBatch(pool, None, None, b"", 0, frames[0][2], frames[-1][2], frames)
+        return RecordBatch(pool, None, None, None, 0, frames[0][2], frames[-1][2], frames)
 
     first = shares.take(15)           # frames 0 and 2048; 2048 is cut at 15
     second = shares.take(30)          # 2048 again, and 4096
@@ -197,7 +220,7 @@ def test_batch_views_follow_the_release_rules():
     _, batches, _, _ = read_all(pool, spans)
     got = []
     b = RecordBatch(pool, got.append, parsers.load("csv")._lib,
-                    batches[0].events.tobytes(), len(batches[0]), batches[0].start,
+                    Events(batches[0].events.tobytes()), len(batches[0]), batches[0].start,
                     batches[0].end, spans)
     view = b.view(0, 4)[0]
     mv = memoryview(view)

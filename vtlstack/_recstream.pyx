@@ -5,10 +5,12 @@ batches read_records() hands out.
 A RecStream owns the application's hold on one vr_stream block: the parser state and the
 ring of the events of complete records. The network thread parses into it (or, with
 parse_in="app", the application thread through parse()); take() moves the events of up to
-N complete records out of the ring. A RecordBatch holds those events and the frames their
-bytes are in: fields are (stream offset, length) spans that batch.view() and
-batch.column() map onto the frames, so reading a field copies nothing until the
-application asks for Python values (to_python(), the offline parser's as_dict()).
+N complete records out of the ring: lent (the batch reads the ring slots themselves until
+it is released) or, when they wrap around the ring's end, copied. A RecordBatch holds those
+events and the frames their bytes are in: fields are (stream offset, length) spans that
+batch.view() and batch.column() map onto the frames, so reading a field copies nothing
+until the application asks for Python values (to_python(), the offline parser's
+as_dict()).
 """
 
 from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize
@@ -33,7 +35,7 @@ from vtlstack._zc cimport FrameSet, FrameView
 from vtlstack._records import records_from_events
 from vtlstack.errors import ParseError, ReleasedError, VtlError
 
-__all__ = ["EVENT_DTYPE", "RecStream", "RecordBatch"]
+__all__ = ["EVENT_DTYPE", "Events", "RecStream", "RecordBatch"]
 
 # vp_event as numpy sees it (vtlparse.h: 24 bytes).
 EVENT_DTYPE = numpy.dtype([("off", "<u8"), ("val", "<i8"), ("len", "<u4"), ("id", "<u2"),
@@ -52,6 +54,9 @@ cdef void *_sym(void *handle, bytes name, str path) except NULL:
     return f
 
 
+cdef class Events
+
+
 cdef class RecStream:
     """One connection's record stream. `ring_events` (a power of two) bounds the events of
     records parsed and not yet read; `max_record` the bytes of an unfinished record."""
@@ -59,6 +64,8 @@ cdef class RecStream:
     cdef vr_stream *r
     cdef int holds            # holders that are ours: 1, or 2 when we parse too
     cdef readonly str path
+    cdef uint32_t lent        # ring index after the events taken (tail <= lent <= head)
+    cdef Events loan          # the one batch still reading ring slots, or None
 
     def __cinit__(self, str path, list params, uint32_t ring_events, uint64_t max_record):
         cdef void *handle = dlopen(path.encode(), RTLD_NOW | RTLD_LOCAL)
@@ -127,9 +134,13 @@ cdef class RecStream:
         """Complete records so far (the network thread's count, read without a lock)."""
         return self.r.records
 
+    cdef uint32_t unread(self) noexcept:
+        """Events of complete records not taken yet."""
+        return vr_ready(self.r) - (self.lent - self.r.tail)
+
     def status(self) -> int:
         """0 open, 1 ended (every record was taken or is ready), 2 failed: see error()."""
-        if vr_ready(self.r):
+        if self.unread():
             return VR_OPEN
         return vr_status(self.r)
 
@@ -141,48 +152,125 @@ cdef class RecStream:
 
     def ready(self, uint64_t edge) -> bool:
         """Is a complete record ready whose bytes end by stream offset `edge`?"""
-        cdef uint32_t i, head = self.r.head, tail = self.r.tail
+        cdef uint32_t i, n = self.unread()
         cdef vp_event *e
-        if not vr_ready(self.r):
-            return False
-        for i in range(tail, head):
+        for i in range(self.lent, self.lent + n):
             e = &self.r.ring[i & self.r.mask]
             if e.kind == VP_EV_RECORD:
                 return e.off + e.len <= edge
         return False
 
-    def take(self, uint32_t max_records, uint64_t edge):
-        """The events of up to max_records complete records whose bytes end by `edge`:
-        (events as bytes, records, end offset of the last, whether the producer stalled
-        and must be told). None if no record is ready."""
-        cdef uint32_t tail = self.r.tail, head = tail + vr_ready(self.r)
-        cdef uint32_t i, upto = tail, nrec = 0, n, first
-        cdef uint64_t end = 0
+    cdef uint32_t scan(self, uint32_t limit, uint32_t max_records, uint64_t edge,
+                       uint32_t *nrec, uint64_t *end) noexcept:
+        """Events, from `lent`, of up to max_records complete records whose bytes end by
+        `edge`, within `limit` events: how many (0: none), their records and end offset."""
+        cdef uint32_t i, upto = 0
         cdef vp_event *e
-        for i in range(tail, head):
-            e = &self.r.ring[i & self.r.mask]
+        nrec[0] = 0
+        for i in range(limit):
+            e = &self.r.ring[(self.lent + i) & self.r.mask]
             if e.kind != VP_EV_RECORD:
                 continue
             if e.off + e.len > edge:
                 break
             upto = i + 1
-            end = e.off + e.len
-            nrec += 1
-            if nrec == max_records:
+            end[0] = e.off + e.len
+            nrec[0] += 1
+            if nrec[0] == max_records:
                 break
+        return upto
+
+    cdef bint end_loan(self) except -1:
+        """The loan's events go back to the ring; True if the producer stalled."""
+        cdef Events e = self.loan
+        self.loan = None
+        e.lender = None
+        return vr_release(self.r, e.n)
+
+    def take(self, uint32_t max_records, uint64_t edge):
+        """The events of up to max_records complete records whose bytes end by `edge`:
+        (Events, records, end offset of the last, whether the producer stalled and must be
+        told). None if no record is ready.
+
+        The events are lent when they lie unbroken in the ring: the batch reads the ring
+        itself until it gives them back (Events.give_back(), at its release), and at most
+        half the ring is lent, so the producer keeps the other half meanwhile. One batch
+        at a time is lent: taking the next copies the previous one's events out (an app
+        that holds many batches pays the copy; one that releases each first pays none).
+        Events that wrap around the ring's end are copied at once."""
+        cdef uint32_t unread = self.unread(), first = self.lent & self.r.mask, nrec = 0, n, k
+        cdef uint64_t end = 0
+        cdef bint kick = 0
+        cdef Events ev
+        n = self.scan(min(unread, self.r.cap - first, self.r.cap // 2), max_records, edge,
+                      &nrec, &end)
+        if nrec == 0:   # nothing within what may be lent: a copy, if anything is ready
+            n = self.scan(unread, max_records, edge, &nrec, &end)
         if nrec == 0:
             return None
-        n = upto - tail
-        out = PyBytes_FromStringAndSize(NULL, n * sizeof(vp_event))
-        first = tail & self.r.mask
-        if first + n <= self.r.cap:
-            memcpy(PyBytes_AS_STRING(out), &self.r.ring[first], n * sizeof(vp_event))
+        ev = Events.__new__(Events)
+        if self.loan is not None:
+            self.loan.copy_out()
+            kick = self.end_loan()
+        ev.n = n
+        if first + n <= self.r.cap and n <= self.r.cap // 2:
+            ev.ev = &self.r.ring[first]
+            ev.lender = self
+            self.loan = ev
         else:
-            memcpy(PyBytes_AS_STRING(out), &self.r.ring[first],
-                   (self.r.cap - first) * sizeof(vp_event))
-            memcpy(PyBytes_AS_STRING(out) + (self.r.cap - first) * sizeof(vp_event),
-                   &self.r.ring[0], (n - (self.r.cap - first)) * sizeof(vp_event))
-        return out, nrec, end, bool(vr_release(self.r, n))
+            ev.copied = PyBytes_FromStringAndSize(NULL, n * sizeof(vp_event))
+            k = min(n, self.r.cap - first)
+            memcpy(PyBytes_AS_STRING(ev.copied), &self.r.ring[first], k * sizeof(vp_event))
+            memcpy(PyBytes_AS_STRING(ev.copied) + k * sizeof(vp_event), &self.r.ring[0],
+                   (n - k) * sizeof(vp_event))
+            ev.ev = <const vp_event *>PyBytes_AS_STRING(ev.copied)
+        self.lent += n
+        if ev.lender is None:
+            kick |= vr_release(self.r, n)
+        return ev, nrec, end, bool(kick)
+
+
+cdef class Events:
+    """The parser's events of one batch's records (vp_event structs): ring slots lent by
+    their RecStream until give_back(), or a copy of their own (Events(data) copies none:
+    it reads the bytes given)."""
+
+    cdef const vp_event *ev
+    cdef readonly uint32_t n
+    cdef bytes copied
+    cdef RecStream lender
+
+    def __cinit__(self, bytes data=b""):
+        if len(data) % sizeof(vp_event):
+            raise ValueError(f"events are {sizeof(vp_event)}-byte vp_event structs")
+        self.copied = data
+        self.ev = <const vp_event *>PyBytes_AS_STRING(data)
+        self.n = <uint32_t>(len(data) // sizeof(vp_event))
+
+    cdef int copy_out(self) except -1:
+        """Stop reading the ring: the events move into a copy of their own."""
+        self.copied = PyBytes_FromStringAndSize(<const char *>self.ev, self.n * sizeof(vp_event))
+        self.ev = <const vp_event *>PyBytes_AS_STRING(self.copied)
+        return 0
+
+    def give_back(self) -> bool:
+        """Lent slots go back to the ring (nothing to do for a copy). True if the producer
+        stalled for want of room and must be told to go on."""
+        if self.lender is None:
+            return False
+        return self.lender.end_loan()
+
+    @property
+    def lent(self) -> bool:
+        return self.lender is not None
+
+    def tobytes(self) -> bytes:
+        if self.n == 0:
+            return b""
+        return PyBytes_FromStringAndSize(<const char *>self.ev, self.n * sizeof(vp_event))
+
+    def __len__(self) -> int:
+        return self.n
 
 
 cdef class RecordBatch(FrameSet):
@@ -195,7 +283,7 @@ cdef class RecordBatch(FrameSet):
     frames back; nothing of it is usable afterwards.
     """
 
-    cdef bytes ev               # vp_event structs
+    cdef Events ev
     cdef readonly uint32_t nrec
     cdef readonly uint64_t start    # the stream bytes it covers: [start, end)
     cdef readonly uint64_t end
@@ -203,10 +291,10 @@ cdef class RecordBatch(FrameSet):
     cdef uint64_t *f_off        # its frames: stream offset and length (addrs: FrameSet)
     cdef uint32_t *f_len
 
-    def __cinit__(self, FramePool pool not None, on_release, lib, bytes events,
+    def __cinit__(self, FramePool pool not None, on_release, lib, Events events,
                   uint32_t nrec, uint64_t start, uint64_t end, frames):
         cdef uint32_t i = 0
-        self.ev = events
+        self.ev = events if events is not None else Events.__new__(Events)
         self.nrec = nrec
         self.start = start
         self.end = end
@@ -228,6 +316,10 @@ cdef class RecordBatch(FrameSet):
 
     def __len__(self) -> int:
         return self.nrec
+
+    def _give_back_events(self) -> bool:
+        """At release: lent events go back to the ring; True if the producer must be told."""
+        return self.ev.give_back()
 
     cdef int check(self) except -1:
         if self.released:
@@ -265,7 +357,7 @@ cdef class RecordBatch(FrameSet):
     def events(self):
         """The parser's events (EVENT_DTYPE: off, val, len, id, kind, flags), read-only."""
         self.check()
-        return numpy.frombuffer(self.ev, dtype=EVENT_DTYPE)
+        return numpy.frombuffer(self.ev.tobytes(), dtype=EVENT_DTYPE)
 
     def to_python(self) -> list:
         """Each record as plain Python values: what the offline parser's as_dict() gives
@@ -273,15 +365,15 @@ cdef class RecordBatch(FrameSet):
         self.check()
         window = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(self.end - self.start))
         self.gather(self.start, <uint32_t>(self.end - self.start), PyBytes_AS_STRING(window))
-        return [rec.as_dict() for rec in records_from_events(self.lib, self.ev, window,
-                                                            self.start)]
+        return [rec.as_dict() for rec in records_from_events(self.lib, self.ev.tobytes(),
+                                                            window, self.start)]
 
     def spans(self, uint32_t j):
         """(offsets, lengths): the stream span of the j-th field of each record (its j-th
         top-level span event), as int64 numpy arrays; length -1 where a record has none.
         Quoted CSV fields are spans of the raw bytes (with their doubled quotes)."""
-        cdef const vp_event *ev = <const vp_event *>PyBytes_AS_STRING(self.ev)
-        cdef size_t i, n = len(self.ev) // sizeof(vp_event)
+        cdef const vp_event *ev = self.ev.ev
+        cdef size_t i, n = self.ev.n
         cdef uint32_t r = 0, seen = 0, depth = 0
         self.check()
         offsets = numpy.zeros(self.nrec, numpy.int64)

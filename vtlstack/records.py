@@ -135,6 +135,13 @@ class RecordSocket(TcpSocket):
                     self._header_pending = False
             return self._take(max)
 
+    def _released(self, held: Any, entry: list) -> None:
+        super()._released(held, entry)
+        with self._stack._lock:
+            # the batch's events go back to the ring too: a producer stalled for room goes on
+            if held._give_back_events() and not self.closed:
+                self._stack._send_ctl(MsgKind.MSG_TCP_PARSE, sock=self.cid, port=self.gen)
+
     def _take(self, max: int) -> RecordBatch:
         stack = self._stack
         pool = stack._port.pool
@@ -144,7 +151,7 @@ class RecordSocket(TcpSocket):
             if status == FAILED:
                 raise self._stream.error()
             if status == _ENDED or self._error is None:
-                return RecordBatch(pool, None, self._lib, b"", 0, self._taken, self._taken, ())
+                return RecordBatch(pool, None, self._lib, None, 0, self._taken, self._taken, ())
             self._raise_error()
         events, nrec, end, kick = got
         if kick and not self.closed:
