@@ -27,9 +27,11 @@ Then the offline line: the generated parsers on in-memory bytes (vtlstack.apps.b
 the rate parsing alone would allow. Targets (the issue's): csv stack-net 10x the csv module;
 http_get stack-net 3x httptools; http_post stack-net at least 90 % of stack-raw's MB/s.
 
-Receivers run on core 1 and the sender on core 0, each host's receive processing on its own
-core (RPS), as `vtl bench tcp` does: the stack's two threads share the receiver's core.
-The figures move from run to run: compare the ratios of one run.
+Each receiver's stream is several hundred MB: the stack's runs of 64 MB lasted 0.1-0.2 s
+and their rates were bimodal (30 or 40 M CSV rows/s from one run to the next); at 640 MB
+they varied by a few percent. Receivers run on core 1 and the sender on core 0, each host's
+receive processing on its own core (RPS), as `vtl bench tcp` does: the stack's two threads
+share the receiver's core. The figures move from run to run: compare the ratios of one run.
 """
 
 from __future__ import annotations
@@ -95,12 +97,13 @@ s.close()
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("records", help="records in the stack vs csv module and httptools",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", type=int, default=4_000_000, help="CSV rows per receiver (4M)")
+    p.add_argument("--rows", type=int, default=20_000_000,
+                   help="CSV rows per receiver (20M)")
     p.add_argument("--width", type=int, default=16, help="bytes per row, CRLF included (16)")
-    p.add_argument("--gets", type=int, default=1_000_000,
-                   help="header-only requests per receiver (1M)")
-    p.add_argument("--posts", type=int, default=100_000,
-                   help="requests with 2 KB bodies per receiver (100k)")
+    p.add_argument("--gets", type=int, default=4_000_000,
+                   help="header-only requests per receiver (4M)")
+    p.add_argument("--posts", type=int, default=400_000,
+                   help="requests with 2 KB bodies per receiver (400k)")
     p.add_argument("--workloads", default="csv,http_get,http_post,offline",
                    help="which to run, comma-separated (all)")
     p.add_argument("--repeat", type=int, default=1, help="runs per receiver; medians")
@@ -264,8 +267,8 @@ def _records(workload: str, rows: int, width: int, gets: int,
     return (HTTP_GET, gets) if workload == "http_get" else (HTTP_POST, posts)
 
 
-def records_bench(rows: int = 4_000_000, width: int = 16, gets: int = 1_000_000,
-                  posts: int = 100_000, repeat: int = 1,
+def records_bench(rows: int = 20_000_000, width: int = 16, gets: int = 4_000_000,
+                  posts: int = 400_000, repeat: int = 1,
                   workloads: tuple[str, ...] = (*WORKLOADS, "offline"),
                   progress: Any = None) -> dict[str, Any]:
     """Every receiver of every workload on one testbed, `repeat` times each, interleaved;

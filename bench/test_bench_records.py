@@ -27,7 +27,7 @@ def _report(benchmark, result: dict) -> None:
 
 
 def test_csv_records_stack_vs_csv_module(benchmark):
-    result = benchmark.pedantic(records_bench, kwargs={"rows": 4_000_000,
+    result = benchmark.pedantic(records_bench, kwargs={"rows": 20_000_000,
                                                        "workloads": ("csv",)},
                                 rounds=1, iterations=1)
     _report(benchmark, result)
@@ -38,7 +38,7 @@ def test_csv_records_stack_vs_csv_module(benchmark):
 
 def test_http_requests_stack_vs_httptools_and_raw_tcp(benchmark):
     result = benchmark.pedantic(records_bench,
-                                kwargs={"gets": 1_000_000, "posts": 100_000,
+                                kwargs={"gets": 4_000_000, "posts": 400_000,
                                         "workloads": ("http_get", "http_post")},
                                 rounds=1, iterations=1)
     _report(benchmark, result)
