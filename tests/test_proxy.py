@@ -308,10 +308,11 @@ def _transfer_started(path: Path, curl: subprocess.Popen) -> None:
         time.sleep(0.01)    # polling interval of a file size
 
 
+@pytest.mark.parametrize("mode", ["forward", "splice"])
 @pytest.mark.parametrize("stop_timeout, finishes", [(60, True), (1, False)],
                          ids=["finishes", "bounded"])
-def test_sigterm_during_a_transfer(bed, tmp_path, stop_timeout, finishes):
-    proxy = bed.proxy("--stop-timeout", str(stop_timeout))
+def test_sigterm_during_a_transfer(bed, tmp_path, stop_timeout, finishes, mode):
+    proxy = bed.proxy("--stop-timeout", str(stop_timeout), mode=mode)
     got = tmp_path / "got.bin"
     # rate-limited so the download lasts about 4 s (or, bounded, far beyond the stop)
     rate = "25M" if finishes else "5M"
@@ -336,6 +337,10 @@ def test_sigterm_during_a_transfer(bed, tmp_path, stop_timeout, finishes):
     else:
         assert curl.returncode != 0
         assert stats["stop_closed"] == 1
+    if mode == "splice":
+        # a client reading at 5 or 25 MB/s from a fast upstream: the proxy held at most
+        # the per-pair cap (2 MiB a direction) and what was in flight when it closed
+        assert stats["tcp"]["splice_held_peak"] <= 2 * (2 << 20) + (64 << 10), stats["tcp"]
 
 
 def test_sigusr1_prints_counters(bed):
