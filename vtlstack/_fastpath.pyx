@@ -16,7 +16,7 @@ from posix.unistd cimport read, usleep
 
 from vtlstack._handoff cimport Channel
 from vtlstack._includes.posix cimport (
-    POLLIN, SYS_gettid, now_ns, poll, pollfd, syscall,
+    POLLIN, SYS_gettid, now_ns, poll, pollfd, sched_yield, syscall,
 )
 from vtlstack._includes.spsc cimport spsc_end_sleep, spsc_pop, spsc_prepare_sleep, vtl_msg
 from vtlstack._includes.vtlinsp cimport (
@@ -179,6 +179,7 @@ cdef class NetThread:
         self.add_port(port, mac, ip)
         self.batch = batch
         self.busy_poll_ns = <uint64_t>busy_poll_us * 1000
+        self.to_app.spin_ns = self.busy_poll_ns     # the app thread's waits poll as long
         self.stopping = 0
         self.tid = 0
         self._thread = None
@@ -504,6 +505,7 @@ cdef class NetThread:
                 last_work = now_ns()
                 continue
             if now_ns() - last_work < self.busy_poll_ns:
+                sched_yield()
                 continue
             last_work = 0
             if spsc_prepare_sleep(self.to_net.ring):

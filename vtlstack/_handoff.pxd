@@ -8,6 +8,7 @@ cdef class Channel:
     cdef readonly int efd
     cdef readonly unsigned long long wakeups
     cdef bint unsignalled
+    cdef unsigned long long spin_ns     # wait(): yield-and-check this long before sleeping
 
     cdef int send(self, const vtl_msg *m) noexcept nogil
     cdef int post(self, const vtl_msg *m) noexcept nogil

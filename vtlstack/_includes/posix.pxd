@@ -48,3 +48,7 @@ cdef extern from "<unistd.h>" nogil:
 cdef extern from "<sys/syscall.h>" nogil:
     enum:
         SYS_gettid
+
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
