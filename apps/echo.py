@@ -35,9 +35,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--mode", choices=("auto", "skb", "drv"), default="auto",
                    help="XDP attach mode (veth supports skb and drv, copy mode)")
     p.add_argument("--batch", type=int, default=64, help="RX/TX batch size (default 64)")
-    p.add_argument("--busy-poll-us", type=int, default=0,
-                   help="microseconds the idle network thread polls before sleeping "
-                        "(default 0: sleep in poll() at once)")
+    p.add_argument("--busy-poll-us", type=int, default=None,
+                   help="microseconds the idle network thread (and a waiting app thread) "
+                        "polls, yielding, before sleeping (default: the stack's, 20; 0: at "
+                        "once)")
     p.add_argument("--duration", type=float, default=None,
                    help="stop after this many seconds (default: until SIGINT/SIGTERM)")
     how = p.add_mutually_exclusive_group()

@@ -113,9 +113,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="UMEM frames, 2 KB each (default 16384)")
     p.add_argument("--xdp-mode", choices=("auto", "skb", "drv"), default="auto",
                    help="XDP attach mode (veth supports skb and drv, copy mode)")
-    p.add_argument("--busy-poll-us", type=int, default=0, metavar="US",
-                   help="how long the idle network thread keeps polling before it sleeps "
-                        "(default 0: at once; raise it when it has a core of its own)")
+    p.add_argument("--busy-poll-us", type=int, default=None, metavar="US",
+                   help="how long the idle network thread (and a waiting app thread) keeps "
+                        "polling, yielding, before it sleeps (default: the stack's, 20; 0: "
+                        "at once)")
     p.add_argument("--net-cpu", type=int, default=None,
                    help="pin the network thread to this CPU (default: not pinned)")
     p.set_defaults(func=run)
