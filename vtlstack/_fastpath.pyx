@@ -277,10 +277,13 @@ cdef class NetThread:
             k = <uint32_t>min(<Py_ssize_t>fs, n - done)
             memcpy(self.port.pool.frame_ptr(m.addr), &data[done], k)
             m.len = k
-            if not self.to_net.send(&m):
+            if not self.to_net.post(&m):
                 frames.appendleft(m.addr)
                 break
             done += k
+        # one wakeup for the whole call (as app_recv): woken per frame, a network thread
+        # on this core would run (and sleep again) between every two of them
+        self.to_net.flush()
         return done
 
     def app_recv(self, object spans, Py_ssize_t bufsize, int cid, int gen,
