@@ -1013,7 +1013,7 @@ def test_frames_sent_by_reference_go_out_of_the_frame_and_free_it_when_acked():
 
 def test_a_frame_retransmitted_while_on_the_tx_ring_is_copied_then_sent_in_place_again():
     p = open_sender(rto_init=1.0, rto_min=1.0)
-    data = random.Random(4).randbytes(500)
+    data = random.Random(4).randbytes(1200)
     a = app_frame(p, data)
     assert p.eng.send_frame(p.cid, a, len(data), p.now) == len(data)
     on_tx = []
@@ -1040,22 +1040,25 @@ def test_frames_not_taken_by_reference_stay_the_callers():
     mss = p.eng.info(p.cid)["snd_mss"]
     big = app_frame(p, bytes(mss + 1))
     assert p.eng.send_frame(p.cid, big, mss + 1, p.now) == 0    # more than a segment
-    ok = [app_frame(p, bytes(1000)) for _ in range(3)]
-    assert [p.eng.send_frame(p.cid, a, 1000, p.now) for a in ok] == [1000] * 3
-    late = app_frame(p, bytes(1))
-    assert p.eng.send_frame(p.cid, late, 1, p.now) == 0        # snd_buf is full
-    assert p.pool.refcount(big) == p.pool.refcount(late) == 1   # still the caller's
+    small = app_frame(p, bytes(1024))
+    assert p.eng.send_frame(p.cid, small, 1024, p.now) == 0     # half a frame: copy it
+    ok = [app_frame(p, bytes(1100)) for _ in range(2)]
+    assert [p.eng.send_frame(p.cid, a, 1100, p.now) for a in ok] == [1100] * 2
+    late = app_frame(p, bytes(1100))
+    assert p.eng.send_frame(p.cid, late, 1100, p.now) == 0     # snd_buf is full
+    left = [big, small, late]
+    assert all(p.pool.refcount(a) == 1 for a in left)           # still the caller's
     p.eng.shutdown(p.cid, p.now)
     with pytest.raises(OSError):
-        p.eng.send_frame(p.cid, late, 1, p.now)
-    p.pool.free(big)
-    p.pool.free(late)
+        p.eng.send_frame(p.cid, late, 1100, p.now)
+    for a in left:
+        p.pool.free(a)
     p.done()
 
 
 def test_a_frame_without_room_for_headers_is_sent_by_copy():
     p = open_sender()
-    data = b"tight" * 20
+    data = b"tight" * 220
     a = app_frame(p, data, headroom=8)
     assert p.eng.send_frame(p.cid, a, len(data), p.now) == len(data)
     assert [payload(tcp_of(raw)) for raw in p.eng.segments(inplace=True)] == [data]

@@ -2058,18 +2058,21 @@ cdef class TcpEngine:
     cdef int64_t c_send_frame(self, int32_t cid, uint64_t addr, uint32_t n,
                               uint64_t now) noexcept nogil:
         """Take the n bytes at UMEM address addr into the send queue without a copy: the
-        caller's reference on their frame becomes the queue's. Only one segment's worth at
-        most, and only when the queue has room for all of it: then the segment goes out of
-        that frame with its headers written in front of the bytes (pop_out_inplace), so
-        the caller leaves room there. Returns n; 0 when it cannot be taken so (the caller
-        still holds the frame, and may copy with c_send); -1 if the connection cannot send."""
+        caller's reference on their frame becomes the queue's. Only more than half a frame
+        and at most one segment's worth, when the queue has room for all of it: then the
+        segment goes out of that frame with its headers written in front of the bytes
+        (pop_out_inplace), so the caller leaves room there. Returns n; 0 when it cannot be
+        taken so (the caller still holds the frame, and may copy with c_send); -1 if the
+        connection cannot send."""
         cdef tcp_conn *c = &self.conns[cid]
         if not (c.state == ST_SYN_SENT or c.state == ST_SYN_RECEIVED or
                 c.state == ST_ESTABLISHED or c.state == ST_CLOSE_WAIT) or c.fin_queued:
             return -1
-        # the same limits as c_send's: the frame already exists, but frames held by send
-        # queues are frames receiving cannot have
-        if n == 0 or n > c.snd_mss or c.sq_n == SQ_MAX or \
+        # The same limits as c_send's: the frame already exists, but frames held by send
+        # queues are frames receiving cannot have. Less than half a frame of bytes is
+        # copied (into a frame other small sends may share), so that SQ_MAX frames still
+        # cover snd_buf.
+        if n * 2 <= self.pool.frame_size or n > c.snd_mss or c.sq_n == SQ_MAX or \
                 c.sq_bytes + n > self.cfg.snd_buf or \
                 self.sq_frames >= self.pool.frame_count // 8 * 3:
             return 0
