@@ -80,7 +80,7 @@ cdef enum:
 cdef enum:
     RQ_MAX = 256        # in-order fragments not yet consumed
     OOO_MAX = 256       # out-of-order fragments: a whole receive window of segments
-    SQ_MAX = 256        # send queue frames (unsent + unacknowledged)
+    SQ_MAX = 512        # send queue frames (unsent + unacknowledged)
     ACCEPTQ_MAX = 128
     SB_MAX = 8          # SACK scoreboard: ranges the peer holds above SND.UNA
     MAX_LISTENERS = 16

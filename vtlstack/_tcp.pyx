@@ -259,7 +259,7 @@ cdef class TcpEngine:
     Ethernet header); addresses are dotted strings in Python, network order in C."""
 
     def __cinit__(self, FramePool pool not None, uint32_t max_conns=1024, *,
-                  uint32_t mss=1460, uint32_t rcv_buf=262144, uint32_t snd_buf=262144,
+                  uint32_t mss=1460, uint32_t rcv_buf=262144, uint32_t snd_buf=524288,
                   double msl=30.0, double rto_init=1.0, double rto_min=0.2,
                   double rto_max=60.0, double delack=0.04, uint32_t max_retries=8,
                   uint32_t syn_retries=5, str cc="newreno", bint wscale=True,
