@@ -984,6 +984,89 @@ def test_send_queue_limit_is_counted():
     p.done()
 
 
+def app_frame(p, data, headroom=128):
+    """A frame the app filled for send_frame: its bytes at `headroom`, room for the headers
+    in front of them."""
+    addr = p.pool.alloc() + headroom
+    p.pool.write(addr, data)
+    return addr
+
+
+def test_frames_sent_by_reference_go_out_of_the_frame_and_free_it_when_acked():
+    p = open_sender()
+    mss = p.eng.info(p.cid)["snd_mss"]
+    data = random.Random(3).randbytes(3 * mss)
+    frames = [app_frame(p, data[i:i + mss]) for i in range(0, len(data), mss)]
+    free = p.pool.stats()["free"]
+    for a in frames:
+        assert p.eng.send_frame(p.cid, a, mss, p.now) == mss
+    assert p.pool.stats()["free"] == free               # no frame of its own: no copy
+    segs = [tcp_of(raw) for raw in p.eng.segments(inplace=True)]
+    assert b"".join(payload(s) for s in segs) == data
+    assert all(p.pool.refcount(a) == 1 for a in frames)  # sent: the send queue's only
+    c = p.eng.counters()
+    assert c["send_inplace"] == 3 and c["send_copied"] == 0 and c["splice_inplace"] == 0
+    p.send(ack=p.a_seq + len(data))
+    assert p.pool.stats()["free"] == free + 3            # acknowledged: free again
+    p.done()
+
+
+def test_a_frame_retransmitted_while_on_the_tx_ring_is_copied_then_sent_in_place_again():
+    p = open_sender(rto_init=1.0, rto_min=1.0)
+    data = random.Random(4).randbytes(1200)
+    a = app_frame(p, data)
+    assert p.eng.send_frame(p.cid, a, len(data), p.now) == len(data)
+    on_tx = []
+    first = tcp_of(p.eng.segments(inplace=True, on_tx=on_tx)[0])
+    assert p.pool.state_of(a) == "tx"
+    p.until_deadline()              # the RTO fires before the TX ring gave the frame back
+    again = [tcp_of(raw) for raw in p.eng.segments(inplace=True, on_tx=on_tx)]
+    assert [(s.seq, payload(s)) for s in again] == [(first.seq, data)]
+    c = p.eng.counters()
+    assert c["send_inplace"] == 1 and c["send_copied"] == 1 and len(on_tx) == 1
+    p.pool._complete(on_tx.pop())
+    p.until_deadline()              # only the queue holds it now: in place, same bytes
+    third = [tcp_of(raw) for raw in p.eng.segments(inplace=True, on_tx=on_tx)]
+    assert [(s.seq, payload(s)) for s in third] == [(first.seq, data)]
+    assert p.eng.counters()["send_inplace"] == 2
+    p.pool._complete(on_tx.pop())
+    p.send(ack=p.a_seq + len(data))
+    assert p.pool.refcount(a) == 0
+    p.done()
+
+
+def test_frames_not_taken_by_reference_stay_the_callers():
+    p = open_sender(snd_buf=3000)
+    mss = p.eng.info(p.cid)["snd_mss"]
+    big = app_frame(p, bytes(mss + 1))
+    assert p.eng.send_frame(p.cid, big, mss + 1, p.now) == 0    # more than a segment
+    small = app_frame(p, bytes(1024))
+    assert p.eng.send_frame(p.cid, small, 1024, p.now) == 0     # half a frame: copy it
+    ok = [app_frame(p, bytes(1100)) for _ in range(2)]
+    assert [p.eng.send_frame(p.cid, a, 1100, p.now) for a in ok] == [1100] * 2
+    late = app_frame(p, bytes(1100))
+    assert p.eng.send_frame(p.cid, late, 1100, p.now) == 0     # snd_buf is full
+    left = [big, small, late]
+    assert all(p.pool.refcount(a) == 1 for a in left)           # still the caller's
+    p.eng.shutdown(p.cid, p.now)
+    with pytest.raises(OSError):
+        p.eng.send_frame(p.cid, late, 1100, p.now)
+    for a in left:
+        p.pool.free(a)
+    p.done()
+
+
+def test_a_frame_without_room_for_headers_is_sent_by_copy():
+    p = open_sender()
+    data = b"tight" * 220
+    a = app_frame(p, data, headroom=8)
+    assert p.eng.send_frame(p.cid, a, len(data), p.now) == len(data)
+    assert [payload(tcp_of(raw)) for raw in p.eng.segments(inplace=True)] == [data]
+    c = p.eng.counters()
+    assert c["send_inplace"] == 0 and c["send_copied"] == 1
+    p.done()
+
+
 def test_newreno_fast_retransmit_after_three_dup_acks():
     p = open_sender()
     mss = p.eng.info(p.cid)["snd_mss"]

@@ -187,9 +187,13 @@ def test_one_gigabyte_from_a_linux_client_into_vtl_sink(impair):
     assert_clean(events[-1])
 
 
-@pytest.mark.parametrize("size", [6_000_000, 1 << 30], ids=["6MB", "1GB"])
-def test_vtl_source_into_a_linux_server(size):
-    with Testbed.up(topology="pair") as tb:
+@pytest.mark.parametrize("size, impair", [(6_000_000, {}), (1 << 30, {}),
+                                          (32 << 20, {"loss_pct": 2.0}),
+                                          (32 << 20, {"delay_ms": 2, "reorder_pct": 2.0})],
+                         ids=["6MB", "1GB", "32MB-loss2", "32MB-delay-reorder"])
+def test_vtl_source_into_a_linux_server(size, impair):
+    # segments go out of the frames the app wrote them in: lost ones are resent from there
+    with Testbed.up(topology="pair", **impair) as tb:
         server = tb.popen("client", [sys.executable, "-c", SERVER], stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)
         try:
@@ -209,6 +213,10 @@ def test_vtl_source_into_a_linux_server(size):
         digest.update(block[:min(len(block), size - at)])
     expect = digest.hexdigest()
     assert sent[0]["sha256"] == expect == got["sha256"] and got["bytes"] == size
+    tcp = sent[-1]["tcp"]
+    assert tcp["send_inplace"] > 0.9 * size / 1448, tcp
+    if impair.get("loss_pct"):
+        assert tcp["retransmits"] > 0, tcp
     assert_clean(sent[-1])
 
 

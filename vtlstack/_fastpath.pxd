@@ -38,7 +38,8 @@ cpdef enum MsgKind:
     # Net -> app:
     MSG_TCP_RESULT = 40     # arg = result (int64; negative: failed); for a connection
                             # ip, lport = the peer's address, addr = the local ip
-    MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits
+    MSG_TCP_EVENT = 41      # sock = cid, arg = EV_* bits, len = bytes acknowledged (low
+                            # 32 bits), lport = the send MSS (what app_send puts in a frame)
     MSG_TCP_DATA = 42       # sock = cid, addr, len: in-order bytes, the frame ref'd for the app
     # App -> net, out of the range above because the numbers were taken:
     MSG_TCP_SPLICE = 43     # sock, port: one connection; arg = the other's cid | gen << 32
@@ -196,6 +197,7 @@ cdef class NetThread:
     cdef void inspect_bad_gateway(self, vi_block *b) noexcept nogil
     cdef void inspect_release(self, int32_t cid) noexcept nogil
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil
+    cdef int64_t tcp_take(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil
     cdef void pend_add(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil
     cdef void pend_flush(self, int32_t cid) noexcept nogil
     cdef void pend_drop(self, int32_t cid, bint to_app) noexcept nogil

@@ -52,6 +52,11 @@ cdef enum:
     UDP_PAYLOAD = ETH_HLEN + IPV4_MIN_HLEN + UDP_HLEN
 UDP_PAYLOAD_OFFSET = UDP_PAYLOAD
 
+# Where app_send puts TCP payload in a frame: Ethernet, IPv4 and the longest TCP header
+# (60 bytes) fit in front of it, written there when the segment goes out.
+cdef enum:
+    TX_HEADROOM = 128
+
 cdef enum:
     MAX_BATCH = 256
     OWNER_NONE = 0
@@ -259,15 +264,23 @@ cdef class NetThread:
         memcpy(self.port_mac[self.nports], <const char *>mac, 6)
         self.nports += 1
 
-    def app_send(self, object frames, const uint8_t[:] data, int cid, int gen) -> int:
+    def app_send(self, object frames, const uint8_t[:] data, int cid, int gen,
+                 uint32_t seg) -> int:
         """Application thread: copy `data` into frames the app holds (popped from the
         deque `frames`) and hand each to the network thread as a send on connection
         (cid, gen). Returns the bytes handed over: fewer when the frames run out or
-        to_net is full. The caller keeps within its send credit."""
+        to_net is full. The caller keeps within its send credit.
+        Each frame carries at most `seg` bytes (the connection's send MSS), after
+        TX_HEADROOM: one segment, with room for its headers in front, so the engine takes
+        the frame itself into its send queue and sends the segment out of it (no copy in
+        the network thread); a frame it cannot take so is copied there."""
         cdef uint32_t fs = self.port.pool.frame_size
         cdef Py_ssize_t done = 0, n = data.shape[0]
         cdef uint32_t k
+        cdef uint32_t room = fs - TX_HEADROOM
         cdef vtl_msg m
+        if seg == 0 or seg > room:
+            seg = room
         m.kind = MSG_TCP_SEND
         m.sock = cid
         m.port = gen
@@ -275,14 +288,17 @@ cdef class NetThread:
         m.lport = 0
         m.arg = 0
         while done < n and frames:
-            m.addr = frames.popleft()
-            k = <uint32_t>min(<Py_ssize_t>fs, n - done)
+            m.addr = <uint64_t>frames.popleft() + TX_HEADROOM
+            k = <uint32_t>min(<Py_ssize_t>seg, n - done)
             memcpy(self.port.pool.frame_ptr(m.addr), &data[done], k)
             m.len = k
-            if not self.to_net.send(&m):
-                frames.appendleft(m.addr)
+            if not self.to_net.post(&m):
+                frames.appendleft(m.addr - TX_HEADROOM)
                 break
             done += k
+        # one wakeup for the whole call (as app_recv): woken per frame, a network thread
+        # on this core would run (and sleep again) between every two of them
+        self.to_net.flush()
         return done
 
     def app_recv(self, FrameQueue rx, Py_ssize_t bufsize, int cid, int gen,
@@ -341,19 +357,24 @@ cdef class NetThread:
             rx.pop_front()
         self.to_net.flush()
 
-    def app_pump(self, dict tcp, set touched, uint32_t budget=4096):
+    def app_pump(self, dict tcp, set touched, object granted, uint32_t budget=4096):
         """Application thread: take what the network thread handed over. In-order data
         (the bulk of it: a message per frame) goes straight onto its connection's
-        FrameQueue (`conn._rx`), and the connection into `touched`; the first other
-        message comes back as (kind, addr, len, ip, port, sock, lport, arg), for Python
-        to dispatch. Otherwise (the channel is empty, or `budget` messages were taken) the
-        number of data messages taken."""
+        FrameQueue (`conn._rx`), and the connection into `touched`; frames granted for
+        sending (a sender's steady stream of them) join the deque `granted`; the first
+        other message comes back as (kind, addr, len, ip, port, sock, lport, arg), for
+        Python to dispatch. Otherwise (the channel is empty, or `budget` messages were
+        taken) the number of data and grant messages taken."""
         cdef vtl_msg m
         cdef bint freed = 0
         cdef uint32_t taken = 0
         cdef FrameQueue rx
         try:
             while taken < budget and spsc_pop(self.to_app.ring, &m):
+                taken += 1
+                if m.kind == MSG_GRANT:
+                    granted.append(m.addr)
+                    continue
                 if m.kind != MSG_TCP_DATA:
                     return (m.kind, m.addr, m.len, m.ip, m.port, m.sock, m.lport, m.arg)
                 conn = tcp.get(m.sock)
@@ -364,7 +385,6 @@ cdef class NetThread:
                 else:
                     self._free(m.addr)    # for a socket closed since
                     freed = 1
-                taken += 1
             return taken
         finally:
             if freed:
@@ -798,7 +818,7 @@ cdef class NetThread:
         m.addr = 0
         m.len = <uint32_t>self.tcp.conns[cid].bytes_acked
         m.ip = 0
-        m.lport = 0
+        m.lport = self.tcp.conns[cid].snd_mss
         if not self.to_app.post(&m):
             self.c.app_ring_full += 1
             self.ev_held[cid] = mask
@@ -1053,24 +1073,35 @@ cdef class NetThread:
         self.reply(r, 0)
 
     cdef void tcp_send(self, vtl_msg *m) noexcept nogil:
-        """Bytes from the app, in one of its frames. The engine copies what its send queue
-        and the pool allow; the rest waits here, in order, until they do. The app keeps
-        within its credit, so waiting is the exception (many connections, a small pool)."""
+        """Bytes from the app, in one of its frames. The engine takes the frame itself if it
+        can (a segment's worth, see app_send), else copies what its send queue and the pool
+        allow; the rest waits here, in order, until they do. The app keeps within its
+        credit, so waiting is the exception (many connections, a small pool)."""
         cdef int64_t taken
         if not self.tcp_current(m):
             self.recycle(m.addr)
         elif self.pend_head[m.sock] >= 0:
             self.pend_add(m.sock, m.addr, m.len)
         else:
-            taken = self.tcp.c_send(m.sock, self.port.frame_ptr(m.addr), m.len, self.now)
+            taken = self.tcp_take(m.sock, m.addr, m.len)
             if taken < 0:
                 self.c.tcp_send_refused += 1   # reset or closed: the app gets that event
                 self.recycle(m.addr)
             elif taken < m.len:
                 self.c.tcp_send_waits += 1
                 self.pend_add(m.sock, m.addr + <uint64_t>taken, m.len - <uint32_t>taken)
-            else:
-                self.recycle(m.addr)
+
+    cdef int64_t tcp_take(self, int32_t cid, uint64_t addr, uint32_t n) noexcept nogil:
+        """Hand the engine the app's n bytes at addr: the frame itself if it takes it so,
+        else a copy of what it takes. Returns the bytes taken (-1: the connection cannot
+        send); once all are, the frame is no longer the app's (the send queue holds it, or
+        it went back to the app for its next send)."""
+        cdef int64_t taken = self.tcp.c_send_frame(cid, addr, n, self.now)
+        if taken == 0:
+            taken = self.tcp.c_send(cid, self.port.frame_ptr(addr), n, self.now)
+            if taken == n:
+                self.recycle(addr)
+        return taken
 
     cdef void recycle(self, uint64_t addr) noexcept nogil:
         """An app frame the engine is done with goes straight back to the app for its next
@@ -1116,8 +1147,7 @@ cdef class NetThread:
         cdef uint8_t then
         while self.pend_head[cid] >= 0:
             i = self.pend_head[cid]
-            taken = self.tcp.c_send(cid, self.port.frame_ptr(self.pend_addr[i]),
-                                    self.pend_len[i], self.now)
+            taken = self.tcp_take(cid, self.pend_addr[i], self.pend_len[i])
             if taken < 0:
                 self.c.tcp_send_refused += 1
                 self.pend_drop(cid, 1)
@@ -1126,7 +1156,6 @@ cdef class NetThread:
                 self.pend_addr[i] += <uint64_t>taken
                 self.pend_len[i] -= <uint32_t>taken
                 return
-            self.recycle(self.pend_addr[i])
             self.pend_head[cid] = self.pend_next[i]
             self.pend_next[i] = self.pend_free
             self.pend_free = i

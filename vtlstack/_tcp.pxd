@@ -11,10 +11,12 @@
 #       (a complete IPv4 packet; prepend Ethernet; checksums are done)
 #   events for the app: while (cid = eng.pop_event(&mask)) != NO_CONN: hand (cid, mask) over
 #   app requests, relayed from the handoff: c_connect, c_listen, c_accept, c_send (copies),
+#       c_send_frame (takes a frame of payload by reference),
 #       c_peek (zero-copy fragments) + c_consume, c_shutdown, c_close, c_abort,
 #       c_set_nodelay, c_set_keepalive, c_set_cc (another tcp_cc_ops table per connection),
 #       c_splice (join two connections: received frames are re-sent on the other one)
-#   output of spliced frames without a copy: pop_out_inplace() before pop_out()
+#   output of spliced frames and of frames taken by reference without a copy:
+#       pop_out_inplace() before pop_out()
 # Time is ns of a monotonic clock; addresses in network order, ports in host order.
 from libc.stdint cimport int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t
 
@@ -78,7 +80,7 @@ cdef enum:
 cdef enum:
     RQ_MAX = 256        # in-order fragments not yet consumed
     OOO_MAX = 256       # out-of-order fragments: a whole receive window of segments
-    SQ_MAX = 256        # send queue frames (unsent + unacknowledged)
+    SQ_MAX = 512        # send queue frames (unsent + unacknowledged)
     ACCEPTQ_MAX = 128
     SB_MAX = 8          # SACK scoreboard: ranges the peer holds above SND.UNA
     MAX_LISTENERS = 16
@@ -177,6 +179,8 @@ ctypedef struct tcp_counters:
     uint64_t splice_bytes       # bytes moved from one spliced connection to the other
     uint64_t splice_inplace     # spliced segments sent from the received frame itself
     uint64_t splice_copied      # spliced segments copied (retransmitted while on TX, split)
+    uint64_t send_inplace       # app segments sent from the app's own frame (c_send_frame)
+    uint64_t send_copied        # ... copied from it (retransmitted while on TX, split)
     uint64_t splice_held_peak   # the most bytes all spliced send queues held at once
 
 
@@ -325,9 +329,10 @@ cdef class TcpEngine:
     cdef uint64_t ca_window_start
     cdef uint64_t tmin          # lower bound of every armed timer (0: none armed)
     cdef uint32_t ca_count
-    # Where each frame's received payload started (0: not a received frame). A spliced
-    # segment starting there may get its headers written in front of it, over the ones it
-    # came with (pop_out_inplace); one starting elsewhere shares the frame and is copied.
+    # Where each frame's received payload started, or the app's payload of a frame taken by
+    # reference (c_send_frame); 0: neither. A segment starting there may get its headers
+    # written in front of it, over the ones it came with (pop_out_inplace); one starting
+    # elsewhere shares the frame and is copied.
     cdef uint16_t *zc_off
     cdef uint64_t splice_held   # bytes in spliced send queues, all splices
     cdef uint8_t splice_over    # a window was held back by splice_cap (reopen when under)
@@ -348,6 +353,8 @@ cdef class TcpEngine:
     cdef int32_t c_accept(self, int32_t lcid) noexcept nogil
     cdef int64_t c_send(self, int32_t cid, const uint8_t *data, uint32_t n,
                         uint64_t now) noexcept nogil
+    cdef int64_t c_send_frame(self, int32_t cid, uint64_t addr, uint32_t n,
+                              uint64_t now) noexcept nogil
     cdef uint32_t c_peek(self, int32_t cid, tcp_frag *out, uint32_t max_n) noexcept nogil
     cdef void c_consume(self, int32_t cid, uint32_t n, uint64_t now) noexcept nogil
     cdef void c_shutdown(self, int32_t cid, uint64_t now) noexcept nogil
@@ -379,6 +386,7 @@ cdef class TcpEngine:
                        uint32_t seq, uint32_t ack, uint8_t flags) noexcept nogil
     cdef uint32_t rcv_window(self, tcp_conn *c) noexcept nogil
     cdef void output(self, tcp_conn *c, uint64_t now) noexcept nogil
+    cdef void sq_push(self, tcp_conn *c, uint64_t addr, uint32_t n) noexcept nogil
     cdef uint32_t send_at(self, tcp_conn *c, uint32_t seq, uint32_t room,
                           uint64_t now) noexcept nogil
     cdef void conn_input(self, tcp_conn *c, const uint8_t *t, const tcp_opts *o, uint32_t plen,

@@ -259,7 +259,7 @@ cdef class TcpEngine:
     Ethernet header); addresses are dotted strings in Python, network order in C."""
 
     def __cinit__(self, FramePool pool not None, uint32_t max_conns=1024, *,
-                  uint32_t mss=1460, uint32_t rcv_buf=262144, uint32_t snd_buf=262144,
+                  uint32_t mss=1460, uint32_t rcv_buf=262144, uint32_t snd_buf=524288,
                   double msl=30.0, double rto_init=1.0, double rto_min=0.2,
                   double rto_max=60.0, double delack=0.04, uint32_t max_retries=8,
                   uint32_t syn_retries=5, str cc="newreno", bint wscale=True,
@@ -783,7 +783,11 @@ cdef class TcpEngine:
             if s.len:
                 memcpy(t + TCP_MIN_HLEN + s.optlen, self.pool.frame_ptr(s.addr), s.len)
                 if self.zc_off[self.pool.frame_index(s.addr)]:
-                    self.cnt.splice_copied += 1     # a received frame, sent by copy
+                    # a received frame or the app's, sent by copy
+                    if self.conns[s.cid].sq_spliced:
+                        self.cnt.splice_copied += 1
+                    else:
+                        self.cnt.send_copied += 1
             tcp_set_csum(t, <uint16_t>tlen, s.lip, s.rip)
             self._drop_out()
             return tot
@@ -2015,6 +2019,8 @@ cdef class TcpEngine:
                 k = umin(chunk - used, n - done)
                 memcpy(self.pool.frame_ptr(f.addr + f.len), data + done, k)
                 f.len += k
+                c.snd_end += k
+                c.sq_bytes += k
             else:
                 if c.sq_n == SQ_MAX:
                     self.cnt.sq_full += 1
@@ -2032,17 +2038,48 @@ cdef class TcpEngine:
                 k = umin(chunk, n - done)
                 self.zc_off[self.pool.frame_index(a)] = 0   # holds no received segment
                 memcpy(self.pool.frame_ptr(a), data + done, k)
-                f = &c.sq[(c.sq_head + c.sq_n) % SQ_MAX]
-                f.addr = a
-                f.seq = c.snd_end
-                f.len = k
-                c.sq_n += 1
-                self.sq_frames += 1
-            c.snd_end += k
-            c.sq_bytes += k
+                self.sq_push(c, a, k)
             done += k
         self.output(c, now)
         return done
+
+    cdef void sq_push(self, tcp_conn *c, uint64_t addr, uint32_t n) noexcept nogil:
+        """A frame joins the send queue's tail with the next n bytes of the stream, at addr;
+        the caller's reference on it becomes the queue's."""
+        cdef tcp_frag *f = &c.sq[(c.sq_head + c.sq_n) % SQ_MAX]
+        f.addr = addr
+        f.seq = c.snd_end
+        f.len = n
+        c.sq_n += 1
+        self.sq_frames += 1
+        c.snd_end += n
+        c.sq_bytes += n
+
+    cdef int64_t c_send_frame(self, int32_t cid, uint64_t addr, uint32_t n,
+                              uint64_t now) noexcept nogil:
+        """Take the n bytes at UMEM address addr into the send queue without a copy: the
+        caller's reference on their frame becomes the queue's. Only more than half a frame
+        and at most one segment's worth, when the queue has room for all of it: then the
+        segment goes out of that frame with its headers written in front of the bytes
+        (pop_out_inplace), so the caller leaves room there. Returns n; 0 when it cannot be
+        taken so (the caller still holds the frame, and may copy with c_send); -1 if the
+        connection cannot send."""
+        cdef tcp_conn *c = &self.conns[cid]
+        if not (c.state == ST_SYN_SENT or c.state == ST_SYN_RECEIVED or
+                c.state == ST_ESTABLISHED or c.state == ST_CLOSE_WAIT) or c.fin_queued:
+            return -1
+        # The same limits as c_send's: the frame already exists, but frames held by send
+        # queues are frames receiving cannot have. Less than half a frame of bytes is
+        # copied (into a frame other small sends may share), so that SQ_MAX frames still
+        # cover snd_buf.
+        if n * 2 <= self.pool.frame_size or n > c.snd_mss or c.sq_n == SQ_MAX or \
+                c.sq_bytes + n > self.cfg.snd_buf or \
+                self.sq_frames >= self.pool.frame_count // 8 * 3:
+            return 0
+        self.zc_off[self.pool.frame_index(addr)] = <uint16_t>(addr % self.pool.frame_size)
+        self.sq_push(c, addr, n)
+        self.output(c, now)
+        return n
 
     cdef uint32_t c_peek(self, int32_t cid, tcp_frag *out, uint32_t max_n) noexcept nogil:
         """The unconsumed in-order bytes as up to max_n fragments (addr, len), no copy."""
@@ -2372,7 +2409,9 @@ cdef class TcpEngine:
     cdef uint32_t pop_out_inplace(self, uint32_t hroom, uint64_t *ip_addr) noexcept nogil:
         """Send the next pending segment from its payload's own frame if the headers fit in
         front of the payload: a received frame whose segment starts where its payload did
-        (so only headers are in front of it, see zc_off), held by its send queue and this
+        (so only headers are in front of it, see zc_off), or an app's frame taken by
+        reference (c_send_frame) whose segment starts where the app's bytes did, held by
+        its send queue and this
         segment only (not on the TX ring, not waiting there in a batch, not read by the app
         or a second fragment), with `hroom` bytes more for the link header. Writes the IPv4
         and TCP headers there and returns the packet's length, *ip_addr its UMEM address;
@@ -2401,7 +2440,10 @@ cdef class TcpEngine:
         ip_addr[0] = s.addr - hlen
         self.out_head = (self.out_head + 1) % self.out_cap
         self.out_n -= 1
-        self.cnt.splice_inplace += 1
+        if self.conns[s.cid].sq_spliced:
+            self.cnt.splice_inplace += 1
+        else:
+            self.cnt.send_inplace += 1
         return hlen + s.len
 
     # -- Python API: tests and the control plane --------------------------------------------
@@ -2429,10 +2471,12 @@ cdef class TcpEngine:
         self.pool.unref(a)
         return r == 0
 
-    def segments(self, bint inplace=False):
+    def segments(self, bint inplace=False, list on_tx=None):
         """Pop every pending segment as IPv4+TCP packet bytes; with `inplace`, those that
         can be are built in their payload's frame (pop_out_inplace), as the network thread
-        does."""
+        does. Such a frame is sent at once, unless `on_tx` is a list: then it stays on the
+        (pretend) TX ring, its address appended there, until the caller completes it
+        (FramePool._complete)."""
         cdef uint8_t buf[4096]
         cdef uint32_t n
         cdef uint64_t a
@@ -2442,7 +2486,11 @@ cdef class TcpEngine:
                 n = self.pop_out_inplace(0, &a)
                 if n:
                     out.append(PyBytes_FromStringAndSize(<char *>self.pool.frame_ptr(a), n))
-                    self.pool.unref(a)
+                    if on_tx is None:
+                        self.pool.unref(a)
+                    else:
+                        self.pool.to_tx(a)
+                        on_tx.append(a)
                     continue
             n = self.pop_out(buf, sizeof(buf))
             if n == 0:
@@ -2484,6 +2532,15 @@ cdef class TcpEngine:
         if n < 0:
             raise OSError(f"send on connection {cid} in state {self.state(cid)}")
         return n
+
+    def send_frame(self, int cid, uint64_t addr, uint32_t n, uint64_t now):
+        """c_send_frame: the n bytes at UMEM address addr (a frame the caller holds), by
+        reference. Returns n (the frame is the engine's now), or 0 (still the caller's)."""
+        self._conn(cid)
+        cdef int64_t r = self.c_send_frame(cid, addr, n, now)
+        if r < 0:
+            raise OSError(f"send on connection {cid} in state {self.state(cid)}")
+        return r
 
     def peek(self, int cid):
         """Unconsumed bytes as [(umem_addr, length)], straight from the received frames."""

@@ -132,6 +132,7 @@ class Stack:
         self._next_port = EPHEMERAL_PORTS.start
         self._next_sock = 0
         self._granted: deque[int] = deque()
+        self._owed = 0      # frames asked for (MSG_WANT) and not granted yet
         # Zero-copy sets the app holds (recv_zc chains, record batches), each with the
         # queue its frames came from when frames may be shared with it (record batches)
         self._held: dict[FrameSet, FrameQueue | None] = {}
@@ -568,12 +569,15 @@ class Stack:
     def _pump(self, timeout: float) -> bool:
         """Move what the network thread handed over to the sockets; wait up to timeout."""
         assert self._net is not None
-        net, tcp, touched = self._net, self._tcp, self._touched
-        msg = net.app_pump(tcp, touched)    # a message, or how many frames of data it took
+        net, tcp, touched, granted = self._net, self._tcp, self._touched, self._granted
+        had = len(granted)
+        # in-order data goes onto its connection, grants onto _granted, on the way: what
+        # comes back is another message, or how many of those were taken
+        msg = net.app_pump(tcp, touched, granted)
         if not msg:
             if timeout <= 0 or not net.to_app.wait_ready(timeout):
                 return False
-            msg = net.app_pump(tcp, touched)
+            msg = net.app_pump(tcp, touched, granted)
         while type(msg) is tuple:
             kind, addr, length, ip, port, sock, lport, _ = msg
             if kind == _MSG.MSG_RECV:
@@ -582,16 +586,10 @@ class Stack:
                     self._send_ctl(_MSG.MSG_FREE, addr=addr)
                 else:
                     target._queue.append((addr, length, ip, port))
-            elif kind == _MSG.MSG_GRANT:
-                self._granted.append(addr)
-                if self._starved:
-                    # sends that would have blocked for want of frames can go on
-                    self._touched |= self._starved
-                    self._starved.clear()
             elif kind == _MSG.MSG_TCP_EVENT:
                 conn = self._tcp.get(sock)
                 if conn is not None and conn.gen == port:
-                    conn._on_event(msg[7], length)
+                    conn._on_event(msg[7], length, lport)
                     self._touched.add(conn)
             elif kind == _MSG.MSG_TCP_RESULT:
                 result = msg[7]
@@ -599,8 +597,15 @@ class Stack:
                                       _ip_from_net(ip), lport, _ip_from_net(addr)))
                 # Stop here: what follows may be about the connection this result creates,
                 # so the caller must register it before those messages are dispatched.
-                return True
-            msg = net.app_pump(tcp, touched)
+                break
+            msg = net.app_pump(tcp, touched, granted)
+        got = len(granted) - had
+        if got:
+            self._owed = max(0, self._owed - got)
+            if self._starved:
+                # sends that would have blocked for want of frames can go on
+                self._touched |= self._starved
+                self._starved.clear()
         return True
 
     @staticmethod
@@ -633,11 +638,17 @@ class Stack:
             self._pump(_WANT_AGAIN if deadline is None else min(deadline - now, _WANT_AGAIN))
 
     def _ask_frames(self) -> None:
-        """Frames are asked for in batches ahead of need, and the ask is renewed now and
-        then; what the network thread cannot grant at once it grants as frames come back."""
+        """Frames are asked for ahead of need, up to a batch, once the last ask was granted
+        (sent segments keep their frames until acknowledged, so a sender asks all the
+        time), and renewed now and then; what the network thread cannot grant at once it
+        grants as frames come back."""
+        have = len(self._granted)
+        if have >= self._grant_batch // 2:
+            return
         now = time.monotonic()
-        if len(self._granted) < self._grant_batch // 4 and now - self._wanted_at > _WANT_AGAIN:
-            self._send_ctl(_MSG.MSG_WANT, length=self._grant_batch)
+        if self._owed == 0 or now - self._wanted_at > _WANT_AGAIN:
+            self._owed = self._grant_batch - have
+            self._send_ctl(_MSG.MSG_WANT, length=self._owed)
             self._wanted_at = now
 
     def _frames_for(self, sock: TcpSocket, timeout: float | None, done: int) -> bool:
@@ -765,7 +776,7 @@ class _TcpBase:
         self._error: int | None = None
         self._timeout: float | None = None
 
-    def _on_event(self, mask: int, acked: int) -> None:
+    def _on_event(self, mask: int, acked: int, mss: int) -> None:
         self._events |= mask
 
     # ---- blocking mode, as on socket.socket ---------------------------------------------
@@ -932,6 +943,9 @@ class TcpSocket(_TcpBase):
         self._sent = 0
         self._acked = 0
         self._snd_buf = stack.snd_buf
+        # the send MSS (from each event): a segment's worth per frame, which the network
+        # thread sends without a copy (0 until the first event: frames are filled, copied)
+        self._mss = 0
 
     @property
     def connected(self) -> bool:
@@ -962,10 +976,11 @@ class TcpSocket(_TcpBase):
             events |= EPOLLOUT
         return events
 
-    def _on_event(self, mask: int, acked: int) -> None:
-        super()._on_event(mask, acked)
+    def _on_event(self, mask: int, acked: int, mss: int) -> None:
+        super()._on_event(mask, acked, mss)
         # the low 32 bits of the bytes acknowledged so far: whatever moved is credit back
         self._acked += (acked - self._acked) & 0xFFFFFFFF
+        self._mss = mss
         if mask & _EV["connected"]:
             self._connected = True
         if mask & _EV["peer_closed"]:
@@ -1042,8 +1057,9 @@ class TcpSocket(_TcpBase):
 
     def send(self, data: bytes, timeout: float | None = None) -> int:
         """Queue as much as the send credit allows (at least one byte, waiting for room);
-        returns how many bytes were queued. The network thread copies them into the
-        connection's send queue in order; nothing waits for its answer. Before the
+        returns how many bytes were queued. They are copied once, into frames of a
+        segment each, which the connection's send queue takes in order and sends from
+        without another copy; nothing waits for the network thread's answer. Before the
         handshake completes it waits for it. Non-blocking: BlockingIOError without credit
         (or while connecting); it may still wait briefly for free frames."""
         view = memoryview(data).cast("B")
@@ -1063,7 +1079,8 @@ class TcpSocket(_TcpBase):
             while done < budget:
                 if not stack._granted and not stack._frames_for(self, wait, done):
                     break       # non-blocking, some bytes already taken
-                n = stack._net.app_send(stack._granted, view[done:budget], self.cid, self.gen)
+                n = stack._net.app_send(stack._granted, view[done:budget], self.cid, self.gen,
+                                        self._mss)
                 if n == 0 and stack._granted:
                     # to_net is full: the network thread is busy and drains it every loop
                     if time.monotonic() > deadline:
