@@ -1,6 +1,7 @@
 """Small helpers shared by the apps: JSON lines out, and running until a signal or deadline."""
 
 import json
+import os
 import select
 import signal
 import subprocess
@@ -10,6 +11,13 @@ import time
 from typing import Any
 
 from vtlstack.errors import VtlError
+
+
+def pinned(cpu: int, argv: list[str], on: bool = True) -> list[str]:
+    """argv run on one core (taskset), when `on` and the machine has two or more. Where a
+    process lands moves its round trip by ~4x on a small VM (a wakeup across cores costs
+    tens of microseconds), so benchmarks pin both paths alike."""
+    return ["taskset", "-c", str(cpu), *argv] if on and (os.cpu_count() or 1) >= 2 else argv
 
 
 def vtl_argv(*args: str) -> list[str]:

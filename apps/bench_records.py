@@ -44,8 +44,8 @@ import sys
 import time
 from typing import Any
 
-from vtlstack.apps._common import emit, json_line, vtl_argv
-from vtlstack.apps.bench_tcp import CLIENT_CPU, SERVER_CPU, _own_cores, _pinned
+from vtlstack.apps._common import emit, json_line, pinned, vtl_argv
+from vtlstack.apps.bench_tcp import CLIENT_CPU, SERVER_CPU, own_cores
 
 from vtlstack.errors import VtlError, require_root
 
@@ -228,12 +228,12 @@ def one_run(tb: Any, receiver: str, parser: str, record: bytes,
     """`count` copies of `record` from the client to `receiver` on the server: its
     records/s and MB/s."""
     server = tb.host("server").iface
-    proc = tb.popen("server", _pinned(SERVER_CPU, True, vtl_argv(
+    proc = tb.popen("server", pinned(SERVER_CPU, vtl_argv(
         "bench", "records-recv", receiver, server.name, str(PORT), "--parser", parser)),
                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         json_line(proc, 30, "the receiver")
-        sender = tb.exec("client", _pinned(CLIENT_CPU, True, [
+        sender = tb.exec("client", pinned(CLIENT_CPU, [
             sys.executable, "-c", SENDER, server.ip, str(PORT), str(count), record.hex()]),
                          capture_output=True, text=True, timeout=600)
         if sender.returncode != 0:
@@ -284,7 +284,7 @@ def records_bench(rows: int = 20_000_000, width: int = 16, gets: int = 4_000_000
     runs: dict[str, dict[str, list[dict]]] = {w: {r: [] for r in WORKLOADS[w][1]}
                                               for w in online}
     with Testbed.up(topology="pair", prefix="vtlbrec") as tb:
-        _own_cores(tb, True)
+        own_cores(tb, True)
         for _ in range(repeat):
             for w in online:
                 parser, receivers = WORKLOADS[w]

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from vtlstack.apps._common import RunUntil, emit, vtl_argv
+from vtlstack.apps._common import RunUntil, emit, pinned, vtl_argv
 from vtlstack.apps.echo import KernelConn, KernelListener
 
 from vtlstack.errors import VtlError, require_root
@@ -119,9 +119,6 @@ def build_peer() -> Path:
 
     return build_c("tcp_peer")
 
-
-def _pinned(cpu: int, on: bool, argv: list[str]) -> list[str]:
-    return ["taskset", "-c", str(cpu), *argv] if on and (os.cpu_count() or 1) >= 2 else argv
 
 
 def _wait_line(proc: subprocess.Popen, needle: str, timeout: float = 30.0) -> None:
@@ -226,7 +223,7 @@ class Runner:
         self.srv, self.cli = tb.host("server").iface, tb.host("client").iface
 
     def server(self, argv: list[str]) -> subprocess.Popen:
-        proc = self.tb.popen("server", _pinned(SERVER_CPU, self.pin, argv),
+        proc = self.tb.popen("server", pinned(SERVER_CPU, on=self.pin, argv=argv),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _wait_line(proc, "ready")
@@ -238,8 +235,8 @@ class Runner:
     def client(self, argv: list[str], timeout: float) -> tuple[dict[str, Any], float]:
         """Run a peer in the client namespace; its JSON line and its wall time."""
         start = time.monotonic()
-        out = self.tb.exec("client", _pinned(CLIENT_CPU, self.pin, argv), capture_output=True,
-                           text=True, timeout=timeout)
+        out = self.tb.exec("client", pinned(CLIENT_CPU, on=self.pin, argv=argv),
+                           capture_output=True, text=True, timeout=timeout)
         wall = time.monotonic() - start
         if out.returncode:
             raise VtlError(f"the client {Path(argv[0]).name} {argv[1]} failed: "
@@ -280,14 +277,14 @@ class Runner:
                          "--bytes", str(nbytes)) if path == "stack" else
                 vtl_argv("bench", "tcp-kernel-source", "--connect", target,
                          "--bytes", str(nbytes)))
-        recv = self.tb.popen("client", _pinned(CLIENT_CPU, self.pin,
-                                               [self.peer, "recv", "-p", str(RECV_PORT)]),
+        recv = self.tb.popen("client", pinned(CLIENT_CPU, on=self.pin,
+                                              argv=[self.peer, "recv", "-p", str(RECV_PORT)]),
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
             _wait_line(recv, "ready")
             cpu0 = _children_cpu()  # the sender is the only child reaped meanwhile
             start = time.monotonic()
-            out = self.tb.exec("server", _pinned(SERVER_CPU, self.pin, argv),
+            out = self.tb.exec("server", pinned(SERVER_CPU, on=self.pin, argv=argv),
                                capture_output=True, text=True, timeout=600)
             wall = time.monotonic() - start
             cpu = _children_cpu() - cpu0
@@ -342,7 +339,7 @@ class Runner:
 
     def iperf3(self, seconds: float) -> float:
         """Kernel to kernel, one stream, client to server: Mbit/s received."""
-        proc = self.tb.popen("server", _pinned(SERVER_CPU, self.pin, [
+        proc = self.tb.popen("server", pinned(SERVER_CPU, on=self.pin, argv=[
             "iperf3", "-s", "-1", "-p", str(IPERF_PORT), "--forceflush"]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         try:
@@ -367,7 +364,7 @@ def _client_tuning(tb: Any) -> None:
             raise VtlError(f"sysctl {key} in the client namespace: {out.stderr.strip()}")
 
 
-def _own_cores(tb: Any, pin: bool) -> None:
+def own_cores(tb: Any, pin: bool) -> None:
     """Each host's receive processing on its own core, as if it were its own machine.
     A veth delivers in the sender's context: without this, the softirq work of every
     frame the server sends (its peer's TCP receive, ACK processing and the data that
@@ -405,7 +402,7 @@ def tcp_bench(seconds: float = 3.0, rounds: int = 20000, repeat: int = 1, pin: b
     tx_bytes = {"stack": PROBE_BYTES, "kernel": PROBE_BYTES}
     with Testbed.up(topology="pair", offloads=False) as tb:
         _client_tuning(tb)
-        _own_cores(tb, pin)
+        own_cores(tb, pin)
         r = Runner(tb, peer, pin)
         if not quick:
             for path in ("stack", "kernel"):
@@ -431,7 +428,7 @@ def tcp_bench(seconds: float = 3.0, rounds: int = 20000, repeat: int = 1, pin: b
             iperf_off.append(r.iperf3(seconds))
             say(f"[{i + 1}/{repeat}] iperf3 offloads off {iperf_off[-1]:>9,.0f} Mbit/s")
     with Testbed.up(topology="pair", offloads=True) as tb:
-        _own_cores(tb, pin)
+        own_cores(tb, pin)
         r = Runner(tb, peer, pin)
         for i in range(repeat):
             iperf_on.append(r.iperf3(seconds))

@@ -24,7 +24,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from vtlstack.apps._common import emit, vtl_argv
+from vtlstack.apps._common import emit, pinned, vtl_argv
 from vtlstack.apps.bench import build_reference, wait_ready
 
 from vtlstack.errors import VtlError, require_root
@@ -37,12 +37,6 @@ EXIT_TIMEOUT = 10.0     # a sink's way out after its one connection (stats, XDP 
 SEND_BLOCK = 1 << 20
 PROGRESS_EVERY = 0.2
 
-
-def _pinned(cpu: int, argv: list[str]) -> list[str]:
-    """Pin to one core. Where a process lands moves its round trip by ~4x on a small VM
-    (a wakeup across cores costs tens of microseconds), so both paths are pinned alike:
-    services on one core, the client on another."""
-    return ["taskset", "-c", str(cpu), *argv] if (os.cpu_count() or 1) >= 2 else argv
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,11 +58,11 @@ def _measure(tb, path: str, args: argparse.Namespace) -> dict:
         argv = [str(build_reference()), "kecho", "-p", str(PORT), "-t", "600"]
     else:
         argv = vtl_argv("echo", "--iface", server.iface.name, "--port", str(PORT))
-    echo = tb.popen("server", _pinned(1, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    echo = tb.popen("server", pinned(1, argv), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                     text=True)
     try:
         wait_ready(echo)
-        out = tb.exec("client", _pinned(0, vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
+        out = tb.exec("client", pinned(0, vtl_argv("udpload", "--to", f"{server.iface.ip}:{PORT}",
                                                     "--seconds", str(args.seconds), "--size",
                                                     str(args.size), "--window",
                                                     str(args.window))),
@@ -146,7 +140,7 @@ def _tcp_transfer(tb: Any, path: str, nbytes: int) -> dict[str, Any]:
     # --duration: should the demo die without its finally, the sink still ends on its own.
     limit = READY_TIMEOUT + TRANSFER_TIMEOUT + EXIT_TIMEOUT
     sink_name = "the stack's `vtl sink`" if path == "stack" else "the kernel sink"
-    sink = _Child(tb.popen("server", _pinned(1, vtl_argv(
+    sink = _Child(tb.popen("server", pinned(1, vtl_argv(
         *command, "--iface", server.name, "--port", str(TCP_PORT), "--count", "1",
         "--duration", str(limit))), stdout=subprocess.PIPE, stderr=subprocess.PIPE), sink_name)
     sender_name = f"the Linux client sending to the {path} sink"
@@ -154,7 +148,7 @@ def _tcp_transfer(tb: Any, path: str, nbytes: int) -> dict[str, Any]:
     progress = _Progress(f"{path:<6}", nbytes)
     try:
         sink.wait_for("ready", READY_TIMEOUT, "become ready")
-        sender = _Child(tb.popen("client", _pinned(0, [
+        sender = _Child(tb.popen("client", pinned(0, [
             sys.executable, "-P", "-m", "vtlstack.apps.demo", "send",
             f"{server.ip}:{TCP_PORT}", str(nbytes)]),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE), sender_name)

@@ -378,7 +378,7 @@ cdef class NetThread:
                 if m.kind != MSG_TCP_DATA:
                     return (m.kind, m.addr, m.len, m.ip, m.port, m.sock, m.lport, m.arg)
                 conn = tcp.get(m.sock)
-                rx = getattr(conn, "_rx", None) if conn is not None else None
+                rx = getattr(conn, "_rx", None)
                 if rx is not None and conn.gen == m.port:
                     rx.add(m.addr, m.len)
                     touched.add(conn)
