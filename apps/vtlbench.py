@@ -209,7 +209,8 @@ def run(args: argparse.Namespace) -> int:
                                "lost_packets": got["lost_packets"],
                                "intact": got["sha256"] == sent["sha256"],
                                "retransmitted": sent["stats"].get("retransmitted", 0),
-                               "timeouts": sent["stats"].get("timeouts", 0)}
+                               "timeouts": sent["stats"].get("timeouts", 0),
+                               "frames_held_peak": sent["stats"].get("frames_held_peak", 0)}
                         out["fct"].append(row)
                         if not args.json:
                             emit(row)

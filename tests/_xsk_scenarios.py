@@ -146,7 +146,12 @@ def send_frames(ifname: str, frame_hex: str, count: str) -> None:
         wait_stdin(10)
         stats = port.stats()
         port.check_frames(expect_idle=True)
-    done(sent=sent, stats=stats)
+        try:
+            memoryview(port.pool)
+            exported = "yes"
+        except BufferError as e:
+            exported = str(e)
+    done(sent=sent, stats=stats, exported=exported)
 
 
 def echo(ifname: str, seconds: str) -> None:

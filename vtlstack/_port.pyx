@@ -9,6 +9,7 @@
 # through _port.pxd. The Python methods (recv, send, stats...) copy and exist for tests
 # and the control plane.
 cimport cython
+from cpython.buffer cimport PyBuffer_FillInfo
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from libc.errno cimport EAFNOSUPPORT, EAGAIN, EBUSY, EINVAL, ENODEV, ENOMEM, ENOBUFS, ENXIO
 from libc.errno cimport EOPNOTSUPP, EPERM, EPROTONOSUPPORT
@@ -288,6 +289,15 @@ cdef class FramePool:
             raise ValueError("write crosses a frame boundary")
         if len(data):
             memcpy(self.area + addr, &data[0], len(data))
+
+    def __getbuffer__(self, Py_buffer *buf, int flags):
+        # The whole area, writable, for a pool no AF_XDP socket uses: the VTL sender builds
+        # its packets in frames and sends them through the IP stack. Where a socket shares
+        # the UMEM the kernel writes frames too, so it is read through the port instead.
+        if self.nsockets:
+            raise BufferError("an AF_XDP socket shares this UMEM: its frames are not "
+                              "exported")
+        PyBuffer_FillInfo(buf, self, self.area, self.area_size, 0, flags)
 
     def read(self, uint64_t addr, uint32_t n):
         if n and self.index_of(addr) != self.index_of(addr + n - 1):

@@ -13,7 +13,8 @@ ring and rewrites the frame into the ACK or NACK it decided on, which it sends b
 XDP_TX, so acknowledgements and loss reports are made in the kernel without a round trip
 through user space. A sender KTF turns ACK/NACK into events in the ``vtl_ev`` ring: the
 window moved (ACKED), these packets are lost (RETX), go back (GOBACK). This broker keeps
-every unacknowledged packet and sends again what those events ask for; its only timer is
+every unacknowledged packet in a UMEM frame (vtlstack.vtl.txstore) and sends it again
+from there when those events ask for it; its only timer is
 the retransmission timeout for a tail that no later packet can reveal as lost.
 Negotiation packets and CLOSE pass XDP (XDP_PASS) to the raw socket.
 
@@ -46,6 +47,7 @@ from vtlstack.vtl.grafts import Graft, Services, load_pool
 from vtlstack.vtl.grafts import select as select_grafts
 from vtlstack.vtl.ktf import GraftLoadError, KtfHost
 from vtlstack.vtl.monitor import Monitor, Rule
+from vtlstack.vtl.txstore import TxStore
 from vtlstack.vtl.wire import C, Header, WireError
 
 __all__ = ["NegotiationError", "Sender", "Receiver", "Result", "FALLBACK_PORT"]
@@ -121,7 +123,9 @@ class _Channel:
             raise
 
     def send(self, dst: str, h: Header) -> None:
-        pkt = wire.pack(h)
+        self.send_packet(dst, wire.pack(h))
+
+    def send_packet(self, dst: str, pkt: bytes | memoryview) -> None:
         port = wire.UDP_PORT if self.udp else 0
         while True:
             try:
@@ -328,10 +332,20 @@ class Sender:
         kept (everything acknowledged, or sent for the canonical graft)."""
         if self.graft is None or self._host is None or self._raw is None:
             raise VtlError("negotiate() first")
-        host, raw, st = self._host, self._raw, self.result.stats
-        chunks = [data[i:i + MSS] for i in range(0, len(data), MSS)]
-        total = len(chunks)
+        st = self.result.stats
+        message = memoryview(data)
+        total = -(-len(data) // MSS)
         acked = self.graft.id != C.VTL_GRAFT_CANONICAL
+        store = TxStore()
+        try:
+            return self._send(message, total, acked, store)
+        finally:
+            st["frames_held_peak"] = store.peak
+            store.close()
+
+    def _send(self, message: memoryview, total: int, acked: bool, store: TxStore) -> Result:
+        assert self.graft is not None and self._host is not None and self._raw is not None
+        host, raw, st = self._host, self._raw, self.result.stats
         rto = self._rto()
         for k in ("sent", "retransmitted", "timeouts", "gobacks"):
             st[k] = 0
@@ -344,10 +358,11 @@ class Sender:
 
         def put(seq: int, retx: bool = False) -> None:
             assert self.graft is not None
-            raw.send(self.peer, Header(type=C.VTL_DATA, session=self.session, seq=seq,
-                                       graft=self.graft.id,
-                                       flags=C.VTL_F_RETX if retx else 0,
-                                       payload=chunks[seq]))
+            h = Header(type=C.VTL_DATA, session=self.session, seq=seq, graft=self.graft.id,
+                       flags=C.VTL_F_RETX if retx else 0)
+            raw.send_packet(self.peer, store.packet(seq, h, message[seq * MSS:(seq + 1) * MSS]))
+            if not acked:
+                store.release_below(seq + 1)   # no feedback, so never resent
             st["retransmitted" if retx else "sent"] += 1
             now = sent_at[seq] = time.monotonic()
             if retx:
@@ -362,6 +377,7 @@ class Sender:
         tokens, paced_at, pace_wait = 0.0, t0, 0.05   # the pacer: packets it may send now
         rfd = host.ring_fd()
         while (self._una < total) if acked else (nxt < total):
+            store.release_below(self._una)   # acknowledged (or given up) since last time
             if self._goback is not None:
                 # Go-Back-N: everything from the lost packet on is sent again.
                 nxt, self._goback = max(self._goback, self._una), None
@@ -451,9 +467,9 @@ class Sender:
             if ready:
                 host.poll(0)
         self.result.fct_s = time.monotonic() - t0
-        self.result.bytes = len(data)
+        self.result.bytes = len(message)
         self.result.packets = total
-        self._close_handshake(total, len(data), rto)
+        self._close_handshake(total, len(message), rto)
         return self.result
 
     # -- vtl_close ----------------------------------------------------------------------

@@ -20,7 +20,7 @@ from vtlstack._resources import _REPO, bpf_path
 from vtlstack.errors import VtlError
 
 __all__ = [
-    "Header", "WireError", "checksum", "pack", "unpack", "header_text", "ffi", "C",
+    "Header", "WireError", "checksum", "pack", "pack_into", "unpack", "header_text", "ffi", "C",
 ]
 
 
@@ -152,14 +152,25 @@ def pack(h: Header) -> bytes:
     """The packet for h (header + payload), checksummed."""
     if len(h.payload) > MAX_PAYLOAD:
         raise ValueError(f"payload of {len(h.payload)} bytes: at most {MAX_PAYLOAD}")
-    values = {name: getattr(h, name, 0) for name in FIELDS}
-    values["len"] = len(h.payload)
-    values["csum"] = 0
-    raw = bytearray(_HDR.pack(*(values[n] for n in FIELDS)))
-    raw += h.payload
-    csum = checksum(raw)
-    struct.pack_into("!H", raw, _CSUM_OFF, csum)
+    raw = bytearray(HDR_LEN + len(h.payload))
+    raw[HDR_LEN:] = h.payload
+    pack_into(raw, h, len(h.payload))
     return bytes(raw)
+
+
+def pack_into(buf: bytearray | memoryview, h: Header, length: int) -> int:
+    """Write h's header in front of the ``length`` payload bytes already at
+    ``buf[HDR_LEN:]`` and checksum the packet, in place (``h.payload`` is not used);
+    returns the packet's length. A packet kept in a frame is resent this way."""
+    if length > MAX_PAYLOAD:
+        raise ValueError(f"payload of {length} bytes: at most {MAX_PAYLOAD}")
+    values = {name: getattr(h, name, 0) for name in FIELDS}
+    values["len"] = length
+    values["csum"] = 0
+    _HDR.pack_into(buf, 0, *(values[n] for n in FIELDS))
+    end = HDR_LEN + length
+    struct.pack_into("!H", buf, _CSUM_OFF, checksum(buf[:end]))
+    return end
 
 
 def unpack(packet: bytes | bytearray | memoryview) -> Header:
