@@ -174,17 +174,41 @@ int vtl_egress(struct __sk_buff *skb)
 	return TC_ACT_OK;   /* graft not deployed here: not ours to police */
 }
 
-/* tc ingress: send the ACK/NACK frames the receiver KTF marked (VTL_REPLY_BOUNCE) back
- * out of this interface. Only the XDP metadata mark counts, which nothing from the wire
- * can carry, so this never reflects a packet it did not make. */
+/* tc ingress: send the ACK/NACK frames the receiver KTF noted in vtl_bounces
+ * (VTL_REPLY_BOUNCE) back out of this interface. Only what the KTFs noted counts, so this
+ * never reflects a packet they did not make; everything else goes on untouched. */
 SEC("tc")
 int vtl_bounce(struct __sk_buff *skb)
 {
-	void *data = (void *)(long)skb->data;
-	__u32 *magic = (void *)(long)skb->data_meta;
+	struct vtl_bounce_key bk;
+	struct iphdr ip;
+	struct udphdr udp;
+	__u32 off = VTL_OFF_IP, *pending;
 
-	if ((void *)(magic + 1) > data || *magic != VTL_BOUNCE_MAGIC)
+	if (skb->protocol != bpf_htons(ETH_P_IP) ||
+	    bpf_skb_load_bytes(skb, ETH_HLEN, &ip, sizeof(ip)) || ip.ihl != 5)
 		return TC_ACT_OK;
+	if (ip.protocol == IPPROTO_UDP) {
+		if (bpf_skb_load_bytes(skb, VTL_OFF_IP, &udp, sizeof(udp)) ||
+		    udp.source != bpf_htons(VTL_UDP_PORT))
+			return TC_ACT_OK;
+		off = VTL_OFF_UDP;
+	} else if (ip.protocol != VTL_IPPROTO) {
+		return TC_ACT_OK;
+	}
+	if (bpf_skb_load_bytes(skb, off, &bk.h, sizeof(bk.h)) ||
+	    (bk.h.type != VTL_ACK && bk.h.type != VTL_NACK))
+		return TC_ACT_OK;
+	bk.daddr = ip.daddr;
+	pending = bpf_map_lookup_elem(&vtl_bounces, &bk);
+	if (!pending)
+		return TC_ACT_OK;
+	/* Not atomic as a whole (clang 14's eBPF has no fetching add): at worst a duplicate
+	 * of this reply passes to the kernel, which drops it, or its slot waits for the LRU. */
+	if (*pending <= 1)
+		bpf_map_delete_elem(&vtl_bounces, &bk);
+	else
+		__sync_fetch_and_add(pending, -1);
 	return bpf_redirect(skb->ifindex, 0);
 }
 

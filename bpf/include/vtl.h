@@ -179,11 +179,12 @@ enum vtl_reply {
 	/* XDP_TX: fastest, but a veth hands XDP_TX frames only to a peer that runs XDP
 	 * itself, so a routed hop without XDP drops them. */
 	VTL_REPLY_TX = 0,
-	/* XDP_PASS with a mark in the XDP metadata; vtl_bounce (tc ingress) sends the
-	 * marked frame out of the same interface through the normal transmit path, which
-	 * every peer receives. Still made entirely in the kernel. */
+	/* XDP_PASS with the reply noted in vtl_bounces; vtl_bounce (tc ingress) sends a
+	 * frame it finds noted there out of the same interface through the normal transmit
+	 * path, which every peer receives. Still made entirely in the kernel. (Not a mark in
+	 * the XDP metadata: some kernels refuse bpf_xdp_adjust_meta to XDP programs.) */
 	VTL_REPLY_BOUNCE = 1,
-	VTL_BOUNCE_MAGIC = 0x5654424f,   /* the mark: "VTBO" */
+	VTL_BOUNCE_SLOTS = 4096,   /* replies between XDP and tc ingress at once */
 };
 
 #ifdef __bpf__
@@ -233,6 +234,22 @@ struct {
 	__type(key, __u32);
 	__type(value, struct vtl_cfg);
 } vtl_config SEC(".maps");
+
+/* vtl_bounces key: a reply a receiver KTF made and passed up, whole header (checksum
+ * included) and destination; the value counts such replies not yet sent. Only the KTFs
+ * write this map, so vtl_bounce never reflects a frame from the wire that they did not
+ * make. */
+struct vtl_bounce_key {
+	__be32 daddr;
+	struct vtl_hdr h;
+};
+
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, VTL_BOUNCE_SLOTS);
+	__type(key, struct vtl_bounce_key);
+	__type(value, __u32);
+} vtl_bounces SEC(".maps");
 
 /* What the root ingress KTF parsed, for the graft it tail-calls (same CPU, same packet). */
 struct vtl_meta {
@@ -351,7 +368,8 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	struct udphdr *udp;
 	struct vtl_hdr *h;
 	__u8 mac[ETH_ALEN];
-	__u32 addr, zero = 0, *magic;
+	__u32 addr, zero = 0, one = 1, *pending;
+	struct vtl_bounce_key bk;
 	__u16 port;
 	struct vtl_cfg *cfg;
 
@@ -398,12 +416,19 @@ static __always_inline int vtl_reply(struct xdp_md *ctx, struct vtl_meta *m, __u
 	cfg = bpf_map_lookup_elem(&vtl_config, &zero);
 	if (!cfg || cfg->reply != VTL_REPLY_BOUNCE)
 		return XDP_TX;
-	if (bpf_xdp_adjust_meta(ctx, -(int)sizeof(__u32)))
-		return XDP_DROP;
-	magic = (void *)(long)ctx->data_meta;
-	if ((void *)(magic + 1) > (void *)(long)ctx->data)
-		return XDP_DROP;
-	*magic = VTL_BOUNCE_MAGIC;
+	bk.daddr = ip->daddr;
+	__builtin_memcpy(&bk.h, h, sizeof(bk.h));
+	pending = bpf_map_lookup_elem(&vtl_bounces, &bk);
+	if (pending) {
+		__sync_fetch_and_add(pending, 1);   /* the same reply twice (a duplicate) */
+		return XDP_PASS;
+	}
+	if (bpf_map_update_elem(&vtl_bounces, &bk, &one, BPF_NOEXIST)) {
+		pending = bpf_map_lookup_elem(&vtl_bounces, &bk);   /* another CPU was first */
+		if (!pending)
+			return XDP_DROP;
+		__sync_fetch_and_add(pending, 1);
+	}
 	return XDP_PASS;
 }
 

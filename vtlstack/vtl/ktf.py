@@ -96,7 +96,7 @@ XDP_FLAGS_SKB_MODE = 2
 XDP_FLAGS_DRV_MODE = 4
 # Maps every graft object shares with the root object (names from vtl.h).
 SHARED_MAPS = ("vtl_sessions", "vtl_counters", "vtl_rx", "vtl_ev", "vtl_scratch",
-               "vtl_config")
+               "vtl_config", "vtl_bounces")
 
 _lib: Any = None
 _lock = threading.Lock()
