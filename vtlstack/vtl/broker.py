@@ -378,6 +378,9 @@ class Sender:
         rfd = host.ring_fd()
         while (self._una < total) if acked else (nxt < total):
             store.release_below(self._una)   # acknowledged (or given up) since last time
+            # After a go-back on a long path, ACKs of the first copies can pass the packets
+            # being resent: those need no resending.
+            nxt = max(nxt, self._una)
             if self._goback is not None:
                 # Go-Back-N: everything from the lost packet on is sent again.
                 nxt, self._goback = max(self._goback, self._una), None
