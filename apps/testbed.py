@@ -39,6 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     up.add_argument("--reorder-hold", type=_positive, default=2.0, metavar="MS",
                     help="how much longer a reordered frame is held (default 2 ms)")
     up.add_argument("--prefix", default="vtl", help="namespace prefix (default vtl)")
+    up.add_argument("--json", action="store_true",
+                    help="the description as one compact JSON line (default: indented)")
     up.set_defaults(func=_up)
 
     down = cmds.add_parser("down", help="remove a testbed, or all of them")
@@ -62,7 +64,7 @@ def _up(args: argparse.Namespace) -> int:
                     offloads=args.offloads, rate_mbit=args.rate, delay_ms=args.delay,
                     loss_pct=args.loss, loss_model=args.loss_model, reorder_pct=args.reorder,
                     prefix=args.prefix, reorder_extra_ms=args.reorder_hold)
-    json.dump(tb.describe(), sys.stdout, indent=2)
+    json.dump(tb.describe(), sys.stdout, indent=None if args.json else 2)
     sys.stdout.write("\n")
     return 0
 

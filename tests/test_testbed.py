@@ -349,6 +349,9 @@ def test_cli_up_list_down(capsys):
         wire = f"{prefix}-c1-wire"
         assert subprocess.run(["ip", "netns", "pids", wire], capture_output=True,
                               text=True).stdout.split()
+        assert _cli("up", "--name", "c2", "--prefix", prefix, "--json") == 0
+        line = capsys.readouterr().out
+        assert line.count("\n") == 1 and json.loads(line)["name"] == "c2"
         assert _cli("up", "--name", "c1", "--prefix", prefix) == 1
         assert "already exists" in capsys.readouterr().err
         assert _cli("down", "--name", "c1", "--prefix", prefix) == 0
