@@ -57,6 +57,7 @@ PACE_BURST = 0.005      # s: the pacer lets this much of its rate leave back to 
 PACE_MIN_BURST = 2      # ... and at least this many packets
 REORDER_WINDOW = 0.25   # of the minimum RTT: how much later a packet may be sent and still
                         # arrive first without the earlier one being lost (RFC 8985 6.2)
+TLP_SRTTS = 1.5         # SRTTs of quiet before the tail loss probe
 MSS = wire.MAX_PAYLOAD
 SENDER, RECEIVER = C.VTL_ROLE_SENDER, C.VTL_ROLE_RECEIVER
 
@@ -375,6 +376,8 @@ class Sender:
         nxt, highest, last_progress, last_ack, una_seen = 0, 0, t0, t0, 0
         backed_off: int | None = None   # the monitor's RTT samples at the last timeout
         tokens, paced_at, pace_wait = 0.0, t0, 0.05   # the pacer: packets it may send now
+        probed = -1      # the head the last tail loss probe went for
+        st["tail_probes"] = 0
         rfd = host.ring_fd()
         while (self._una < total) if acked else (nxt < total):
             store.release_below(self._una)   # acknowledged (or given up) since last time
@@ -462,11 +465,30 @@ class Sender:
                     put(self._una, retx=True)
                 last_progress, rto = now, min(rto * 2, 1.0)
                 backed_off = self._monitor.samples
+            probe_at = None
+            if selective and nxt >= total and probed != self._una and self._monitor.srtt:
+                # RFC 8985 (7): once everything has left, a lost packet among the last
+                # ones, or a lost resend of a hole the receiver will not NACK again (it
+                # does so VTL_RENACK packets later), leaves nothing to reveal it but the
+                # timer. So when the head has been quiet for 1.5 SRTT since it was last
+                # sent, the last packet sent and the last progress, it is resent once per
+                # head, and the RTO restarts (7.3). The receiver KTFs ACK every packet at
+                # once: no delayed-ACK allowance is needed.
+                probe_at = TLP_SRTTS * self._monitor.srtt + max(
+                    last_progress, sent_at[self._una], sent_at[total - 1])
+                if now >= probe_at:
+                    put(self._una, retx=True)
+                    probed, probe_at, last_progress = self._una, None, now
+                    st["tail_probes"] += 1
             if now - last_ack > self.idle_timeout:
                 raise VtlError(f"no acknowledgement from {self.peer} for "
                                f"{self.idle_timeout:.0f} s: the peer is gone")
-            ready, _, _ = select.select([rfd], [], [],
-                                        max(0.0, min(rto, 0.05, pace_wait if pace else 1)))
+            # Sleep until the next ACK or the first timer due (within 50 ms, for the
+            # loop's other checks): a timer looked at only every 50 ms fired that late.
+            wait = min(last_progress + rto - now, 0.05, pace_wait if pace else 1)
+            if probe_at is not None:
+                wait = min(wait, probe_at - now)
+            ready, _, _ = select.select([rfd], [], [], max(0.0, wait))
             if ready:
                 host.poll(0)
         self.result.fct_s = time.monotonic() - t0
