@@ -35,6 +35,25 @@ static __always_inline int chance(__u32 ppm)
 	return bpf_get_prandom_u32() % 1000000 < ppm;
 }
 
+/* A frame the test asked to lose (struct impair_cfg, match_*). The count is checked,
+ * then raised, not atomically: two CPUs could both drop one more than asked, which a
+ * test sending one flow through one veth queue does not do. */
+static __always_inline int targeted(struct impair_cfg *cfg, struct impair_stats *st,
+				    void *data, void *data_end)
+{
+	__u32 off = cfg->match_off, word;
+
+	if (st->targeted >= cfg->match_drops || off > IMPAIR_MATCH_OFF_MAX)
+		return 0;
+	if (data + off + sizeof(word) > data_end)
+		return 0;
+	__builtin_memcpy(&word, data + off, sizeof(word));
+	if ((bpf_ntohl(word) & cfg->match_mask) != cfg->match_value)
+		return 0;
+	__sync_fetch_and_add(&st->targeted, 1);
+	return 1;
+}
+
 /* frags: large MTUs (veth refuses native XDP above a page otherwise); only the Ethernet
  * header, always in the first buffer, is read. */
 SEC("xdp.frags")
@@ -54,6 +73,8 @@ int impair_xdp(struct xdp_md *ctx)
 	 * this loss rate shows, and it would make loss measurements depend on ARP timing. */
 	if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_ARP))
 		drop = 0;
+	else if (targeted(cfg, st, data, data_end))
+		drop = 1;
 	else if (cfg->model == IMPAIR_BURSTY) {
 		if (st->bad ? chance(cfg->bad_to_good_ppm) : chance(cfg->good_to_bad_ppm))
 			st->bad = !st->bad;

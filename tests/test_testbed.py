@@ -234,6 +234,24 @@ def test_loss(testbed, model):
         assert mean_burst < 1.5, mean_burst
 
 
+def test_drop_matching_loses_exactly_the_frames_asked_for(testbed):
+    tb = testbed(rate_mbit=100)     # any impairment: the link gets its wire
+    _resolve_arp(tb)
+    at = 14 + 20 + 8                # Ethernet, IPv4, UDP: the datagram's number
+    tb.drop_matching("client->server", at, 7)
+    assert set(range(50)) - set(_udp_seqs(tb, 50)) == {7}
+    # A mask and a count: the first three numbers of 16-31 go, then nothing more.
+    tb.drop_matching("client->server", at, 16, mask=0xFFFFFFF0, count=3)
+    assert set(range(50)) - set(_udp_seqs(tb, 50)) == {16, 17, 18}
+    stats = tb.link_stats()
+    assert stats["client->server"]["targeted"] == 4
+    assert stats["server->client"]["targeted"] == 0
+    with pytest.raises(TestbedError, match="no direction"):
+        tb.drop_matching("server->nowhere", at, 7)
+    with pytest.raises(TestbedError, match="offset"):
+        tb.drop_matching("client->server", 4096, 7)
+
+
 def _wait_listening(tb, host, port):
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline:

@@ -98,6 +98,23 @@ def _check_partial(data, got_bytes, lost, budget):
     return n, bad
 
 
+@pytest.mark.parametrize("graft", ["sr", "pr"])
+def test_a_lost_last_packet_is_repaired_by_a_tail_loss_probe(testbed, tmp_path, graft):
+    # Nothing follows the last DATA packet to reveal its loss: the receiver cannot NACK
+    # it, and no later ACK makes it look overdue. A probe after 1.5 SRTT resends it, well
+    # before the retransmission timeout would.
+    size = 300 * MAX_PAYLOAD - 100
+    tb = testbed(topology="pair", delay_ms=5)
+    seq_at = 14 + 20 + 8            # Ethernet, IPv4, and the VTL header's seq (vtl.h)
+    tb.drop_matching("client->server", seq_at, size // MAX_PAYLOAD)   # its first copy only
+    sent, got, data = transfer(tb, tmp_path, ["--graft", graft], size=size)
+    assert tb.link_stats()["client->server"]["targeted"] == 1
+    assert got["sha256"] == hashlib.sha256(data).hexdigest() and got["lost_packets"] == 0
+    assert sent["stats"]["tail_probes"] >= 1
+    assert sent["stats"]["timeouts"] == 0
+    assert sent["stats"]["retransmitted"] >= 1
+
+
 def test_partial_reliability_stays_within_budget(testbed, tmp_path):
     # 15 % loss is beyond PR's 10 % budget: it must retransmit some holes, not all.
     tb = testbed(topology="pair", loss_pct=15, delay_ms=2)

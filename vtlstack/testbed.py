@@ -270,6 +270,21 @@ class _Wire:
             cfg.loss_ppm = round(loss * 1e6)
         return cfg
 
+    def drop_matching(self, direction: str, offset: int, value: int, mask: int,
+                      count: int) -> None:
+        src = {f"{self.a[2:]}->{self.b[2:]}": self.a, f"{self.b[2:]}->{self.a[2:]}": self.b}.get(
+            direction)
+        if src is None:
+            raise TestbedError(f"no direction {direction!r} on this link: "
+                               f"{self.a[2:]}->{self.b[2:]} or {self.b[2:]}->{self.a[2:]}")
+        maps = self._xdp_maps(src)
+        cfg = self._loss_cfg()
+        cfg.match_off, cfg.match_mask, cfg.match_value = offset, mask, value & mask
+        # The program counts its targeted drops since the link came up and stops at
+        # match_drops, so this asks for count more than it has dropped so far.
+        cfg.match_drops = self._read_stats(maps["impair_stats"]).targeted + count
+        self._set_cfg(maps["impair_cfg"], cfg)
+
     def _ifindex(self, ifname: str) -> int:
         return json.loads(_run(["ip", "-n", self.netns, "-j", "link", "show", ifname]).stdout)[0][
             "ifindex"]
@@ -314,7 +329,7 @@ class _Wire:
             fwd = self.forwarded()
         for d, (src, dst) in enumerate(((self.a, self.b), (self.b, self.a))):
             xdp = self._read_stats(self._xdp_maps(src)["impair_stats"])
-            row = {"passed": xdp.passed, "dropped": xdp.dropped}
+            row = {"passed": xdp.passed, "dropped": xdp.dropped, "targeted": xdp.targeted}
             if self.delayed:
                 row.update(zip(COUNTERS, fwd[d * len(COUNTERS):(d + 1) * len(COUNTERS)],
                                strict=True))
@@ -589,10 +604,30 @@ class Testbed:
         self._wire.set_delay(delay_ms)
         self.links[-1].impair["delay_ms"] = delay_ms
 
+    def drop_matching(self, direction: str, offset: int, value: int,
+                      mask: int = 0xFFFFFFFF, count: int = 1) -> None:
+        """Lose the next ``count`` frames in ``direction`` ("client->server", ...) whose
+        32-bit big-endian word at byte ``offset`` of the frame, masked, equals ``value``.
+
+        For tests that need one given frame lost (the last packet of a transfer, say),
+        which random loss cannot promise. The link's random or bursty loss goes on as
+        before; the drops are counted in :meth:`link_stats` (``targeted``).
+        """
+        if self._wire is None:
+            raise TestbedError(f"testbed {self.name!r} has no impaired link: build it with "
+                               f"loss_pct, delay_ms or rate_mbit to drop frames on it")
+        top = _impair_ffi().lib.IMPAIR_MATCH_OFF_MAX
+        if not 0 <= offset <= top or count < 1 or not 0 <= value <= 0xFFFFFFFF \
+                or not 0 <= mask <= 0xFFFFFFFF:
+            raise TestbedError(f"drop_matching: offset 0-{top}, 32-bit value and mask, "
+                               f"count >= 1 (got {offset}, {value:#x}, {mask:#x}, {count})")
+        self._wire.drop_matching(direction, offset, value, mask, count)
+
     def link_stats(self) -> dict[str, dict[str, int]]:
         """Counters of the impaired link per direction ("client->server", ...).
 
-        ``passed``/``dropped``: the loss program; ``forwarded``: frames sent on, by the
+        ``passed``/``dropped``: the loss program (``targeted``: the drops asked for with
+        :meth:`drop_matching`, counted in ``dropped`` too); ``forwarded``: frames sent on, by the
         kernel redirect or, with delay or reordering, by the forwarder (whose own counters,
         vtlstack._wire.COUNTERS, are included then).
         """
