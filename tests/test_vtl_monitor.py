@@ -1,5 +1,7 @@
 """The net monitor and its rules (no root)."""
 
+import heapq
+
 import pytest
 
 from vtlstack.vtl.monitor import PAPER_RULE, Monitor, Rule
@@ -65,3 +67,55 @@ def test_inflight_limit_follows_the_path_not_our_own_queue():
     assert m.base_rtt() == pytest.approx(0.270)
     run(0.050, 50, 0.1)                 # and drops at once when the path is shorter again
     assert m.base_rtt() == pytest.approx(0.050)
+
+
+def _fill(m, rate, base, seconds, dt=0.001):
+    """A sender that keeps what the monitor allows in flight, paced as it says, through a
+    bottleneck of `rate` packets/s on a path of `base` s (simulated time). Returns the
+    packets delivered by each whole second and the most ever in flight."""
+    clock, seq, delivered, free_at, tokens, acks = 0.0, 0, 0, 0.0, 0.0, []
+    by_second, most = [], 0
+    for step in range(int(seconds / dt)):
+        clock = step * dt
+        while acks and acks[0][0] <= clock:
+            at, s = heapq.heappop(acks)
+            delivered += 1
+            m.on_acked(s + 1, s, 0, at)
+            m.on_delivered(delivered, at)
+        room = m.inflight_limit() - (seq - delivered)
+        pace = m.pacing_rate()
+        if pace:
+            tokens = min(max(4, pace * 0.002), tokens + pace * dt)
+            room = min(room, int(tokens))
+            tokens -= max(0, room)
+        for _ in range(max(0, room)):
+            free_at = max(clock, free_at) + 1 / rate
+            heapq.heappush(acks, (free_at + base, seq))
+            m.on_send(seq, False, clock, seq - delivered)
+            seq += 1
+        most = max(most, seq - delivered)
+        if step % int(1 / dt) == int(1 / dt) - 1:
+            by_second.append(delivered)
+    return by_second, most
+
+
+def test_startup_fills_a_long_path_in_a_few_round_trips():
+    rate, base = 1000.0, 0.3        # 300 packets in flight fill it; 32 go out at first
+    m = Monitor([])
+    by_second, most = _fill(m, rate, base, 8.0)
+    # At 10 % more per round trip the third second would carry about 180 packets.
+    assert by_second[2] - by_second[1] >= 0.9 * rate
+    assert not m.startup            # the rate stopped growing: startup is over
+    # and the queue it built has drained: the limit is the path's again
+    assert m.inflight_limit() == pytest.approx(rate * (base + 0.020), rel=0.05)
+    assert m.srtt < base + 0.05
+    assert most <= 2.2 * rate * base
+
+
+def test_startup_on_a_short_path_stays_within_a_short_buffer():
+    rate, base = 1371.0, 0.010      # the bench's 16 Mbit/s, 10 ms path
+    m = Monitor([])
+    by_second, most = _fill(m, rate, base, 2.0)
+    assert by_second[1] - by_second[0] >= 0.95 * rate
+    assert not m.startup
+    assert most <= rate * (base + 0.050)   # the testbed's tbf holds 50 ms

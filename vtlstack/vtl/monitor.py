@@ -14,6 +14,16 @@ the testbed's tbf holds 50 ms). Loss is not a signal here (these grafts are for 
 paths); the limit only keeps the bottleneck busy without filling its queue, so a hole's
 retransmission does not wait behind a queue the sender built itself.
 
+A fresh session does not know the path: it starts with INITIAL_INFLIGHT packets and, while
+the delivery rate still grows by a quarter per round trip, keeps twice the bandwidth-delay
+product in flight and paces at twice the rate (BBR's startup, in spirit), so a long path
+fills in a few round trips rather than at 10 % per round trip. The startup ends, for the
+session's life, after three round trips without that growth (loss tells nothing on the
+lossy paths these grafts are for). On a buffer shallower than the path's bandwidth-delay
+product it overshoots, and the losses are repaired like any others: measured, that cost
+less than ending the startup when the RTT rises (HyStart's test, RFC 9406), which ended
+it early. The queue the startup built drains as the limit falls back.
+
 The base RTT has to follow a path whose delay changes (the paper's Fig. 10) without taking
 the sender's own queue for path delay. Every RTT sample bounds it from above, so it drops at
 once to a smaller sample. Each sample ``r`` of a packet sent with ``f`` packets in flight
@@ -75,6 +85,9 @@ RATE_WINDOW = 10.0      # s: the best delivery rate of this long (a path whose R
                         # keeps its rate: the sender need not find it again)
 BASE_WINDOW = 1.0       # s: lower bounds of the base RTT from this long
 RATE_SPAN = 0.05        # s: delivery-rate samples over at least this long (ACKs bunch up)
+STARTUP_GAIN = 2.0      # in startup: pace at, and keep in flight, this much the rate seen
+STARTUP_GROWTH = 1.25   # the rate still grows while it rises this much per round trip
+STARTUP_ROUNDS = 3      # round trips without that growth end the startup
 
 
 class _WindowedExtreme:
@@ -124,6 +137,10 @@ class Monitor:
         self._rate = _WindowedExtreme(RATE_WINDOW, largest=True)     # packets/s
         self._bounds = _WindowedExtreme(BASE_WINDOW, largest=False)  # s, base RTT >=
         self._delivered: collections.deque[tuple[float, int]] = collections.deque()
+        self.startup = True
+        self._round_at: float | None = None   # when the current round trip began
+        self._round_rate = 0.0                # the best rate when it last grew enough
+        self._flat_rounds = 0
 
     def on_send(self, seq: int, retx: bool, now: float, inflight: int = 0) -> None:
         if retx:
@@ -144,13 +161,29 @@ class Monitor:
         t0, n0 = d[0]
         if now - t0 >= span and delivered > n0:
             self._rate.add(now, (delivered - n0) / (now - t0))
+        if self.startup and self.srtt:
+            self._startup_round(now)
+
+    def _startup_round(self, now: float) -> None:
+        if self._round_at is None:
+            self._round_at = now
+        if now - self._round_at < self.srtt:
+            return
+        self._round_at = now
+        rate = self._rate.value() or 0.0
+        if rate >= STARTUP_GROWTH * self._round_rate:
+            self._round_rate, self._flat_rounds = rate, 0
+            return
+        self._flat_rounds += 1
+        self.startup = self._flat_rounds < STARTUP_ROUNDS
 
     def inflight_limit(self) -> int:
         """How many packets to keep in flight (see the module docstring)."""
         rate, base = self._rate.value(), self._base_rtt
         if rate is None or base is None or self.samples < self.min_samples:
             return INITIAL_INFLIGHT
-        return max(MIN_INFLIGHT, math.ceil(rate * (base + min(base, MAX_QUEUE))))
+        gain = STARTUP_GAIN if self.startup else 1.0
+        return max(MIN_INFLIGHT, math.ceil(rate * (gain * base + min(base, MAX_QUEUE))))
 
     def pacing_rate(self) -> float | None:
         """Packets/s to pace new packets at: a little above the best delivery rate, so the
@@ -158,7 +191,8 @@ class Monitor:
         rate = self._rate.value()
         if rate is None or self.samples < self.min_samples:
             return None
-        return max(PACING_GAIN * rate, MIN_INFLIGHT / PACE_MIN_RTT)
+        gain = STARTUP_GAIN if self.startup else PACING_GAIN
+        return max(gain * rate, MIN_INFLIGHT / PACE_MIN_RTT)
 
     def base_rtt(self) -> float | None:
         """The estimate of the path's RTT without queues (see the module docstring)."""
