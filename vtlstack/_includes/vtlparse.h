@@ -14,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define VP_ABI 1
 
@@ -347,8 +350,22 @@ static inline int vp_uint(vp_base *b, uint32_t n, int be, const uint8_t **pp,
  * bare CR are errors (RFC 4180 2.5, 2.6). */
 enum { VD_START, VD_PLAIN, VD_QUOTED, VD_QUOTE, VD_CR, VD_ESC_PLAIN, VD_ESC_QUOTED };
 
+/* The field's bytes seen so far, up to pos (after a quote or a CR it ended at m_end): the
+ * limit is checked against these, so a field is too long, or not, however the input is
+ * cut, and that error comes before any later in the field. */
+static inline uint64_t vp_delimited_len(const vp_base *b, uint64_t pos) {
+    return (b->m_sub == VD_QUOTE || b->m_sub == VD_CR ? b->m_end : pos) - b->m_start;
+}
+
+static inline int vd_fail(vp_base *b, uint64_t max, uint64_t pos, const char *reason,
+                          uint64_t off) {
+    if (vp_delimited_len(b, pos) > max)
+        return vp_fail(b, "field too long", b->m_start + max);
+    return vp_fail(b, reason, off);
+}
+
 static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint8_t quote,
-                               uint8_t esc, int64_t *term, const uint8_t *buf,
+                               uint8_t esc, uint64_t max, int64_t *term, const uint8_t *buf,
                                const uint8_t **pp, const uint8_t *end, uint64_t base) {
     const uint8_t *p = *pp;
     uint8_t c;
@@ -379,7 +396,7 @@ static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint
             if (c == sep) { *term = 0; goto done; }
             if (c == '\n') { *term = 1; goto done; }
             if (c == '\r') { b->m_sub = VD_CR; continue; }
-            return vp_fail(b, "quote inside an unquoted field", VP_OFF(p) - 1);
+            return vd_fail(b, max, VP_OFF(p) - 1, "quote inside an unquoted field", VP_OFF(p) - 1);
         case VD_ESC_PLAIN:
         case VD_ESC_QUOTED:
             p++;
@@ -415,9 +432,9 @@ static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint
             if (c == sep) { *term = 0; goto done; }
             if (c == '\n') { *term = 1; goto done; }
             if (c == '\r') { b->m_sub = VD_CR; continue; }
-            return vp_fail(b, "unexpected byte after a closing quote", VP_OFF(p) - 1);
+            return vd_fail(b, max, VP_OFF(p) - 1, "unexpected byte after a closing quote", VP_OFF(p) - 1);
         case VD_CR:
-            if (*p != '\n') return vp_fail(b, "bare CR", VP_OFF(p) - 1);
+            if (*p != '\n') return vd_fail(b, max, VP_OFF(p) - 1, "bare CR", VP_OFF(p) - 1);
             p++;
             *term = 1;
             goto done;
@@ -429,14 +446,158 @@ more:
     switch (b->m_sub) { /* the end of the stream ends the field and the line */
     case VD_START: case VD_PLAIN: b->m_end = VP_OFF(p); /* fall through */
     case VD_QUOTE: *term = 1; return VP_DONE;
-    case VD_CR: return vp_fail(b, "bare CR", VP_OFF(p) - 1);
+    case VD_CR: return vd_fail(b, max, VP_OFF(p) - 1, "bare CR", VP_OFF(p) - 1);
     case VD_QUOTED: case VD_ESC_QUOTED:
-        return vp_fail(b, "unterminated quoted field", b->m_start - 1);
-    default: return vp_fail(b, "escape at the end of the stream", VP_OFF(p) - 1);
+        return vd_fail(b, max, VP_OFF(p), "unterminated quoted field", b->m_start - 1);
+    default: return vd_fail(b, max, VP_OFF(p), "escape at the end of the stream", VP_OFF(p) - 1);
     }
 done:
     *pp = p;
     return VP_DONE;
+}
+
+/* ---- rows: whole records of delimited fields (CSV rows) in one pass, for a spec whose
+ * stream is nothing but `record { repeat field delimited while $term == 0 }`. Fields are
+ * scanned and their events written with everything in registers; vp_delimited's per-byte
+ * state is never touched, because a row is taken only when it lies whole in the buffer,
+ * with room for its events, and holds nothing unusual. At the first row that does not
+ * (it is cut by the end of the buffer, has an escape, a bare CR, a quote out of place, a
+ * field or record over its limit, or is an error), the events and bytes of that row are
+ * given back and the generated per-byte code takes it from its first byte, so the two
+ * paths cannot disagree. Returns the rows taken; *pp and out->n move past them.
+ *
+ * The bytes that can end an unquoted field (sep, quote, esc, CR, LF) are found with a
+ * bitmask: one bit per byte of the next 64 (SSE2 compares), so a row of short fields
+ * costs a few shifts, not a table lookup per byte. */
+typedef struct vp_scan {
+    const uint8_t *at; /* the bytes [at, at + len) the bits describe */
+    uint64_t bits;     /* bit i: at[i] is one of the five */
+    size_t len;
+#ifdef __SSE2__
+    __m128i c[5];
+#endif
+} vp_scan;
+
+#ifdef __SSE2__
+static inline uint64_t vp_scan16(const vp_scan *s, const uint8_t *q) {
+    __m128i v = _mm_loadu_si128((const __m128i *)q);
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, s->c[0]), _mm_cmpeq_epi8(v, s->c[1])),
+                             _mm_or_si128(_mm_cmpeq_epi8(v, s->c[2]), _mm_cmpeq_epi8(v, s->c[3])));
+    return (uint32_t)_mm_movemask_epi8(_mm_or_si128(m, _mm_cmpeq_epi8(v, s->c[4])));
+}
+#endif
+
+/* The first of the five at or after p, or end if there is none. */
+static inline const uint8_t *vp_scan_next(vp_scan *s, const uint8_t *cls, const uint8_t *p,
+                                          const uint8_t *end) {
+    for (;;) {
+        size_t d = (size_t)(p - s->at);
+        if (d < s->len) {
+            uint64_t m = s->bits >> d;
+            if (m)
+                return p + __builtin_ctzll(m);
+            p = s->at + s->len;
+        }
+#ifdef __SSE2__
+        if (end - p >= 64) {
+            s->bits = vp_scan16(s, p) | vp_scan16(s, p + 16) << 16 |
+                      vp_scan16(s, p + 32) << 32 | vp_scan16(s, p + 48) << 48;
+            s->len = 64;
+            s->at = p;
+            continue;
+        }
+        if (end - p >= 16) {
+            s->bits = vp_scan16(s, p);
+            s->len = 16;
+            s->at = p;
+            continue;
+        }
+#endif
+        while (p < end && !cls[*p]) p++;
+        return p;
+    }
+}
+
+static inline uint32_t vp_rows(const uint8_t *cls, uint8_t sep, uint8_t quote, uint8_t esc,
+                               uint64_t max_field, uint64_t max_record, uint16_t fid,
+                               uint16_t tid, const uint8_t *buf, const uint8_t **pp,
+                               const uint8_t *end, uint64_t base, vp_out *out) {
+    const uint8_t *p = *pp, *row, *f, *fe;
+    vp_event *ev = out->ev, *e;
+    uint32_t n = out->n, cap = out->cap, row_n, rows = 0;
+    int64_t qval = (int64_t)quote << 8 | esc;
+    uint8_t c, flags;
+    vp_scan s = {.at = p, .bits = 0, .len = 0};
+#ifdef __SSE2__
+    s.c[0] = _mm_set1_epi8((char)sep);
+    s.c[1] = _mm_set1_epi8((char)quote);
+    s.c[2] = _mm_set1_epi8((char)esc);
+    s.c[3] = _mm_set1_epi8('\r');
+    s.c[4] = _mm_set1_epi8('\n');
+#endif
+    for (;;) {
+        row = p;
+        row_n = n;
+        for (;;) { /* one field; the loop ends at the row's end */
+            if (p == end || cap - n < 2) /* room for the field and the record's event */
+                goto bail;
+            flags = 0;
+            if (*p == quote) {
+                if (esc != quote)
+                    goto bail;
+                f = ++p;
+                for (;;) {
+                    fe = memchr(p, quote, (size_t)(end - p));
+                    if (fe == NULL || fe + 1 == end)
+                        goto bail;
+                    if (fe[1] != quote)
+                        break;
+                    flags = VP_F_UNESCAPE; /* a doubled quote */
+                    p = fe + 2;
+                }
+                p = fe + 1;
+            } else {
+                f = p;
+                p = vp_scan_next(&s, cls, p, end);
+                if (p == end)
+                    goto bail;
+                fe = p;
+            }
+            if ((uint64_t)(fe - f) > max_field)
+                goto bail;
+            e = &ev[n++];
+            e->off = VP_OFF(f);
+            e->val = qval;
+            e->len = (uint32_t)(fe - f);
+            e->id = fid;
+            e->kind = VP_EV_SPAN;
+            e->flags = flags;
+            c = *p++;
+            if (c == sep)
+                continue;
+            if (c == '\n')
+                break;
+            if (c == '\r' && p < end && *p == '\n') {
+                p++;
+                break;
+            }
+            goto bail;
+        }
+        if ((uint64_t)(p - row) > max_record)
+            goto bail;
+        e = &ev[n++];
+        e->off = VP_OFF(row);
+        e->val = 0;
+        e->len = (uint32_t)(p - row);
+        e->id = tid;
+        e->kind = VP_EV_RECORD;
+        e->flags = 0;
+        rows++;
+    }
+bail:
+    *pp = row;
+    out->n = row_n;
+    return rows;
 }
 
 /* ---- header block (RFC 9112 5, RFC 9110 5.5): field lines up to an empty line. Each line
