@@ -31,7 +31,7 @@ typedef const char *(*vr_error_fn)(const void *st, uint64_t *off);
 enum { VR_DONE = 0, VR_STALL = 1, VR_FAILED = 2 };     /* vr_parse, vr_finish */
 enum { VR_OPEN = 0, VR_ENDED = 1, VR_ERROR = 2 };      /* status */
 
-#define VR_SCRATCH 256  /* events one feed call may emit: the room a feed waits for */
+#define VR_SCRATCH 256  /* events one feed call may emit at least: the room a feed waits for */
 
 /* Reasons of our own (the parser's come from vp_error). */
 #define VR_TOO_LONG "record larger than max_record"
@@ -114,33 +114,50 @@ static inline int vr_fail(vr_stream *r, const char *why, uint64_t off)
     return VR_FAILED;
 }
 
-/* Producer: append a feed's events; publish up to the last record end among them. */
+/* Producer: take a feed's n events into the ring (they are in it already when the feed
+ * wrote into the ring itself, see vr_out); publish up to the last record end among them. */
 static inline void vr_append(vr_stream *r, const vp_event *ev, uint32_t n)
 {
-    uint32_t i, head = r->head;
+    uint32_t i, w = r->write, head = r->head, records = 0;
+    uint64_t rec_start = r->rec_start;
+    if (ev != &r->ring[w & r->mask])
+        for (i = 0; i < n; i++)
+            r->ring[(w + i) & r->mask] = ev[i];
     for (i = 0; i < n; i++) {
-        r->ring[r->write++ & r->mask] = ev[i];
         if (ev[i].kind == VP_EV_RECORD) {
-            head = r->write;
-            r->rec_start = ev[i].off + ev[i].len;
-            r->records++;
+            head = w + i + 1;
+            rec_start = ev[i].off + ev[i].len;
+            records++;
         }
     }
+    r->write = w + n;
+    r->rec_start = rec_start;
+    r->records += records;
     if (head != r->head)
         __atomic_store_n(&r->head, head, __ATOMIC_RELEASE);
 }
 
-/* Producer: ready `out` for one parser call into ev, if the ring has room for what it may
- * emit; VR_STALL if not, VR_FAILED when the open record alone fills the ring. */
-static inline int vr_out(vr_stream *r, vp_out *out, vp_event *ev)
+/* Producer: ready `out` for one parser call, if the ring has room for what it may emit;
+ * VR_STALL if not, VR_FAILED when the open record alone fills the ring. The parser writes
+ * into the ring's free slots themselves when at least VR_SCRATCH of them lie unbroken
+ * before the ring's end (no copy), else into `scratch`, copied in by vr_append. */
+static inline int vr_out(vr_stream *r, vp_out *out, vp_event *scratch)
 {
+    uint32_t room, flat;
     if (!vr_has_room(r)) {
         if (r->write - r->head + VR_SCRATCH > r->cap)
             return vr_fail(r, VR_TOO_MANY, r->rec_start);
         return VR_STALL;
     }
-    out->ev = ev;
-    out->cap = VR_SCRATCH;
+    room = vr_room(r);
+    flat = r->cap - (r->write & r->mask);
+    if (flat >= VR_SCRATCH) {
+        out->ev = &r->ring[r->write & r->mask];
+        out->cap = room < flat ? room : flat;
+    } else {
+        out->ev = scratch;
+        out->cap = VR_SCRATCH;
+    }
     out->n = 0;
     out->consumed = 0;
     return VR_DONE;
@@ -169,7 +186,7 @@ static inline int vr_parse(vr_stream *r, const uint8_t *buf, size_t len, uint64_
         rc = r->feed(r->st, buf + done, len - done, off + done, &out);
         done += out.consumed;
         r->parsed += out.consumed;
-        vr_append(r, ev, out.n);
+        vr_append(r, out.ev, out.n);
         if (rc == VP_ERROR) {
             why = r->error(r->st, &eoff);
             return vr_fail(r, why ? why : "parse error", eoff);
@@ -195,7 +212,7 @@ static inline int vr_finish(vr_stream *r)
         if (rc != VR_DONE)
             return rc;
         rc = r->finish(r->st, &out);
-        vr_append(r, ev, out.n);
+        vr_append(r, out.ev, out.n);
     } while (rc == VP_FULL);
     if (rc == VP_ERROR) {
         why = r->error(r->st, &eoff);
