@@ -470,9 +470,8 @@ done:
  * bitmask: one bit per byte of the next 64 (SSE2 compares), so a row of short fields
  * costs a few shifts, not a table lookup per byte. */
 typedef struct vp_scan {
-    const uint8_t *at; /* the bytes [at, at + len) the bits describe */
+    uintptr_t at;      /* the address of the 64 bytes that the bits describe */
     uint64_t bits;     /* bit i: at[i] is one of the five */
-    size_t len;
 #ifdef __SSE2__
     __m128i c[5];
 #endif
@@ -491,43 +490,48 @@ static inline uint64_t vp_scan16(const vp_scan *s, const uint8_t *q) {
 static inline const uint8_t *vp_scan_next(vp_scan *s, const uint8_t *cls, const uint8_t *p,
                                           const uint8_t *end) {
     for (;;) {
-        size_t d = (size_t)(p - s->at);
-        if (d < s->len) {
+        uintptr_t d = (uintptr_t)p - s->at;
+        if (d < 64) {
             uint64_t m = s->bits >> d;
             if (m)
                 return p + __builtin_ctzll(m);
-            p = s->at + s->len;
+            p += 64 - d;
         }
 #ifdef __SSE2__
         if (end - p >= 64) {
             s->bits = vp_scan16(s, p) | vp_scan16(s, p + 16) << 16 |
                       vp_scan16(s, p + 32) << 32 | vp_scan16(s, p + 48) << 48;
-            s->len = 64;
-            s->at = p;
-            continue;
-        }
-        if (end - p >= 16) {
-            s->bits = vp_scan16(s, p);
-            s->len = 16;
-            s->at = p;
+            s->at = (uintptr_t)p;
             continue;
         }
 #endif
-        while (p < end && !cls[*p]) p++;
+        while (p < end && !cls[*p]) p++; /* the last bytes of the buffer */
         return p;
     }
+}
+
+static inline void vp_put(vp_event *e, uint64_t off, int64_t val, uint32_t len, uint16_t id,
+                          uint8_t kind, uint8_t flags) {
+    e->off = off;
+    e->val = val;
+    e->len = len;
+    e->id = id;
+    e->kind = kind;
+    e->flags = flags;
 }
 
 static inline uint32_t vp_rows(const uint8_t *cls, uint8_t sep, uint8_t quote, uint8_t esc,
                                uint64_t max_field, uint64_t max_record, uint16_t fid,
                                uint16_t tid, const uint8_t *buf, const uint8_t **pp,
                                const uint8_t *end, uint64_t base, vp_out *out) {
-    const uint8_t *p = *pp, *row, *f, *fe;
-    vp_event *ev = out->ev, *e;
-    uint32_t n = out->n, cap = out->cap, row_n, rows = 0;
+    const uint8_t *p = *pp, *row = p, *q, *f;
+    vp_event *e = out->ev + out->n, *row_e = e;
+    vp_event *last = out->ev + out->cap - 1; /* the last slot is kept for a record's end */
+    uint64_t obase = base - (uint64_t)(uintptr_t)buf; /* + a pointer: its stream offset */
     int64_t qval = (int64_t)quote << 8 | esc;
+    uint32_t rows = 0;
     uint8_t c, flags;
-    vp_scan s = {.at = p, .bits = 0, .len = 0};
+    vp_scan s = {.at = (uintptr_t)p - 64, .bits = 0}; /* describes nothing yet */
 #ifdef __SSE2__
     s.c[0] = _mm_set1_epi8((char)sep);
     s.c[1] = _mm_set1_epi8((char)quote);
@@ -535,68 +539,51 @@ static inline uint32_t vp_rows(const uint8_t *cls, uint8_t sep, uint8_t quote, u
     s.c[3] = _mm_set1_epi8('\r');
     s.c[4] = _mm_set1_epi8('\n');
 #endif
-    for (;;) {
-        row = p;
-        row_n = n;
-        for (;;) { /* one field; the loop ends at the row's end */
-            if (p == end || cap - n < 2) /* room for the field and the record's event */
-                goto bail;
-            flags = 0;
-            if (*p == quote) {
-                if (esc != quote)
-                    goto bail;
-                f = ++p;
-                for (;;) {
-                    fe = memchr(p, quote, (size_t)(end - p));
-                    if (fe == NULL || fe + 1 == end)
-                        goto bail;
-                    if (fe[1] != quote)
-                        break;
-                    flags = VP_F_UNESCAPE; /* a doubled quote */
-                    p = fe + 2;
-                }
-                p = fe + 1;
-            } else {
-                f = p;
-                p = vp_scan_next(&s, cls, p, end);
-                if (p == end)
-                    goto bail;
-                fe = p;
-            }
-            if ((uint64_t)(fe - f) > max_field)
-                goto bail;
-            e = &ev[n++];
-            e->off = VP_OFF(f);
-            e->val = qval;
-            e->len = (uint32_t)(fe - f);
-            e->id = fid;
-            e->kind = VP_EV_SPAN;
-            e->flags = flags;
-            c = *p++;
-            if (c == sep)
-                continue;
-            if (c == '\n')
-                break;
-            if (c == '\r' && p < end && *p == '\n') {
-                p++;
-                break;
-            }
+    for (;;) { /* one field at p */
+        if (e >= last)
             goto bail;
+        q = vp_scan_next(&s, cls, p, end);
+        if (q == end)
+            goto bail;
+        c = *q;
+        if (c == quote && q == p && esc == quote) { /* a quoted field: up to its closing quote */
+            f = ++q;
+            flags = 0;
+            for (;;) {
+                q = memchr(q, quote, (size_t)(end - q));
+                if (q == NULL || q + 1 == end)
+                    goto bail;
+                if (q[1] != quote)
+                    break;
+                flags = VP_F_UNESCAPE; /* a doubled quote */
+                q += 2;
+            }
+            if ((uint64_t)(q - f) > max_field)
+                goto bail;
+            vp_put(e++, obase + (uintptr_t)f, qval, (uint32_t)(q - f), fid, VP_EV_SPAN, flags);
+            c = *++q;
+        } else {
+            if ((uint64_t)(q - p) > max_field)
+                goto bail;
+            vp_put(e++, obase + (uintptr_t)p, qval, (uint32_t)(q - p), fid, VP_EV_SPAN, 0);
         }
+        p = q + 1;
+        if (c == sep)
+            continue;
+        if (c == '\r' && p < end && *p == '\n')
+            p++;
+        else if (c != '\n')
+            goto bail;
         if ((uint64_t)(p - row) > max_record)
             goto bail;
-        e = &ev[n++];
-        e->off = VP_OFF(row);
-        e->val = 0;
-        e->len = (uint32_t)(p - row);
-        e->id = tid;
-        e->kind = VP_EV_RECORD;
-        e->flags = 0;
+        vp_put(e++, obase + (uintptr_t)row, 0, (uint32_t)(p - row), tid, VP_EV_RECORD, 0);
         rows++;
+        row = p;
+        row_e = e;
     }
 bail:
     *pp = row;
-    out->n = row_n;
+    out->n = (uint32_t)(row_e - out->ev);
     return rows;
 }
 
