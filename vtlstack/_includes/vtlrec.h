@@ -6,6 +6,8 @@
  * fields as stream-offset spans, so a field across two frames is one span and no byte is
  * copied. Events reach the ring as they come, but the consumer (the application thread)
  * sees only those up to the last record end (`head`), so it never reads half a record.
+ * Beside the ring, `ends` holds where each complete record's events end, so the consumer
+ * finds the records of a batch without reading their events.
  *
  * Flow control: when the ring cannot take a feed's events the producer stops (VR_STALL),
  * leaving the rest of the bytes unparsed in the receive queue, and sets `stalled`; the
@@ -59,15 +61,17 @@ typedef struct vr_stream {
     uint32_t holders;
     const char *why;        /* VR_ERROR: the reason (static text) and the offending offset */
     uint64_t err_off;
-    uint64_t records;       /* complete records so far */
+    uint64_t records;       /* complete records so far (producer, release, after ends) */
+    uint32_t *ends;         /* record k's events end at ring index ends[k & mask] */
     vp_event ring[];
 } vr_stream;
 
 /* A block for a parser whose state is state_size bytes and a ring of cap events (a power
- * of two, at least 2 * VR_SCRATCH). The caller runs the parser's vp_init on ->st. */
+ * of two, at least 2 * VR_SCRATCH), and the ends of as many records (each has an event).
+ * The caller runs the parser's vp_init on ->st. */
 static inline vr_stream *vr_new(uint32_t cap, size_t state_size)
 {
-    size_t ring = (size_t)cap * sizeof(vp_event);
+    size_t ring = (size_t)cap * (sizeof(vp_event) + sizeof(uint32_t));
     vr_stream *r;
     if (cap < 2 * VR_SCRATCH || (cap & (cap - 1)))
         return NULL;
@@ -76,7 +80,8 @@ static inline vr_stream *vr_new(uint32_t cap, size_t state_size)
         return NULL;
     r->cap = cap;
     r->mask = cap - 1;
-    r->st = (void *)(((uintptr_t)&r->ring[cap] + 15) & ~(uintptr_t)15);
+    r->ends = (uint32_t *)&r->ring[cap];
+    r->st = (void *)(((uintptr_t)&r->ends[cap] + 15) & ~(uintptr_t)15);
     r->holders = 2;
     return r;
 }
@@ -118,23 +123,24 @@ static inline int vr_fail(vr_stream *r, const char *why, uint64_t off)
  * wrote into the ring itself, see vr_out); publish up to the last record end among them. */
 static inline void vr_append(vr_stream *r, const vp_event *ev, uint32_t n)
 {
-    uint32_t i, w = r->write, head = r->head, records = 0;
-    uint64_t rec_start = r->rec_start;
-    if (ev != &r->ring[w & r->mask])
+    uint32_t i, w = r->write, head = r->head, mask = r->mask, *ends = r->ends;
+    uint64_t rec_start = r->rec_start, records = r->records;
+    if (ev != &r->ring[w & mask])
         for (i = 0; i < n; i++)
-            r->ring[(w + i) & r->mask] = ev[i];
+            r->ring[(w + i) & mask] = ev[i];
     for (i = 0; i < n; i++) {
         if (ev[i].kind == VP_EV_RECORD) {
             head = w + i + 1;
             rec_start = ev[i].off + ev[i].len;
-            records++;
+            ends[records++ & mask] = head;
         }
     }
     r->write = w + n;
     r->rec_start = rec_start;
-    r->records += records;
-    if (head != r->head)
+    if (head != r->head) {
+        __atomic_store_n(&r->records, records, __ATOMIC_RELEASE);
         __atomic_store_n(&r->head, head, __ATOMIC_RELEASE);
+    }
 }
 
 /* Producer: ready `out` for one parser call, if the ring has room for what it may emit;
@@ -226,6 +232,36 @@ static inline int vr_finish(vr_stream *r)
 static inline uint32_t vr_ready(vr_stream *r)
 {
     return __atomic_load_n(&r->head, __ATOMIC_ACQUIRE) - r->tail;
+}
+
+/* Consumer: where complete record k (k < records) ends in the stream. */
+static inline uint64_t vr_record_end(const vr_stream *r, uint64_t k)
+{
+    const vp_event *e = &r->ring[(r->ends[k & r->mask] - 1) & r->mask];
+    return e->off + e->len;
+}
+
+/* Consumer: how many of the complete records from record k on, whose events start at ring
+ * index `from`, to take: at most max_records, within `limit` events, and ending by stream
+ * offset `edge` (a binary search over `ends`: their events are not read). *events: their
+ * events; *end: where the last ends. */
+static inline uint32_t vr_count(const vr_stream *r, uint64_t k, uint32_t from, uint32_t limit,
+                                uint32_t max_records, uint64_t edge, uint32_t *events,
+                                uint64_t *end)
+{
+    uint64_t avail = __atomic_load_n(&r->records, __ATOMIC_ACQUIRE) - k;
+    uint32_t lo = 0, hi = avail < max_records ? (uint32_t)avail : max_records, mid;
+    while (lo < hi) { /* the most records j such that the j-th fits */
+        mid = hi - (hi - lo) / 2;
+        if (r->ends[(k + mid - 1) & r->mask] - from <= limit &&
+            vr_record_end(r, k + mid - 1) <= edge)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    *events = lo ? r->ends[(k + lo - 1) & r->mask] - from : 0;
+    *end = lo ? vr_record_end(r, k + lo - 1) : 0;
+    return lo;
 }
 
 /* Consumer: status, read after vr_ready() said 0 (so no record is missed before it). */
