@@ -468,7 +468,8 @@ done:
  *
  * The bytes that can end an unquoted field (sep, quote, esc, CR, LF) are found with a
  * bitmask: one bit per byte of the next 64 (SSE2 compares), so a row of short fields
- * costs a few shifts, not a table lookup per byte. */
+ * costs a few shifts, not a table lookup per byte. Without SSE2, and in a buffer's last
+ * 64 bytes, they are found with the byte table. */
 typedef struct vp_scan {
     uintptr_t at;      /* the address of the 64 bytes that the bits describe */
     uint64_t bits;     /* bit i: at[i] is one of the five */

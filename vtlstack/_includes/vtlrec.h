@@ -33,7 +33,7 @@ typedef const char *(*vr_error_fn)(const void *st, uint64_t *off);
 enum { VR_DONE = 0, VR_STALL = 1, VR_FAILED = 2 };     /* vr_parse, vr_finish */
 enum { VR_OPEN = 0, VR_ENDED = 1, VR_ERROR = 2 };      /* status */
 
-#define VR_SCRATCH 256  /* events one feed call may emit at least: the room a feed waits for */
+#define VR_SCRATCH 256  /* the room a feed waits for: it may emit this many events, or more */
 
 /* Reasons of our own (the parser's come from vp_error). */
 #define VR_TOO_LONG "record larger than max_record"
