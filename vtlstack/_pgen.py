@@ -13,7 +13,7 @@ import json
 
 from vtlstack import _pspec as S
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 
 
 def _c_string(b: bytes) -> str:
@@ -99,6 +99,14 @@ class _Gen:
             return f"INT64_C({v.value})"
         return f"st->{'vars' if v.kind == 'var' else 'params'}[{v.value}]"
 
+    def delim(self, m: S.Matcher) -> int:
+        """The index of a delimited matcher's class table (st->cls) in the state."""
+        for k, d in enumerate(self.delims):
+            if d is m:
+                return k
+        self.delims.append(m)
+        return len(self.delims) - 1
+
     def lit(self, b: bytes) -> str:
         name = self.label("lit")
         self.static(f"static const uint8_t {name}[] = {_bytes_init(b)};")
@@ -152,11 +160,10 @@ class _Gen:
         elif m.kind == "line":
             self.emit(f"  r = vp_line(b, {self.cls(m.cls, True)}, buf, &p, end, base);")
         elif m.kind == "delimited":
-            k = len(self.delims)
-            self.delims.append(m)
+            k = self.delim(m)
             self.emit("  if (p == end && b->eof && AT_BOUNDARY) goto stop;")
             self.emit(f"  r = vp_delimited(b, st->cls[{k}], (uint8_t){self.val(m.sep)}, "
-                      f"(uint8_t){self.val(m.quote)}, (uint8_t){self.val(m.escape)}, "
+                      f"(uint8_t){self.val(m.quote)}, (uint8_t){self.val(m.escape)}, {s.max}, "
                       "&st->vars[0], buf, &p, end, base);")
         elif m.kind == "fixed":
             self.emit("  r = vp_fixed(b, buf, &p, end, base);")
@@ -168,7 +175,8 @@ class _Gen:
         else:
             self.emit(f"  r = vp_uint(b, {m.width}, {int(m.big_endian)}, &p, end);")
         if not m.value:
-            self.emit(f"  if (r == VP_MORE && POS - b->m_start > {s.max}) "
+            seen = "vp_delimited_len(b, POS)" if m.kind == "delimited" else "POS - b->m_start"
+            self.emit(f"  if (r == VP_MORE && {seen} > {s.max}) "
                       f'FAIL_AT(b->m_start + {s.max}, "field too long");')
         self.wait(rid)
         if not m.value:
@@ -310,8 +318,44 @@ class _Gen:
         self.emit(f"  fr = &st->frames[++b->depth]; fr->ret = {k}; goto rule_{s.rule};")
         self.emit(f"{ret}:;")
 
+    def rows_field(self, s: S.Record) -> S.Field | None:
+        """The field of a record that vp_rows can take whole: the stream is this record
+        and nothing else (the start rule's only statement, a rule no other calls), and the
+        record is one delimited field repeated while $term == 0, without a store or min."""
+        sp = self.spec
+        if sp.rules[sp.start] != [s] or self.calls_to(sp.start):
+            return None
+        if len(s.body) != 1 or not isinstance(s.body[0], S.Repeat):
+            return None
+        rep = s.body[0]
+        if rep.count is not None or rep.cond != (S.Val("var", 0), "==", S.Val("int", 0)):
+            return None
+        if len(rep.body) != 1 or not isinstance(rep.body[0], S.Field):
+            return None
+        f = rep.body[0]
+        if f.matcher.kind != "delimited" or f.path is None or f.store is not None or f.min:
+            return None
+        return f
+
+    def calls_to(self, rule: str) -> bool:
+        todo = [st for body in self.spec.rules.values() for st in body]
+        while todo:
+            st = todo.pop()
+            if isinstance(st, S.Call) and st.rule == rule:
+                return True
+            todo += [c for body in S._children(st) for c in body]
+        return False
+
     def s_record(self, s: S.Record) -> None:
         tid = self.spec.record_types.index(s.type)
+        f = self.rows_field(s)
+        if f is not None:
+            m = f.matcher
+            k = self.delim(m)
+            self.emit(f"  if (p != end) vp_rows(st->cls[{k}], (uint8_t){self.val(m.sep)}, "
+                      f"(uint8_t){self.val(m.quote)}, (uint8_t){self.val(m.escape)}, {f.max}, "
+                      f"{self.spec.record_limit}, {self.field_id(f.path, f.conv)}, {tid}, "
+                      "buf, &p, end, base, out);")
         self.emit("  b->in_record = 1; b->rec_start = POS;")
         for i, (_, init) in enumerate(self.spec.vars):
             self.emit(f"  st->vars[{i}] = INT64_C({init});")

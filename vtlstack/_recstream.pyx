@@ -26,8 +26,9 @@ from vtlstack._includes.vtlparse cimport (
     vp_state_size_fn,
 )
 from vtlstack._includes.vtlrec cimport (
-    VR_ERROR, VR_FAILED, VR_OPEN, VR_SCRATCH, vr_error_fn, vr_feed_fn, vr_finish,
-    vr_finish_fn, vr_new, vr_parse, vr_put, vr_ready, vr_release, vr_status, vr_stream,
+    VR_ERROR, VR_FAILED, VR_OPEN, VR_SCRATCH, vr_count, vr_error_fn, vr_feed_fn, vr_finish,
+    vr_finish_fn, vr_new, vr_parse, vr_put, vr_ready, vr_record_end, vr_release, vr_status,
+    vr_stream,
 )
 from vtlstack._port cimport FramePool
 from vtlstack._zc cimport FrameSet, FrameView
@@ -65,6 +66,7 @@ cdef class RecStream:
     cdef int holds            # holders that are ours: 1, or 2 when we parse too
     cdef readonly str path
     cdef uint32_t lent        # ring index after the events taken (tail <= lent <= head)
+    cdef uint64_t taken       # records taken
     cdef Events loan          # the one batch still reading ring slots, or None
 
     def __cinit__(self, str path, list params, uint32_t ring_events, uint64_t max_record):
@@ -152,33 +154,7 @@ cdef class RecStream:
 
     def ready(self, uint64_t edge) -> bool:
         """Is a complete record ready whose bytes end by stream offset `edge`?"""
-        cdef uint32_t i, n = self.unread()
-        cdef vp_event *e
-        for i in range(self.lent, self.lent + n):
-            e = &self.r.ring[i & self.r.mask]
-            if e.kind == VP_EV_RECORD:
-                return e.off + e.len <= edge
-        return False
-
-    cdef uint32_t scan(self, uint32_t limit, uint32_t max_records, uint64_t edge,
-                       uint32_t *nrec, uint64_t *end) noexcept:
-        """Events, from `lent`, of up to max_records complete records whose bytes end by
-        `edge`, within `limit` events: how many (0: none), their records and end offset."""
-        cdef uint32_t i, upto = 0
-        cdef vp_event *e
-        nrec[0] = 0
-        for i in range(limit):
-            e = &self.r.ring[(self.lent + i) & self.r.mask]
-            if e.kind != VP_EV_RECORD:
-                continue
-            if e.off + e.len > edge:
-                break
-            upto = i + 1
-            end[0] = e.off + e.len
-            nrec[0] += 1
-            if nrec[0] == max_records:
-                break
-        return upto
+        return self.unread() > 0 and vr_record_end(self.r, self.taken) <= edge
 
     cdef bint end_loan(self) except -1:
         """The loan's events go back to the ring; True if the producer stalled."""
@@ -202,10 +178,11 @@ cdef class RecStream:
         cdef uint64_t end = 0
         cdef bint kick = 0
         cdef Events ev
-        n = self.scan(min(unread, self.r.cap - first, self.r.cap // 2), max_records, edge,
-                      &nrec, &end)
+        nrec = vr_count(self.r, self.taken, self.lent,
+                        min(unread, self.r.cap - first, self.r.cap // 2), max_records, edge,
+                        &n, &end)
         if nrec == 0:   # nothing within what may be lent: a copy, if anything is ready
-            n = self.scan(unread, max_records, edge, &nrec, &end)
+            nrec = vr_count(self.r, self.taken, self.lent, unread, max_records, edge, &n, &end)
         if nrec == 0:
             return None
         ev = Events.__new__(Events)
@@ -225,6 +202,7 @@ cdef class RecStream:
                    (n - k) * sizeof(vp_event))
             ev.ev = <const vp_event *>PyBytes_AS_STRING(ev.copied)
         self.lent += n
+        self.taken += nrec
         if ev.lender is None:
             kick |= vr_release(self.r, n)
         return ev, nrec, end, bool(kick)

@@ -14,6 +14,9 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #define VP_ABI 1
 
@@ -347,8 +350,22 @@ static inline int vp_uint(vp_base *b, uint32_t n, int be, const uint8_t **pp,
  * bare CR are errors (RFC 4180 2.5, 2.6). */
 enum { VD_START, VD_PLAIN, VD_QUOTED, VD_QUOTE, VD_CR, VD_ESC_PLAIN, VD_ESC_QUOTED };
 
+/* The field's bytes seen so far, up to pos (after a quote or a CR it ended at m_end): the
+ * limit is checked against these, so a field is too long, or not, however the input is
+ * cut, and that error comes before any later in the field. */
+static inline uint64_t vp_delimited_len(const vp_base *b, uint64_t pos) {
+    return (b->m_sub == VD_QUOTE || b->m_sub == VD_CR ? b->m_end : pos) - b->m_start;
+}
+
+static inline int vd_fail(vp_base *b, uint64_t max, uint64_t pos, const char *reason,
+                          uint64_t off) {
+    if (vp_delimited_len(b, pos) > max)
+        return vp_fail(b, "field too long", b->m_start + max);
+    return vp_fail(b, reason, off);
+}
+
 static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint8_t quote,
-                               uint8_t esc, int64_t *term, const uint8_t *buf,
+                               uint8_t esc, uint64_t max, int64_t *term, const uint8_t *buf,
                                const uint8_t **pp, const uint8_t *end, uint64_t base) {
     const uint8_t *p = *pp;
     uint8_t c;
@@ -379,7 +396,7 @@ static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint
             if (c == sep) { *term = 0; goto done; }
             if (c == '\n') { *term = 1; goto done; }
             if (c == '\r') { b->m_sub = VD_CR; continue; }
-            return vp_fail(b, "quote inside an unquoted field", VP_OFF(p) - 1);
+            return vd_fail(b, max, VP_OFF(p) - 1, "quote inside an unquoted field", VP_OFF(p) - 1);
         case VD_ESC_PLAIN:
         case VD_ESC_QUOTED:
             p++;
@@ -415,9 +432,9 @@ static inline int vp_delimited(vp_base *b, const uint8_t *cls, uint8_t sep, uint
             if (c == sep) { *term = 0; goto done; }
             if (c == '\n') { *term = 1; goto done; }
             if (c == '\r') { b->m_sub = VD_CR; continue; }
-            return vp_fail(b, "unexpected byte after a closing quote", VP_OFF(p) - 1);
+            return vd_fail(b, max, VP_OFF(p) - 1, "unexpected byte after a closing quote", VP_OFF(p) - 1);
         case VD_CR:
-            if (*p != '\n') return vp_fail(b, "bare CR", VP_OFF(p) - 1);
+            if (*p != '\n') return vd_fail(b, max, VP_OFF(p) - 1, "bare CR", VP_OFF(p) - 1);
             p++;
             *term = 1;
             goto done;
@@ -429,14 +446,146 @@ more:
     switch (b->m_sub) { /* the end of the stream ends the field and the line */
     case VD_START: case VD_PLAIN: b->m_end = VP_OFF(p); /* fall through */
     case VD_QUOTE: *term = 1; return VP_DONE;
-    case VD_CR: return vp_fail(b, "bare CR", VP_OFF(p) - 1);
+    case VD_CR: return vd_fail(b, max, VP_OFF(p) - 1, "bare CR", VP_OFF(p) - 1);
     case VD_QUOTED: case VD_ESC_QUOTED:
-        return vp_fail(b, "unterminated quoted field", b->m_start - 1);
-    default: return vp_fail(b, "escape at the end of the stream", VP_OFF(p) - 1);
+        return vd_fail(b, max, VP_OFF(p), "unterminated quoted field", b->m_start - 1);
+    default: return vd_fail(b, max, VP_OFF(p), "escape at the end of the stream", VP_OFF(p) - 1);
     }
 done:
     *pp = p;
     return VP_DONE;
+}
+
+/* ---- rows: whole records of delimited fields (CSV rows) in one pass, for a spec whose
+ * stream is nothing but `record { repeat field delimited while $term == 0 }`. Fields are
+ * scanned and their events written with everything in registers; vp_delimited's per-byte
+ * state is never touched, because a row is taken only when it lies whole in the buffer,
+ * with room for its events, and holds nothing unusual. At the first row that does not
+ * (it is cut by the end of the buffer, has an escape, a bare CR, a quote out of place, a
+ * field or record over its limit, or is an error), the events and bytes of that row are
+ * given back and the generated per-byte code takes it from its first byte, so the two
+ * paths cannot disagree. Returns the rows taken; *pp and out->n move past them.
+ *
+ * The bytes that can end an unquoted field (sep, quote, esc, CR, LF) are found with a
+ * bitmask: one bit per byte of the next 64 (SSE2 compares), so a row of short fields
+ * costs a few shifts, not a table lookup per byte. Without SSE2, and in a buffer's last
+ * 64 bytes, they are found with the byte table. */
+typedef struct vp_scan {
+    uintptr_t at;      /* the address of the 64 bytes that the bits describe */
+    uint64_t bits;     /* bit i: at[i] is one of the five */
+#ifdef __SSE2__
+    __m128i c[5];
+#endif
+} vp_scan;
+
+#ifdef __SSE2__
+static inline uint64_t vp_scan16(const vp_scan *s, const uint8_t *q) {
+    __m128i v = _mm_loadu_si128((const __m128i *)q);
+    __m128i m = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, s->c[0]), _mm_cmpeq_epi8(v, s->c[1])),
+                             _mm_or_si128(_mm_cmpeq_epi8(v, s->c[2]), _mm_cmpeq_epi8(v, s->c[3])));
+    return (uint32_t)_mm_movemask_epi8(_mm_or_si128(m, _mm_cmpeq_epi8(v, s->c[4])));
+}
+#endif
+
+/* The first of the five at or after p, or end if there is none. */
+static inline const uint8_t *vp_scan_next(vp_scan *s, const uint8_t *cls, const uint8_t *p,
+                                          const uint8_t *end) {
+    for (;;) {
+        uintptr_t d = (uintptr_t)p - s->at;
+        if (d < 64) {
+            uint64_t m = s->bits >> d;
+            if (m)
+                return p + __builtin_ctzll(m);
+            p += 64 - d;
+        }
+#ifdef __SSE2__
+        if (end - p >= 64) {
+            s->bits = vp_scan16(s, p) | vp_scan16(s, p + 16) << 16 |
+                      vp_scan16(s, p + 32) << 32 | vp_scan16(s, p + 48) << 48;
+            s->at = (uintptr_t)p;
+            continue;
+        }
+#endif
+        while (p < end && !cls[*p]) p++; /* the last bytes of the buffer */
+        return p;
+    }
+}
+
+static inline void vp_put(vp_event *e, uint64_t off, int64_t val, uint32_t len, uint16_t id,
+                          uint8_t kind, uint8_t flags) {
+    e->off = off;
+    e->val = val;
+    e->len = len;
+    e->id = id;
+    e->kind = kind;
+    e->flags = flags;
+}
+
+static inline uint32_t vp_rows(const uint8_t *cls, uint8_t sep, uint8_t quote, uint8_t esc,
+                               uint64_t max_field, uint64_t max_record, uint16_t fid,
+                               uint16_t tid, const uint8_t *buf, const uint8_t **pp,
+                               const uint8_t *end, uint64_t base, vp_out *out) {
+    const uint8_t *p = *pp, *row = p, *q, *f;
+    vp_event *e = out->ev + out->n, *row_e = e;
+    vp_event *last = out->ev + out->cap - 1; /* the last slot is kept for a record's end */
+    uint64_t obase = base - (uint64_t)(uintptr_t)buf; /* + a pointer: its stream offset */
+    int64_t qval = (int64_t)quote << 8 | esc;
+    uint32_t rows = 0;
+    uint8_t c, flags;
+    vp_scan s = {.at = (uintptr_t)p - 64, .bits = 0}; /* describes nothing yet */
+#ifdef __SSE2__
+    s.c[0] = _mm_set1_epi8((char)sep);
+    s.c[1] = _mm_set1_epi8((char)quote);
+    s.c[2] = _mm_set1_epi8((char)esc);
+    s.c[3] = _mm_set1_epi8('\r');
+    s.c[4] = _mm_set1_epi8('\n');
+#endif
+    for (;;) { /* one field at p */
+        if (e >= last)
+            goto bail;
+        q = vp_scan_next(&s, cls, p, end);
+        if (q == end)
+            goto bail;
+        c = *q;
+        if (c == quote && q == p && esc == quote) { /* a quoted field: up to its closing quote */
+            f = ++q;
+            flags = 0;
+            for (;;) {
+                q = memchr(q, quote, (size_t)(end - q));
+                if (q == NULL || q + 1 == end)
+                    goto bail;
+                if (q[1] != quote)
+                    break;
+                flags = VP_F_UNESCAPE; /* a doubled quote */
+                q += 2;
+            }
+            if ((uint64_t)(q - f) > max_field)
+                goto bail;
+            vp_put(e++, obase + (uintptr_t)f, qval, (uint32_t)(q - f), fid, VP_EV_SPAN, flags);
+            c = *++q;
+        } else {
+            if ((uint64_t)(q - p) > max_field)
+                goto bail;
+            vp_put(e++, obase + (uintptr_t)p, qval, (uint32_t)(q - p), fid, VP_EV_SPAN, 0);
+        }
+        p = q + 1;
+        if (c == sep)
+            continue;
+        if (c == '\r' && p < end && *p == '\n')
+            p++;
+        else if (c != '\n')
+            goto bail;
+        if ((uint64_t)(p - row) > max_record)
+            goto bail;
+        vp_put(e++, obase + (uintptr_t)row, 0, (uint32_t)(p - row), tid, VP_EV_RECORD, 0);
+        rows++;
+        row = p;
+        row_e = e;
+    }
+bail:
+    *pp = row;
+    out->n = (uint32_t)(row_e - out->ev);
+    return rows;
 }
 
 /* ---- header block (RFC 9112 5, RFC 9110 5.5): field lines up to an empty line. Each line

@@ -6,6 +6,8 @@
  * fields as stream-offset spans, so a field across two frames is one span and no byte is
  * copied. Events reach the ring as they come, but the consumer (the application thread)
  * sees only those up to the last record end (`head`), so it never reads half a record.
+ * Beside the ring, `ends` holds where each complete record's events end, so the consumer
+ * finds the records of a batch without reading their events.
  *
  * Flow control: when the ring cannot take a feed's events the producer stops (VR_STALL),
  * leaving the rest of the bytes unparsed in the receive queue, and sets `stalled`; the
@@ -31,7 +33,7 @@ typedef const char *(*vr_error_fn)(const void *st, uint64_t *off);
 enum { VR_DONE = 0, VR_STALL = 1, VR_FAILED = 2 };     /* vr_parse, vr_finish */
 enum { VR_OPEN = 0, VR_ENDED = 1, VR_ERROR = 2 };      /* status */
 
-#define VR_SCRATCH 256  /* events one feed call may emit: the room a feed waits for */
+#define VR_SCRATCH 256  /* the room a feed waits for: it may emit this many events, or more */
 
 /* Reasons of our own (the parser's come from vp_error). */
 #define VR_TOO_LONG "record larger than max_record"
@@ -59,15 +61,17 @@ typedef struct vr_stream {
     uint32_t holders;
     const char *why;        /* VR_ERROR: the reason (static text) and the offending offset */
     uint64_t err_off;
-    uint64_t records;       /* complete records so far */
+    uint64_t records;       /* complete records so far (producer, release, after ends) */
+    uint32_t *ends;         /* record k's events end at ring index ends[k & mask] */
     vp_event ring[];
 } vr_stream;
 
 /* A block for a parser whose state is state_size bytes and a ring of cap events (a power
- * of two, at least 2 * VR_SCRATCH). The caller runs the parser's vp_init on ->st. */
+ * of two, at least 2 * VR_SCRATCH), and the ends of as many records (each has an event).
+ * The caller runs the parser's vp_init on ->st. */
 static inline vr_stream *vr_new(uint32_t cap, size_t state_size)
 {
-    size_t ring = (size_t)cap * sizeof(vp_event);
+    size_t ring = (size_t)cap * (sizeof(vp_event) + sizeof(uint32_t));
     vr_stream *r;
     if (cap < 2 * VR_SCRATCH || (cap & (cap - 1)))
         return NULL;
@@ -76,7 +80,8 @@ static inline vr_stream *vr_new(uint32_t cap, size_t state_size)
         return NULL;
     r->cap = cap;
     r->mask = cap - 1;
-    r->st = (void *)(((uintptr_t)&r->ring[cap] + 15) & ~(uintptr_t)15);
+    r->ends = (uint32_t *)&r->ring[cap];
+    r->st = (void *)(((uintptr_t)&r->ends[cap] + 15) & ~(uintptr_t)15);
     r->holders = 2;
     return r;
 }
@@ -114,33 +119,51 @@ static inline int vr_fail(vr_stream *r, const char *why, uint64_t off)
     return VR_FAILED;
 }
 
-/* Producer: append a feed's events; publish up to the last record end among them. */
+/* Producer: take a feed's n events into the ring (they are in it already when the feed
+ * wrote into the ring itself, see vr_out); publish up to the last record end among them. */
 static inline void vr_append(vr_stream *r, const vp_event *ev, uint32_t n)
 {
-    uint32_t i, head = r->head;
+    uint32_t i, w = r->write, head = r->head, mask = r->mask, *ends = r->ends;
+    uint64_t rec_start = r->rec_start, records = r->records;
+    if (ev != &r->ring[w & mask])
+        for (i = 0; i < n; i++)
+            r->ring[(w + i) & mask] = ev[i];
     for (i = 0; i < n; i++) {
-        r->ring[r->write++ & r->mask] = ev[i];
         if (ev[i].kind == VP_EV_RECORD) {
-            head = r->write;
-            r->rec_start = ev[i].off + ev[i].len;
-            r->records++;
+            head = w + i + 1;
+            rec_start = ev[i].off + ev[i].len;
+            ends[records++ & mask] = head;
         }
     }
-    if (head != r->head)
+    r->write = w + n;
+    r->rec_start = rec_start;
+    if (head != r->head) {
+        __atomic_store_n(&r->records, records, __ATOMIC_RELEASE);
         __atomic_store_n(&r->head, head, __ATOMIC_RELEASE);
+    }
 }
 
-/* Producer: ready `out` for one parser call into ev, if the ring has room for what it may
- * emit; VR_STALL if not, VR_FAILED when the open record alone fills the ring. */
-static inline int vr_out(vr_stream *r, vp_out *out, vp_event *ev)
+/* Producer: ready `out` for one parser call, if the ring has room for what it may emit;
+ * VR_STALL if not, VR_FAILED when the open record alone fills the ring. The parser writes
+ * into the ring's free slots themselves when at least VR_SCRATCH of them lie unbroken
+ * before the ring's end (no copy), else into `scratch`, copied in by vr_append. */
+static inline int vr_out(vr_stream *r, vp_out *out, vp_event *scratch)
 {
+    uint32_t room, flat;
     if (!vr_has_room(r)) {
         if (r->write - r->head + VR_SCRATCH > r->cap)
             return vr_fail(r, VR_TOO_MANY, r->rec_start);
         return VR_STALL;
     }
-    out->ev = ev;
-    out->cap = VR_SCRATCH;
+    room = vr_room(r);
+    flat = r->cap - (r->write & r->mask);
+    if (flat >= VR_SCRATCH) {
+        out->ev = &r->ring[r->write & r->mask];
+        out->cap = room < flat ? room : flat;
+    } else {
+        out->ev = scratch;
+        out->cap = VR_SCRATCH;
+    }
     out->n = 0;
     out->consumed = 0;
     return VR_DONE;
@@ -169,7 +192,7 @@ static inline int vr_parse(vr_stream *r, const uint8_t *buf, size_t len, uint64_
         rc = r->feed(r->st, buf + done, len - done, off + done, &out);
         done += out.consumed;
         r->parsed += out.consumed;
-        vr_append(r, ev, out.n);
+        vr_append(r, out.ev, out.n);
         if (rc == VP_ERROR) {
             why = r->error(r->st, &eoff);
             return vr_fail(r, why ? why : "parse error", eoff);
@@ -195,7 +218,7 @@ static inline int vr_finish(vr_stream *r)
         if (rc != VR_DONE)
             return rc;
         rc = r->finish(r->st, &out);
-        vr_append(r, ev, out.n);
+        vr_append(r, out.ev, out.n);
     } while (rc == VP_FULL);
     if (rc == VP_ERROR) {
         why = r->error(r->st, &eoff);
@@ -209,6 +232,36 @@ static inline int vr_finish(vr_stream *r)
 static inline uint32_t vr_ready(vr_stream *r)
 {
     return __atomic_load_n(&r->head, __ATOMIC_ACQUIRE) - r->tail;
+}
+
+/* Consumer: where complete record k (k < records) ends in the stream. */
+static inline uint64_t vr_record_end(const vr_stream *r, uint64_t k)
+{
+    const vp_event *e = &r->ring[(r->ends[k & r->mask] - 1) & r->mask];
+    return e->off + e->len;
+}
+
+/* Consumer: how many of the complete records from record k on, whose events start at ring
+ * index `from`, to take: at most max_records, within `limit` events, and ending by stream
+ * offset `edge` (a binary search over `ends`: their events are not read). *events: their
+ * events; *end: where the last ends. */
+static inline uint32_t vr_count(const vr_stream *r, uint64_t k, uint32_t from, uint32_t limit,
+                                uint32_t max_records, uint64_t edge, uint32_t *events,
+                                uint64_t *end)
+{
+    uint64_t avail = __atomic_load_n(&r->records, __ATOMIC_ACQUIRE) - k;
+    uint32_t lo = 0, hi = avail < max_records ? (uint32_t)avail : max_records, mid;
+    while (lo < hi) { /* the most records j such that the j-th fits */
+        mid = hi - (hi - lo) / 2;
+        if (r->ends[(k + mid - 1) & r->mask] - from <= limit &&
+            vr_record_end(r, k + mid - 1) <= edge)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    *events = lo ? r->ends[(k + lo - 1) & r->mask] - from : 0;
+    *end = lo ? vr_record_end(r, k + lo - 1) : 0;
+    return lo;
 }
 
 /* Consumer: status, read after vr_ready() said 0 (so no record is missed before it). */

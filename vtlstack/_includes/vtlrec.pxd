@@ -40,6 +40,7 @@ cdef extern from "vtlrec.h" nogil:
         const char *why
         uint64_t err_off
         uint64_t records
+        uint32_t *ends
         vp_event ring[1]
 
     vr_stream *vr_new(uint32_t cap, size_t state_size)
@@ -48,5 +49,8 @@ cdef extern from "vtlrec.h" nogil:
     int vr_finish(vr_stream *r)
     int vr_fail(vr_stream *r, const char *why, uint64_t off)
     uint32_t vr_ready(vr_stream *r)
+    uint64_t vr_record_end(const vr_stream *r, uint64_t k)
+    uint32_t vr_count(const vr_stream *r, uint64_t k, uint32_t start, uint32_t limit,
+                      uint32_t max_records, uint64_t edge, uint32_t *events, uint64_t *end)
     uint32_t vr_status(vr_stream *r)
     int vr_release(vr_stream *r, uint32_t n)
