@@ -180,6 +180,35 @@ def test_binary_limits_and_failures(tmp_path):
     assert error_every_split(p, b"\x01\x00").reason == "unexpected end of stream"
 
 
+TERMINATED = """
+    # Fields that end at a terminator: a self-overlapping `until` and a `line`.
+    format terminated
+    rule m
+      record m
+        field key until "::;" chars=vchar max=5
+        field value line chars=vchar max=5
+      end
+    end
+    start m
+"""
+
+
+def test_terminated_field_limits_do_not_depend_on_the_cuts(tmp_path):
+    p = parsers.load(spec_file(tmp_path, TERMINATED))
+    # exactly the limit, whatever cut lands inside the terminator
+    assert parse_every_split(p, b"abcd:::;vwxyz\r\nab::;v\n") == [
+        {"key": b"abcd:", "value": b"vwxyz"}, {"key": b"ab", "value": b"v"}]
+    # one byte over: "field too long" at the limit, before a later error in the field
+    for data, offset in [(b"abcdef::;v\n", 5), (b"abcdef\x01::;v\n", 5),
+                         (b"k::;uvwxyz\n", 4 + 5), (b"k::;uvwxyz\x01\n", 4 + 5),
+                         (b"k::;uvwxyz\rx", 4 + 5)]:
+        e = error_every_split(p, data)
+        assert (e.reason, e.offset) == ("field too long", offset), data
+    # within the limit, the matcher's own errors
+    assert error_every_split(p, b"ab\x01::;v\n").reason == "invalid byte"
+    assert error_every_split(p, b"k::;v\rx").reason == "bare CR"
+
+
 def test_text_protocol(tmp_path):
     p = parsers.load(spec_file(tmp_path, TEXT))
     data = (b"\r\nMSG/1.1 200 all good\r\nx 'a b' c\\ d\r\n"

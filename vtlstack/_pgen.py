@@ -175,9 +175,18 @@ class _Gen:
         else:
             self.emit(f"  r = vp_uint(b, {m.width}, {int(m.big_endian)}, &p, end);")
         if not m.value:
-            seen = "vp_delimited_len(b, POS)" if m.kind == "delimited" else "POS - b->m_start"
+            # The limit counts the field's bytes seen so far, not a terminator that may be
+            # only partly in (until's partial match, line's CR), and comes before a later
+            # error in the same field: then an input is too long, or not, however it is cut.
+            seen = {"delimited": "vp_delimited_len(b, POS)",
+                    "until": "POS - b->m_start - b->m_i",
+                    "line": "(b->m_sub ? b->m_end : POS) - b->m_start"}.get(
+                        m.kind, "POS - b->m_start")
             self.emit(f"  if (r == VP_MORE && {seen} > {s.max}) "
                       f'FAIL_AT(b->m_start + {s.max}, "field too long");')
+            if m.kind in ("until", "line"):
+                self.emit(f"  if (r == VP_FAIL && b->err_off > b->m_start + {s.max}) "
+                          f'FAIL_AT(b->m_start + {s.max}, "field too long");')
         self.wait(rid)
         if not m.value:
             self.emit(f"  if (b->m_end - b->m_start > {s.max}) "
