@@ -8,11 +8,12 @@ directory that goes with the run). From the client, for each row in turn:
 - curl: one download of the large file (Gbit/s, from curl's own timing).
 
 Rows: `direct` (the middle host only routes), `haproxy` (HAProxy 2.6 in TCP mode with
-`option splice-auto` on the middle host), `vtl-forward` and `vtl-splice` (`vtl proxy` on the
-middle host, attached to both of its interfaces). A vtl row the build cannot run yet (the
-proxy needs the two-interface Stack; splice needs Stack.splice) says why instead of a
-figure. Each figure is given as a ratio against direct and against HAProxy of the same run;
-absolute figures move from run to run.
+`option splice-auto` on the middle host), `vtl-forward`, `vtl-splice` and `vtl-inspect`
+(`vtl proxy` on the middle host, attached to both of its interfaces). The large file is read
+once before the first row, so that no row pays for filling the page cache. With --repeat N
+every row is measured N times, the rows taking turns, and each figure is the median of its
+N runs (every run is kept in `runs`). Each figure is given as a ratio against direct and
+against HAProxy of the same run; absolute figures move from run to run.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -70,6 +72,9 @@ def register(which: argparse._SubParsersAction) -> None:
                    help="wrk connections (default 16)")
     p.add_argument("--big-mb", type=int, default=None,
                    help="size of the large download in MB (default 1024, --quick 64)")
+    p.add_argument("--repeat", type=int, default=1, metavar="N",
+                   help="measure every row N times, in turns, and report medians "
+                        "(default 1)")
     p.add_argument("--quick", action="store_true",
                    help="a few seconds in all: checks the harness, not the speed")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -159,14 +164,36 @@ def measure(tb: Any, ip: str, port: int, seconds: float, connections: int,
 
 # ---- the whole benchmark -------------------------------------------------------------------
 
+def warm(path: Path) -> None:
+    """Read a file once, so that its pages are in the page cache: the first download of a
+    sparse file fills it, and ran at about half the speed of the next ones."""
+    with open(path, "rb") as f:
+        while f.read(1 << 20):
+            pass
+
+
+def median_row(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from its runs: the median of each figure, errors summed, every run kept."""
+    row: dict[str, Any] = {key: statistics.median(r[key] for r in runs)
+                           for key in ("rps", "gbit_per_s", "seconds")}
+    row["rps"] = round(row["rps"])
+    row["errors"] = sum(r["errors"] for r in runs)
+    if len(runs) > 1:
+        row["runs"] = runs
+    return row
+
+
 def proxy_bench(seconds: float = 5.0, connections: int = 16, big_mb: int = 1024,
-                progress: Any = None) -> dict[str, Any]:
-    """Every row on one chain testbed; figures, ratios and the splice targets."""
+                progress: Any = None, repeat: int = 1) -> dict[str, Any]:
+    """Every row on one chain testbed, `repeat` times in turns; median figures, ratios and
+    the splice targets."""
+    if repeat < 1:
+        raise VtlError(f"--repeat must be at least 1, not {repeat}")
     require_root("vtl bench proxy")
     from vtlstack.testbed import Testbed
 
     big_size = big_mb * 1_000_000
-    rows: dict[str, dict[str, Any]] = {}
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in ROWS}
     with tempfile.TemporaryDirectory(prefix="vtlp-bench-") as tmp, \
             Testbed.up(topology="chain") as tb:
         d = Path(tmp)
@@ -174,11 +201,12 @@ def proxy_bench(seconds: float = 5.0, connections: int = 16, big_mb: int = 1024,
         (d / "www" / "small.bin").write_bytes(os.urandom(SMALL_BYTES))
         with open(d / "www" / "big.bin", "wb") as f:
             f.truncate(big_size)    # sparse: no disk, and the page cache serves it
+        warm(d / "www" / "big.bin")
         server = tb.host("server").iface
         front = tb.host("middle").ifaces[0]     # the client's side of the middle host
         upstream = (server.ip, NGINX_PORT)
         start_nginx(tb, "server", d, server.ip, NGINX_PORT)
-        for name in ROWS:
+        for name in (name for _ in range(repeat) for name in ROWS):
             started = time.monotonic()
             proc = None
             if name == "direct":
@@ -190,16 +218,20 @@ def proxy_bench(seconds: float = 5.0, connections: int = 16, big_mb: int = 1024,
                 proc = start_vtl_proxy(tb, name, front.ip, VTL_PORT, upstream)
                 where = (front.ip, VTL_PORT)
             try:
-                rows[name] = measure(tb, *where, seconds, connections, big_size)
+                run = measure(tb, *where, seconds, connections, big_size)
             finally:
                 if proc is not None:
                     err = stop(proc)
                     if proc.returncode not in (0, -15):
                         raise VtlError(f"{name} exited {proc.returncode}: {err.strip()}")
-            rows[name]["seconds"] = round(time.monotonic() - started, 1)
+            run["seconds"] = round(time.monotonic() - started, 1)
+            runs[name].append(run)
             if progress:
-                progress(name, rows[name])
-    return _with_ratios(rows, seconds, connections, big_size)
+                progress(name, run)
+    result = _with_ratios({name: median_row(rs) for name, rs in runs.items()}, seconds,
+                          connections, big_size)
+    result["setup"]["repeat"] = repeat
+    return result
 
 
 def _with_ratios(rows: dict[str, dict[str, Any]], seconds: float, connections: int,
@@ -244,7 +276,8 @@ def print_proxy_table(result: dict[str, Any]) -> None:
 
     s = result["setup"]
     print(f"\n2 KB responses: wrk, {s['wrk_connections']} connections, {s['wrk_seconds']} s; "
-          f"large download: curl, {s['big_bytes'] / 1e6:.0f} MB")
+          f"large download: curl, {s['big_bytes'] / 1e6:.0f} MB"
+          + (f"; medians of {s['repeat']} runs" if s["repeat"] > 1 else ""))
     print(f"{'row':<12} {'req/s':>9} {'vs direct':>9} {'vs haproxy':>10}  "
           f"{'Gbit/s':>7} {'vs direct':>9} {'vs haproxy':>10}")
     for name, row in result["rows"].items():
@@ -266,7 +299,7 @@ def run_proxy(args: argparse.Namespace) -> int:
     def progress(name: str, row: dict) -> None:
         print(f"  {name:<12} " + json.dumps(row), file=sys.stderr)
 
-    result = proxy_bench(seconds, args.connections, big_mb, progress)
+    result = proxy_bench(seconds, args.connections, big_mb, progress, args.repeat)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
