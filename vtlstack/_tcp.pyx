@@ -2260,9 +2260,11 @@ cdef class TcpEngine:
         c.splice_gated = 1
         c.splice_gate = seq
         self.splice_run(c, now)
-        if c.splice != NO_CONN and may_receive_data(c.state) and self.window_can_open(c):
-            c.ack_now = 1
-            self.output(c, now)
+        # A window update only when the window can at least double, as for ungated bytes:
+        # one at every opening was a pure ACK per request (about 12 % of the requests/s
+        # of an inspected proxy under wrk); else the next ACK carries the window.
+        if c.splice != NO_CONN:
+            self.splice_update(c, now)
 
     cdef void c_unsplice(self, int32_t cid) noexcept nogil:
         """End cid's splice without touching either connection (an inspector answers
