@@ -313,7 +313,7 @@ def test_a_gate_holds_bytes_back_and_cuts_a_fragment_where_it_says():
 def test_opening_a_gate_sends_no_ack_of_its_own():
     # An inspector opens the gate of each direction once per message it has vetted. The
     # window that frees goes out on the segments that flow anyway: a window update at
-    # every opening was a pure ACK per request to the server (about a tenth of the
+    # every opening was a pure ACK per request to the server (about 8 % of the
     # requests/s of an inspected proxy under wrk), whose window tracks the client's large
     # one.
     bed = Bed(x_options=[("WScale", 7)])
