@@ -206,7 +206,7 @@ def proxy_bench(seconds: float = 5.0, connections: int = 16, big_mb: int = 1024,
         front = tb.host("middle").ifaces[0]     # the client's side of the middle host
         upstream = (server.ip, NGINX_PORT)
         start_nginx(tb, "server", d, server.ip, NGINX_PORT)
-        for name in (name for _ in range(repeat) for name in ROWS):
+        for name in ROWS * repeat:      # the rows take turns
             started = time.monotonic()
             proc = None
             if name == "direct":
